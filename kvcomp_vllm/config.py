@@ -1,0 +1,131 @@
+"""The one configuration object of kvcomp-vllm: which policy, with which budget and parameters.
+
+Every entry point (CLI flags, YAML presets, per-request overrides, the reference generator) builds a
+`KVPolicyConfig`, so validation and its error messages live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "pod"]
+POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
+
+# Which parameters each policy reads. Setting one a policy does not read is an error rather than a
+# silent no-op, so a request is never served with different settings than it asked for.
+_SELECTION = {"budget", "window"}
+_POOLED = _SELECTION | {"kernel", "pooling"}
+POLICY_FIELDS: dict[str, frozenset[str]] = {
+    "full": frozenset(),
+    "streaming": frozenset({"budget", "sink"}),
+    "snapkv": frozenset(_POOLED),
+    "pyramid": frozenset(_POOLED | {"beta"}),
+    "windowkv": frozenset(
+        _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
+    ),
+    "pod": frozenset({"sink", "recent", "group_size"}),
+}
+_NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv"})
+
+
+class KVPolicyConfig(BaseModel):
+    """A KV compression policy and its parameters, validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: PolicyName = Field("full", description="compression policy")
+    budget: int | float | None = Field(
+        None,
+        description="tokens kept per layer and KV head: an integer count, or a ratio in (0, 1] "
+        "of the prompt length (pyramid: the mean over layers)",
+    )
+    window: int = Field(32, ge=1, description="observation window: last prompt queries used for scoring")
+    kernel: int = Field(7, ge=1, description="1-D pooling kernel over token scores (odd)")
+    pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
+    beta: float = Field(20.0, ge=1.0, description="pyramid steepness: top layer keeps 1/beta of the bottom's share")
+    sink: int = Field(4, ge=0, description="first tokens always kept (streaming, pod)")
+    recent: int = Field(256, ge=1, description="pod: last prompt tokens that keep per-layer keys")
+    group_size: int = Field(2, ge=1, description="consecutive layers sharing indices (windowkv) or keys (pod)")
+    window_size: int | Literal["auto"] = Field(
+        "auto", description="windowkv: tokens per window, or 'auto' to choose from the attention pattern"
+    )
+    window_sizes: tuple[int, int] = Field(
+        (8, 32), description="windowkv auto: (size for spread attention, size for concentrated attention)"
+    )
+    concentration_threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="windowkv auto: attention mass in the top 5% tokens that counts as concentrated"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KVPolicyConfig:
+        extra = sorted(self.model_fields_set - POLICY_FIELDS[self.policy] - {"policy"})
+        if extra:
+            allowed = ", ".join(sorted(POLICY_FIELDS[self.policy])) or "none"
+            raise ValueError(
+                f"{', '.join(extra)}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
+            )
+        if self.policy in _NEEDS_BUDGET and self.budget is None:
+            raise ValueError(f"budget: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
+        if self.budget is not None:
+            self._check_budget()
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel: must be odd so pooling keeps positions centred, got {self.kernel}")
+        if isinstance(self.window_size, int) and self.window_size < 1:
+            raise ValueError(f"window_size: must be 'auto' or an integer >= 1, got {self.window_size}")
+        if min(self.window_sizes) < 1:
+            raise ValueError(f"window_sizes: both sizes must be >= 1, got {self.window_sizes}")
+        return self
+
+    def _check_budget(self) -> None:
+        b = self.budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise ValueError(f"budget: must be a token count or a ratio in (0, 1], got {b!r}")
+        if isinstance(b, float):
+            if not 0.0 < b <= 1.0:
+                raise ValueError(
+                    f"budget: a ratio must lie in (0, 1], got {b}; give an integer for a token count"
+                )
+            return
+        floor = {"streaming": self.sink + 1}.get(self.policy, self.window)
+        floor_name = "sink + 1" if self.policy == "streaming" else "window"
+        if b < floor:
+            raise ValueError(f"budget: {b} tokens is less than {floor_name} ({floor}) for policy '{self.policy}'")
+
+    def resolve_budget(self, prompt_len: int) -> int:
+        """Token budget for a prompt of `prompt_len` tokens (ratios round up)."""
+        if self.budget is None:
+            return prompt_len
+        if isinstance(self.budget, float):
+            return max(1, math.ceil(self.budget * prompt_len))
+        return int(self.budget)
+
+    def check_model(self, num_layers: int, max_model_len: int | None = None) -> None:
+        """Reject settings that cannot work with a model of `num_layers` layers and this context length."""
+        if "group_size" in POLICY_FIELDS[self.policy]:
+            if self.group_size > num_layers or num_layers % self.group_size:
+                raise ValueError(
+                    f"group_size: {self.group_size} does not divide the model's {num_layers} layers; "
+                    f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
+                )
+        if max_model_len is not None and isinstance(self.budget, int) and self.budget > max_model_len:
+            raise ValueError(
+                f"budget: {self.budget} tokens is larger than the model's context ({max_model_len} tokens)"
+            )
+
+    def describe(self) -> str:
+        """One line naming the policy and the parameters it reads, for logs and responses."""
+        params = {k: getattr(self, k) for k in sorted(POLICY_FIELDS[self.policy])}
+        return self.policy + "".join(f" {k}={v}" for k, v in params.items())
+
+
+def load_preset(path: str | Path) -> KVPolicyConfig:
+    """Read a YAML preset (see configs/) into a validated config."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a preset must be a YAML mapping of KVPolicyConfig fields")
+    return KVPolicyConfig(**data)

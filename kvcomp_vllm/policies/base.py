@@ -1,0 +1,100 @@
+"""The policy interface: per layer, which prompt tokens' KV a request keeps after prefill.
+
+Policies are pure torch. They see one request's layer at a time: its prompt keys
+`[num_kv_heads, prompt_len, head_dim]` (RoPE applied, as cached) and the last-window queries
+`[num_heads, window, head_dim]`, and return a `LayerPlan`. Callers (the reference generator and the
+vLLM backend) go through `RequestCompressor`, which also handles layers that reuse another layer's plan.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..config import POLICY_FIELDS, KVPolicyConfig
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer keeps after prefill.
+
+    `keep[h]` lists, ascending, the prompt positions whose key and value KV head `h` keeps; `None`
+    keeps every position. PoD's non-owner layers also set `key_owner` and `shared`: for the
+    positions in `shared` the layer keeps only its value and attends with layer `key_owner`'s key.
+    """
+
+    keep: torch.Tensor | None
+    key_owner: int | None = None
+    shared: torch.Tensor | None = None
+
+    def kept_tokens(self, prompt_len: int) -> int:
+        """Positions per KV head that keep this layer's own key and value."""
+        return prompt_len if self.keep is None else self.keep.shape[-1]
+
+
+class KVPolicy(ABC):
+    """Base of all policies; subclasses set `name` and implement `select`."""
+
+    name: str
+
+    def __init__(self, config: KVPolicyConfig, num_layers: int):
+        if config.policy != self.name:
+            raise ValueError(f"{type(self).__name__} got a config for policy '{config.policy}'")
+        config.check_model(num_layers)
+        self.config = config
+        self.num_layers = num_layers
+
+    def layer_budget(self, layer: int, prompt_len: int) -> int:
+        """Tokens per KV head that `layer` keeps (own key and value) for a prompt of this length.
+
+        Policies with an observation window never keep fewer tokens than the window.
+        """
+        floor = self.config.window if "window" in POLICY_FIELDS[self.name] else 1
+        return min(prompt_len, max(self.config.resolve_budget(prompt_len), floor))
+
+    def source_layer(self, layer: int) -> int:
+        """Layer whose plan `layer` reuses; itself unless the policy shares selections in groups."""
+        return layer
+
+    @abstractmethod
+    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+        """Plan for `layer` from its prompt keys and last-window queries."""
+
+
+class RequestCompressor:
+    """Plans one request's layers in order, reusing the plan of each layer's source layer."""
+
+    def __init__(self, policy: KVPolicy):
+        self.policy = policy
+        self._plans: dict[int, LayerPlan] = {}
+
+    def plan(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+        src = self.policy.source_layer(layer)
+        if src == layer:
+            self._plans[layer] = self.policy.select(layer, keys, queries, scale)
+        elif src not in self._plans:
+            raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
+        return self._plans[src]
+
+
+def apply_plan(
+    plan: LayerPlan, keys: torch.Tensor, values: torch.Tensor, owner_keys: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cache of one layer after its plan, as dense `[num_kv_heads, kept, head_dim]` keys and values.
+
+    This is the semantic reference for compaction: gathered positions keep their order, and PoD's
+    shared positions take the owner layer's keys (`owner_keys`, the owner's uncompacted prompt keys).
+    """
+    if plan.shared is not None:
+        if owner_keys is None:
+            raise ValueError(f"plan shares keys of layer {plan.key_owner}; pass its keys as owner_keys")
+        keys = keys.clone()
+        keys[:, plan.shared] = owner_keys[:, plan.shared]
+        return keys, values
+    if plan.keep is None:
+        return keys, values
+    idx = plan.keep.unsqueeze(-1).expand(-1, -1, keys.shape[-1])
+    return keys.gather(1, idx), values.gather(1, idx)
+

@@ -1,0 +1,41 @@
+"""`pod` (PoD): proximal tokens keep per-layer keys; distant tokens share one key per layer group.
+
+Proximal tokens are the first `sink` and the last `recent` prompt tokens. In each group of
+`group_size` consecutive layers, the first layer (the owner) keeps its keys for every token; the
+other layers keep keys only for proximal tokens and attend to distant tokens with the owner's keys,
+while every layer keeps its own values. Tokens generated after prefill are proximal by definition.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import KVPolicy, LayerPlan
+
+
+class PoDPolicy(KVPolicy):
+    """Shares distant tokens' key state across each group of consecutive layers."""
+
+    name = "pod"
+
+    def owner_layer(self, layer: int) -> int:
+        """First layer of `layer`'s group: the one whose keys the group shares."""
+        return layer - layer % self.config.group_size
+
+    def layer_budget(self, layer: int, prompt_len: int) -> int:
+        if self.owner_layer(layer) == layer:
+            return prompt_len
+        return min(prompt_len, self.config.sink + self.config.recent)
+
+    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+        num_kv_heads, n, _ = keys.shape
+        if self.layer_budget(layer, n) >= n:
+            return LayerPlan(keep=None)
+        sink, recent = self.config.sink, self.config.recent
+        positions = torch.arange(n, device=keys.device)
+        proximal = (positions < sink) | (positions >= n - recent)
+        return LayerPlan(
+            keep=positions[proximal].expand(num_kv_heads, -1),
+            key_owner=self.owner_layer(layer),
+            shared=positions[~proximal],
+        )

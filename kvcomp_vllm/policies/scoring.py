@@ -1,0 +1,41 @@
+"""Observation-window token scores (SnapKV's signal), shared by snapkv, pyramid and windowkv."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def observation_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention the window queries pay each prefix token: `[num_kv_heads, prompt_len - window]`.
+
+    keys: `[num_kv_heads, n, d]`; queries: `[num_heads, w, d]`, the queries of positions n-w..n-1.
+    Each query row is a causal softmax over all n keys (as in the model's own attention); the
+    prefix columns are summed over the window and averaged over the query heads of each KV group.
+    """
+    num_kv_heads, n, d = keys.shape
+    num_heads, w, _ = queries.shape
+    q = queries.float().view(num_kv_heads, num_heads // num_kv_heads, w, d)
+    logits = torch.einsum("hgwd,hnd->hgwn", q, keys.float()) * scale
+    future = torch.arange(n, device=keys.device) > torch.arange(n - w, n, device=keys.device)[:, None]
+    probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
+    return probs[..., : n - w].sum(dim=2).mean(dim=1)
+
+
+def pool_scores(scores: torch.Tensor, kernel: int, pooling: str) -> torch.Tensor:
+    """Smooth `[heads, m]` scores along positions with an odd 1-D kernel, so neighbours of strong tokens survive."""
+    if kernel == 1 or scores.shape[-1] == 0:
+        return scores
+    x = scores.unsqueeze(1)
+    if pooling == "avg":
+        x = F.avg_pool1d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=True)
+    else:
+        x = F.max_pool1d(x, kernel, stride=1, padding=kernel // 2)
+    return x.squeeze(1)
+
+
+def with_window(chosen: torch.Tensor, prefix_len: int, prompt_len: int) -> torch.Tensor:
+    """Chosen prefix positions `[heads, k]` plus the observation window `prefix_len..prompt_len-1`,
+    ascending: `[heads, k + prompt_len - prefix_len]`."""
+    window = torch.arange(prefix_len, prompt_len, device=chosen.device).expand(chosen.shape[0], -1)
+    return torch.cat([chosen, window], dim=-1).sort(dim=-1).values

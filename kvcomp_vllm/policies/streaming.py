@@ -1,0 +1,24 @@
+"""`streaming` (StreamingLLM): attention sinks plus a recent window, no scoring."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import KVPolicy, LayerPlan
+
+
+class StreamingPolicy(KVPolicy):
+    """Keeps the first `sink` tokens and the last `budget - sink` tokens of the prompt."""
+
+    name = "streaming"
+
+    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+        num_kv_heads, n, _ = keys.shape
+        budget = self.layer_budget(layer, n)
+        if budget >= n:
+            return LayerPlan(keep=None)
+        sink = min(self.config.sink, budget)
+        positions = torch.cat(
+            [torch.arange(sink), torch.arange(n - (budget - sink), n)]
+        ).to(keys.device)
+        return LayerPlan(keep=positions.expand(num_kv_heads, -1))

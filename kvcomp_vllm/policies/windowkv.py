@@ -1,0 +1,79 @@
+"""`windowkv` (WindowKV): keep contiguous windows of prompt tokens, chosen per layer group.
+
+The prefix (the prompt minus the observation window) is tiled into windows of `s` tokens from its
+start. A window's score is the sum of its tokens' observation scores; each KV head keeps its
+best `(budget - window) // s` windows, then the remaining `< s` tokens as the best-scoring
+contiguous run outside the chosen windows, so every layer keeps exactly its budget.
+
+Task-adaptive window size (`window_size="auto"`): the scoring layer measures how concentrated the
+observation attention is, as the share of attention mass on its top 5% prefix tokens (mean over
+KV heads). Concentrated attention (share >= `concentration_threshold`) points at a few answer
+locations, as in retrieval and QA; the budget then goes to large windows around them so each keeps
+its surrounding sentence intact. Spread attention (summaries, aggregation over many places) needs
+many distinct locations; the budget then goes to small windows so more of them fit.
+
+Layers are grouped `group_size` at a time: the group's first layer scores and selects, and the
+other layers of the group reuse its indices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import KVPolicy, LayerPlan
+from .scoring import observation_scores, with_window
+
+TOP_SHARE = 0.05  # fraction of prefix tokens whose attention mass measures concentration
+
+
+def attention_concentration(scores: torch.Tensor) -> float:
+    """Share of the observation attention mass that falls on the top 5% of prefix tokens."""
+    m = scores.shape[-1]
+    top = max(1, math.ceil(TOP_SHARE * m))
+    mass = scores.topk(top, dim=-1).values.sum(-1) / scores.sum(-1).clamp_min(1e-30)
+    return float(mass.mean())
+
+
+def select_windows(scores: torch.Tensor, k: int, size: int) -> torch.Tensor:
+    """`k` prefix positions per head made of whole `size`-token windows plus one shorter run: `[heads, k]`."""
+    heads, m = scores.shape
+    whole, rest = divmod(k, size)
+    num_windows = m // size
+    window_scores = scores[:, : num_windows * size].reshape(heads, num_windows, size).sum(-1)
+    best = window_scores.topk(whole, dim=-1).indices
+    chosen = (best.unsqueeze(-1) * size + torch.arange(size, device=scores.device)).reshape(heads, -1)
+    if rest:
+        free = scores.scatter(1, chosen, float("-inf"))
+        start = free.unfold(-1, rest, 1).sum(-1).argmax(-1, keepdim=True)
+        chosen = torch.cat([chosen, start + torch.arange(rest, device=scores.device)], dim=-1)
+    return chosen
+
+
+class WindowKVPolicy(KVPolicy):
+    """Whole-window selection with a task-adaptive window size, shared within layer groups."""
+
+    name = "windowkv"
+
+    def source_layer(self, layer: int) -> int:
+        return layer - layer % self.config.group_size
+
+    def window_size(self, scores: torch.Tensor) -> int:
+        """Configured window size, or the adaptive choice from the attention pattern."""
+        if self.config.window_size != "auto":
+            return self.config.window_size
+        spread, concentrated = self.config.window_sizes
+        if attention_concentration(scores) >= self.config.concentration_threshold:
+            return concentrated
+        return spread
+
+    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+        n = keys.shape[1]
+        budget = self.layer_budget(layer, n)
+        if budget >= n:
+            return LayerPlan(keep=None)
+        w = min(self.config.window, n)
+        scores = observation_scores(keys, queries[:, -w:], scale)
+        chosen = select_windows(scores, budget - w, self.window_size(scores))
+        return LayerPlan(keep=with_window(chosen, n - w, n))

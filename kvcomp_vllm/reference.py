@@ -1,0 +1,113 @@
+"""Reference generator: a plain transformers greedy loop with a policy applied after prefill.
+
+It is the oracle the vLLM integration must match token for token, so it favours obviousness over
+speed: batch size one, eager attention written out below, and compaction through
+`policies.apply_plan`. Prefill attends over the whole prompt; at the end of prefill every layer
+plans from its prompt keys and last-window queries and its cache is replaced by what it keeps.
+Decode steps then attend over the compacted cache, with new tokens at their true positions.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+
+from .config import KVPolicyConfig
+from .policies import RequestCompressor, apply_plan, make_policy
+
+ATTN_IMPLEMENTATION = "kvcomp_reference"
+
+
+@dataclass
+class _Run:
+    """State of one generation, read by the attention function."""
+
+    compressor: RequestCompressor
+    cache: object
+    window: int
+    compress: bool = True
+    kept: dict[int, int] = field(default_factory=dict)
+
+
+_ACTIVE: contextvars.ContextVar[_Run] = contextvars.ContextVar("kvcomp_reference_run")
+
+
+def causal_attention(query, key, value, scale):
+    """Eager attention; query i of q_len sees keys up to kv_len - q_len + i. Returns [B, q, H, D]."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    logits = torch.matmul(query, key.transpose(2, 3)) * scale
+    future = torch.arange(kv_len, device=query.device) > torch.arange(
+        kv_len - q_len, kv_len, device=query.device
+    )[:, None]
+    probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention for the reference model; compacts the layer's cache at the end of prefill."""
+    run = _ACTIVE.get()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = causal_attention(query, key, value, scale)
+    if run.compress:
+        layer = module.layer_idx
+        w = min(run.window, key.shape[2])
+        plan = run.compressor.plan(layer, key[0], query[0, :, -w:], scale)
+        owner = None if plan.key_owner is None else run.cache.layers[plan.key_owner].keys[0]
+        k, v = apply_plan(plan, key[0], value[0], owner_keys=owner)
+        run.cache.layers[layer].keys, run.cache.layers[layer].values = k[None], v[None]
+        run.kept[layer] = plan.kept_tokens(key.shape[2])
+    return out, None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
+
+
+@dataclass(frozen=True)
+class ReferenceOutput:
+    """Greedy tokens, their logprobs, and the tokens each layer kept (own K and V) after prefill."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    kept_per_layer: list[int]
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompt: list[int],
+    config: KVPolicyConfig,
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
+) -> ReferenceOutput:
+    """Greedy-decode `max_new_tokens` after `prompt` with `config`'s policy applied after prefill."""
+    from transformers import DynamicCache
+
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    num_layers = model.config.num_hidden_layers
+    cache = DynamicCache(config=model.config)
+    run = _Run(RequestCompressor(make_policy(config, num_layers)), cache, config.window)
+    token = _ACTIVE.set(run)
+    try:
+        ids = torch.tensor([prompt], device=model.device)
+        positions = torch.arange(len(prompt), device=model.device)[None]
+        tokens, logprobs = [], []
+        for step in range(max_new_tokens):
+            logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
+            run.compress = False
+            logp = logits[0, -1].float().log_softmax(-1)
+            nxt = int(logp.argmax())
+            tokens.append(nxt)
+            logprobs.append(float(logp[nxt]))
+            if nxt == eos_token_id:
+                break
+            ids = torch.tensor([[nxt]], device=model.device)
+            positions = torch.tensor([[len(prompt) + step]], device=model.device)
+    finally:
+        _ACTIVE.reset(token)
+    return ReferenceOutput(tokens, logprobs, [run.kept[layer] for layer in range(num_layers)])
