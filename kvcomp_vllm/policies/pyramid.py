@@ -15,10 +15,12 @@ def pyramid_budgets(budget: int, num_layers: int, window: int, beta: float) -> t
     shares form an arithmetic progression from `2s - s/beta` at the bottom to `s/beta` at the top
     (s = budget - window), rounded so they sum to exactly `num_layers * s`.
     """
+    if num_layers == 1:
+        return (budget,)
     s = max(budget - window, 0)
     top = s / beta
     bottom = 2 * s - top
-    step = (top - bottom) / (num_layers - 1) if num_layers > 1 else 0.0
+    step = (top - bottom) / (num_layers - 1)
     raw = [bottom + step * layer for layer in range(num_layers)]
     shares = [int(r) for r in raw]
     missing = num_layers * s - sum(shares)

@@ -15,8 +15,9 @@ def observation_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) 
     """
     num_kv_heads, n, d = keys.shape
     num_heads, w, _ = queries.shape
-    q = queries.float().view(num_kv_heads, num_heads // num_kv_heads, w, d)
-    logits = torch.einsum("hgwd,hnd->hgwn", q, keys.float()) * scale
+    dtype = torch.promote_types(keys.dtype, torch.float32)  # at least fp32, whatever the cache dtype
+    q = queries.to(dtype).view(num_kv_heads, num_heads // num_kv_heads, w, d)
+    logits = torch.einsum("hgwd,hnd->hgwn", q, keys.to(dtype)) * scale
     future = torch.arange(n, device=keys.device) > torch.arange(n - w, n, device=keys.device)[:, None]
     probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
     return probs[..., : n - w].sum(dim=2).mean(dim=1)
@@ -32,6 +33,11 @@ def pool_scores(scores: torch.Tensor, kernel: int, pooling: str) -> torch.Tensor
     else:
         x = F.max_pool1d(x, kernel, stride=1, padding=kernel // 2)
     return x.squeeze(1)
+
+
+def top_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the `k` highest scores per row; ties go to the earlier position on every device."""
+    return scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
 
 
 def with_window(chosen: torch.Tensor, prefix_len: int, prompt_len: int) -> torch.Tensor:

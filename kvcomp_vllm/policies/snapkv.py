@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import KVPolicy, LayerPlan
-from .scoring import observation_scores, pool_scores, with_window
+from .scoring import observation_scores, pool_scores, top_positions, with_window
 
 
 class SnapKVPolicy(KVPolicy):
@@ -21,4 +21,4 @@ class SnapKVPolicy(KVPolicy):
         w = min(self.config.window, n)
         scores = observation_scores(keys, queries[:, -w:], scale)
         scores = pool_scores(scores, self.config.kernel, self.config.pooling)
-        return LayerPlan(keep=with_window(scores.topk(budget - w, dim=-1).indices, n - w, n))
+        return LayerPlan(keep=with_window(top_positions(scores, budget - w), n - w, n))

@@ -23,7 +23,7 @@ import math
 import torch
 
 from .base import KVPolicy, LayerPlan
-from .scoring import observation_scores, with_window
+from .scoring import observation_scores, top_positions, with_window
 
 TOP_SHARE = 0.05  # fraction of prefix tokens whose attention mass measures concentration
 
@@ -42,7 +42,7 @@ def select_windows(scores: torch.Tensor, k: int, size: int) -> torch.Tensor:
     whole, rest = divmod(k, size)
     num_windows = m // size
     window_scores = scores[:, : num_windows * size].reshape(heads, num_windows, size).sum(-1)
-    best = window_scores.topk(whole, dim=-1).indices
+    best = top_positions(window_scores, whole)
     chosen = (best.unsqueeze(-1) * size + torch.arange(size, device=scores.device)).reshape(heads, -1)
     if rest:
         free = scores.scatter(1, chosen, float("-inf"))

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny local models (built once per session) and vLLM CPU settings."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# vLLM runs in-process in tests, on a small CPU KV pool.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_model_dir(request, tmp_path_factory):
+    """A tiny model folder of each architecture."""
+    return build_tiny_model(tmp_path_factory.getbasetemp() / f"tiny-{request.param}", TinyModelSpec(arch=request.param))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """The tiny Llama-style model folder."""
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", TinyModelSpec(arch="llama"))

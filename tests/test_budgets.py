@@ -1,0 +1,46 @@
+"""Per-layer budget schedules: pyramid shape, exact means, minimums, short prompts."""
+
+import pytest
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.policies import make_policy, pyramid_budgets
+
+
+def test_pyramid_hand_case():
+    # s = 68 selectable tokens: shares run from 2*68 - 68/20 = 132.6 down to 3.4, rounded to sum 544.
+    assert pyramid_budgets(100, 8, 32, 20.0) == (165, 146, 128, 109, 91, 72, 54, 35)
+
+
+@pytest.mark.parametrize("budget", [32, 33, 100, 517, 2048])
+@pytest.mark.parametrize("num_layers", [1, 2, 7, 32])
+@pytest.mark.parametrize("beta", [1.0, 2.5, 20.0])
+def test_pyramid_mean_monotone_and_floor(budget, num_layers, beta):
+    schedule = pyramid_budgets(budget, num_layers, 32, beta)
+    assert sum(schedule) == budget * num_layers
+    assert all(a >= b for a, b in zip(schedule, schedule[1:]))
+    assert min(schedule) >= 32
+
+
+def test_pyramid_beta_one_is_uniform_and_steepness_grows_with_beta():
+    assert pyramid_budgets(100, 4, 32, 1.0) == (100, 100, 100, 100)
+    gentle = pyramid_budgets(1000, 8, 32, 2.0)
+    steep = pyramid_budgets(1000, 8, 32, 20.0)
+    assert steep[0] > gentle[0] and steep[-1] < gentle[-1]
+
+
+def test_layer_budgets_of_each_policy():
+    n = 1000
+    assert [make_policy(KVPolicyConfig(policy="full"), 4).layer_budget(i, n) for i in range(4)] == [n] * 4
+    snap = make_policy(KVPolicyConfig(policy="snapkv", budget=0.1), 4)
+    assert [snap.layer_budget(i, n) for i in range(4)] == [100] * 4
+    pyr = make_policy(KVPolicyConfig(policy="pyramid", budget=0.1), 4)
+    budgets = [pyr.layer_budget(i, n) for i in range(4)]
+    assert sum(budgets) == 400 and budgets == sorted(budgets, reverse=True)
+
+
+def test_prompt_within_budget_is_kept_whole_in_every_layer():
+    pyr = make_policy(KVPolicyConfig(policy="pyramid", budget=512), 4)
+    assert [pyr.layer_budget(i, 300) for i in range(4)] == [300] * 4
+    # A budget just under the prompt still shapes the pyramid, capped at the prompt length.
+    capped = [pyr.layer_budget(i, 600) for i in range(4)]
+    assert max(capped) == 600 and capped[-1] < 512

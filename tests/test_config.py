@@ -1,0 +1,90 @@
+"""KVPolicyConfig validation: accepted values, and error messages that name the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from kvcomp_vllm import KVPolicyConfig, load_preset
+from kvcomp_vllm.config import POLICY_NAMES
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def error_text(**kwargs) -> str:
+    with pytest.raises(ValidationError) as err:
+        KVPolicyConfig(**kwargs)
+    return str(err.value)
+
+
+def test_unknown_policy_lists_allowed_values():
+    text = error_text(policy="h2o", budget=64)
+    assert "policy" in text
+    for name in POLICY_NAMES:
+        assert f"'{name}'" in text
+
+
+def test_budget_below_window_is_rejected():
+    text = error_text(policy="snapkv", budget=16, window=32)
+    assert "budget: 16 tokens is less than window (32) for policy 'snapkv'" in text
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5, 2048.0])
+def test_ratio_outside_unit_interval_is_rejected(ratio):
+    assert "budget: a ratio must lie in (0, 1]" in error_text(policy="pyramid", budget=ratio)
+
+
+def test_streaming_budget_must_exceed_sink():
+    assert "less than sink + 1 (5)" in error_text(policy="streaming", budget=4, sink=4)
+
+
+def test_budget_required_for_selection_policies():
+    for policy in ("streaming", "snapkv", "pyramid", "windowkv"):
+        assert f"budget: policy '{policy}' needs a budget" in error_text(policy=policy)
+
+
+def test_parameter_of_another_policy_is_rejected():
+    text = error_text(policy="snapkv", budget=64, beta=10)
+    assert "beta: not a parameter of policy 'snapkv'" in text
+    assert "budget, kernel, pooling, window" in text
+    assert "budget: not a parameter of policy 'full'" in error_text(policy="full", budget=0.1)
+
+
+def test_even_kernel_and_unknown_field():
+    assert "kernel: must be odd" in error_text(policy="snapkv", budget=64, kernel=4)
+    assert "budgett" in error_text(policy="snapkv", budgett=64)
+
+
+def test_group_size_must_divide_layers():
+    config = KVPolicyConfig(policy="pod", group_size=3)
+    with pytest.raises(ValueError, match=r"group_size: 3 does not divide the model's 4 layers; choose one of \[1, 2, 4\]"):
+        config.check_model(num_layers=4)
+    config.check_model(num_layers=6)
+
+
+def test_budget_larger_than_context_is_rejected():
+    config = KVPolicyConfig(policy="snapkv", budget=8192)
+    with pytest.raises(ValueError, match=r"budget: 8192 tokens is larger than the model's context \(4096 tokens\)"):
+        config.check_model(num_layers=4, max_model_len=4096)
+
+
+def test_resolve_budget_counts_and_ratios():
+    assert KVPolicyConfig(policy="snapkv", budget=64).resolve_budget(1000) == 64
+    assert KVPolicyConfig(policy="snapkv", budget=0.1).resolve_budget(1000) == 100
+    assert KVPolicyConfig(policy="snapkv", budget=0.1).resolve_budget(1001) == 101  # ratios round up
+    assert KVPolicyConfig(policy="snapkv", budget=1.0).resolve_budget(77) == 77
+
+
+def test_presets_load_and_validate():
+    presets = sorted(CONFIGS.glob("*.yaml"))
+    assert {p.name for p in presets} >= {"pyramid-10pct.yaml", "snapkv-2k.yaml", "windowkv-12pct.yaml", "pod-35pct.yaml"}
+    for path in presets:
+        config = load_preset(path)
+        assert config.policy == path.name.split("-")[0]
+    assert load_preset(CONFIGS / "snapkv-2k.yaml").budget == 2048
+
+
+def test_preset_must_be_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- policy\n")
+    with pytest.raises(ValueError, match="a preset must be a YAML mapping"):
+        load_preset(bad)

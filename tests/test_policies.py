@@ -1,0 +1,218 @@
+"""Policies against hand-computed cases and brute-force references written with plain loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.policies import RequestCompressor, apply_plan, make_policy
+from kvcomp_vllm.policies.scoring import observation_scores, pool_scores
+from kvcomp_vllm.policies.windowkv import attention_concentration
+
+D = 16
+SCALE = D**-0.5
+
+
+def random_layer(num_heads, num_kv_heads, n, window, seed):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(num_kv_heads, n, D, generator=g, dtype=torch.float64)
+    queries = torch.randn(num_heads, min(window, n), D, generator=g, dtype=torch.float64)
+    return keys, queries
+
+
+def brute_scores(keys, queries, window):
+    """Per KV head, per prefix token: sum over window queries of causal softmax, mean over group heads."""
+    num_kv_heads, n, _ = keys.shape
+    num_heads = queries.shape[0]
+    g = num_heads // num_kv_heads
+    w = min(window, n)
+    m = n - w
+    out = []
+    for h in range(num_kv_heads):
+        s = [0.0] * m
+        for qh in range(h * g, (h + 1) * g):
+            for i in range(w):
+                pos = m + i
+                logits = [float(queries[qh, queries.shape[1] - w + i] @ keys[h, j]) * SCALE for j in range(pos + 1)]
+                top = max(logits)
+                e = [math.exp(x - top) for x in logits]
+                z = sum(e)
+                for j in range(m):
+                    s[j] += e[j] / z / g
+        out.append(s)
+    return out
+
+
+def brute_pool(s, kernel, pooling):
+    r = kernel // 2
+    m = len(s)
+    if pooling == "avg":
+        return [sum(s[j + o] for o in range(-r, r + 1) if 0 <= j + o < m) / kernel for j in range(m)]
+    return [max(s[j + o] for o in range(-r, r + 1) if 0 <= j + o < m) for j in range(m)]
+
+
+def brute_snapkv(keys, queries, budget, window, kernel, pooling):
+    n = keys.shape[1]
+    if budget >= n:
+        return None
+    w = min(window, n)
+    keep = []
+    for s in brute_scores(keys, queries, window):
+        pooled = brute_pool(s, kernel, pooling)
+        top = sorted(range(n - w), key=lambda j: -pooled[j])[: budget - w]
+        keep.append(sorted(top + list(range(n - w, n))))
+    return keep
+
+
+def kept(plan):
+    return None if plan.keep is None else plan.keep.tolist()
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(8, 2), (4, 4)])
+@pytest.mark.parametrize("n", [37, 64, 101])
+def test_observation_scores_match_brute_force(num_heads, num_kv_heads, n):
+    keys, queries = random_layer(num_heads, num_kv_heads, n, 8, seed=n)
+    got = observation_scores(keys, queries, SCALE)
+    assert torch.allclose(got, torch.tensor(brute_scores(keys, queries, 8), dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_pooling_matches_brute_force(pooling):
+    s = torch.rand(3, 29, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = pool_scores(s, 5, pooling)
+    want = torch.tensor([brute_pool(row.tolist(), 5, pooling) for row in s], dtype=torch.float64)
+    assert torch.allclose(got, want)
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(8, 2), (4, 4)])
+@pytest.mark.parametrize("n,budget,window", [(37, 16, 8), (64, 20, 8), (101, 40, 16), (50, 50, 8), (30, 64, 8), (6, 8, 8)])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_snapkv_matches_brute_force(num_heads, num_kv_heads, n, budget, window, pooling):
+    keys, queries = random_layer(num_heads, num_kv_heads, n, window, seed=n + budget)
+    config = KVPolicyConfig(policy="snapkv", budget=budget, window=window, kernel=5, pooling=pooling)
+    plan = make_policy(config, 4).select(0, keys, queries, SCALE)
+    assert kept(plan) == brute_snapkv(keys, queries, budget, window, 5, pooling)
+
+
+def test_snapkv_hand_case_keeps_attended_token_and_its_neighbours():
+    # Token 3 is the only key aligned with the queries: it takes nearly all prefix attention.
+    keys = torch.zeros(1, 20, D, dtype=torch.float64)
+    keys[0, 3, 0] = 40.0
+    queries = torch.zeros(2, 4, D, dtype=torch.float64)
+    queries[:, :, 0] = 1.0
+    one = KVPolicyConfig(policy="snapkv", budget=5, window=4, kernel=1)
+    assert kept(make_policy(one, 1).select(0, keys, queries, SCALE)) == [[3, 16, 17, 18, 19]]
+    three = KVPolicyConfig(policy="snapkv", budget=7, window=4, kernel=3)
+    assert kept(make_policy(three, 1).select(0, keys, queries, SCALE)) == [[2, 3, 4, 16, 17, 18, 19]]
+
+
+def test_ratio_budget_below_window_keeps_the_window():
+    keys, queries = random_layer(4, 2, 100, 32, seed=3)
+    config = KVPolicyConfig(policy="snapkv", budget=0.05, window=32)
+    plan = make_policy(config, 2).select(0, keys, queries, SCALE)
+    assert plan.keep.shape == (2, 32) and plan.keep[0].tolist() == list(range(68, 100))
+
+
+def test_streaming_hand_case():
+    keys, queries = random_layer(4, 2, 10, 4, seed=0)
+    config = KVPolicyConfig(policy="streaming", budget=5, sink=2)
+    assert kept(make_policy(config, 2).select(1, keys, queries, SCALE)) == [[0, 1, 7, 8, 9]] * 2
+    whole = KVPolicyConfig(policy="streaming", budget=12, sink=2)
+    assert make_policy(whole, 2).select(0, keys, queries, SCALE).keep is None
+
+
+def test_pyramid_layers_select_like_snapkv_with_their_budgets():
+    keys, queries = random_layer(8, 2, 120, 8, seed=5)
+    config = KVPolicyConfig(policy="pyramid", budget=40, window=8, kernel=5, beta=4)
+    policy = make_policy(config, 4)
+    for layer in range(4):
+        b = policy.layer_budget(layer, 120)
+        assert kept(policy.select(layer, keys, queries, SCALE)) == brute_snapkv(keys, queries, b, 8, 5, "avg")
+
+
+def brute_windows(scores, k, size):
+    """Whole windows by score, then the best contiguous run of unchosen positions (all loops)."""
+    m = len(scores)
+    windows = [(sum(scores[i * size:(i + 1) * size]), i) for i in range(m // size)]
+    whole, rest = divmod(k, size)
+    chosen = []
+    for _, i in sorted(windows, key=lambda t: -t[0])[:whole]:
+        chosen += list(range(i * size, (i + 1) * size))
+    if rest:
+        runs = [
+            (sum(scores[s:s + rest]), s)
+            for s in range(m - rest + 1)
+            if not set(range(s, s + rest)) & set(chosen)
+        ]
+        start = max(runs, key=lambda t: (t[0], -t[1]))[1]
+        chosen += list(range(start, start + rest))
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("n,budget,size", [(100, 37, 8), (77, 40, 5), (64, 24, 8), (45, 44, 4)])
+def test_windowkv_matches_brute_force(n, budget, size):
+    keys, queries = random_layer(4, 2, n, 8, seed=n)
+    config = KVPolicyConfig(policy="windowkv", budget=budget, window=8, window_size=size, group_size=1)
+    plan = make_policy(config, 2).select(0, keys, queries, SCALE)
+    scores = brute_scores(keys, queries, 8)
+    want = [brute_windows(s, budget - 8, size) + list(range(n - 8, n)) for s in scores]
+    assert kept(plan) == want
+    assert plan.keep.shape == (2, budget)
+
+
+def test_windowkv_adapts_window_size_to_attention_pattern():
+    policy = make_policy(KVPolicyConfig(policy="windowkv", budget=64, window_sizes=(4, 16)), 2)
+    spread = torch.ones(2, 400)
+    peaked = torch.full((2, 400), 1e-4)
+    peaked[:, 100] = 1.0
+    assert attention_concentration(spread) == pytest.approx(20 / 400)
+    assert attention_concentration(peaked) > 0.9
+    assert policy.window_size(spread) == 4
+    assert policy.window_size(peaked) == 16
+
+
+def test_windowkv_group_layers_share_the_first_layers_selection():
+    config = KVPolicyConfig(policy="windowkv", budget=30, window=8, group_size=2)
+    compressor = RequestCompressor(make_policy(config, 4))
+    plans = []
+    for layer in range(4):
+        keys, queries = random_layer(4, 2, 90, 8, seed=layer)
+        plans.append(compressor.plan(layer, keys, queries, SCALE))
+    assert plans[1] is plans[0] and plans[3] is plans[2]
+    assert kept(plans[0]) != kept(plans[2])
+    with pytest.raises(RuntimeError, match="reuses layer 2's plan"):
+        RequestCompressor(make_policy(config, 4)).plan(3, *random_layer(4, 2, 90, 8, seed=0), SCALE)
+
+
+def test_pod_layout_and_shared_keys():
+    config = KVPolicyConfig(policy="pod", sink=2, recent=3, group_size=2)
+    policy = make_policy(config, 4)
+    keys, queries = random_layer(4, 2, 12, 4, seed=0)
+    values = torch.randn_like(keys)
+    owner = policy.select(2, keys, queries, SCALE)
+    assert owner.keep is None and owner.key_owner is None
+    member = policy.select(3, keys, queries, SCALE)
+    assert kept(member) == [[0, 1, 9, 10, 11]] * 2
+    assert member.key_owner == 2 and member.shared.tolist() == [2, 3, 4, 5, 6, 7, 8]
+    assert policy.layer_budget(3, 12) == 5 and policy.layer_budget(2, 12) == 12
+    owner_keys = torch.randn_like(keys)
+    k, v = apply_plan(member, keys, values, owner_keys=owner_keys)
+    assert torch.equal(k[:, 2:9], owner_keys[:, 2:9]) and torch.equal(k[:, [0, 1, 9, 10, 11]], keys[:, [0, 1, 9, 10, 11]])
+    assert torch.equal(v, values)
+    assert make_policy(config, 4).select(1, *random_layer(4, 2, 5, 4, seed=1), SCALE).keep is None
+
+
+def test_apply_plan_gathers_per_head():
+    keys = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    values = -keys
+    from kvcomp_vllm.policies import LayerPlan
+
+    plan = LayerPlan(keep=torch.tensor([[0, 4], [1, 5]]))
+    k, v = apply_plan(plan, keys, values)
+    assert torch.equal(k, torch.stack([keys[0, [0, 4]], keys[1, [1, 5]]]))
+    assert torch.equal(v, -k)
+    with pytest.raises(ValueError, match="pass its keys as owner_keys"):
+        apply_plan(LayerPlan(keep=plan.keep, key_owner=0, shared=torch.tensor([2])), keys, values)
