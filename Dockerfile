@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 RUN useradd --create-home --uid 1000 kvcomp
 WORKDIR /app
+# torch 2.13.0+cpu comes from the PyTorch CPU wheel index.
+ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY --chown=kvcomp:kvcomp . /app
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/* \
     && su kvcomp -c "make install"
