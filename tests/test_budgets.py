@@ -44,3 +44,18 @@ def test_prompt_within_budget_is_kept_whole_in_every_layer():
     # A budget just under the prompt still shapes the pyramid, capped at the prompt length.
     capped = [pyr.layer_budget(i, 600) for i in range(4)]
     assert max(capped) == 600 and capped[-1] < 512
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(policy="snapkv", budget=0.1), dict(policy="pyramid", budget=0.1, beta=3), dict(policy="windowkv", budget=0.2),
+     dict(policy="streaming", budget=50), dict(policy="pod", recent=40, group_size=2)],
+    ids=lambda p: p["policy"],
+)
+def test_layers_of_one_budget_tier_always_keep_the_same_count(params):
+    policy = make_policy(KVPolicyConfig(**params), 8)
+    for n in (10, 100, 333, 4096):
+        by_tier = {}
+        for layer in range(8):
+            by_tier.setdefault(policy.budget_tier(layer), set()).add(policy.layer_budget(layer, n))
+        assert all(len(counts) == 1 for counts in by_tier.values())

@@ -54,6 +54,10 @@ class KVPolicy(ABC):
         floor = self.config.window if "window" in POLICY_FIELDS[self.name] else 1
         return min(prompt_len, max(self.config.resolve_budget(prompt_len), floor))
 
+    def budget_tier(self, layer: int) -> int:
+        """Layers of one tier keep the same number of tokens for every prompt (one KV cache group)."""
+        return 0
+
     def source_layer(self, layer: int) -> int:
         """Layer whose plan `layer` reuses; itself unless the policy shares selections in groups."""
         return layer

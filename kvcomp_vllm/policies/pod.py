@@ -22,6 +22,9 @@ class PoDPolicy(KVPolicy):
         """First layer of `layer`'s group: the one whose keys the group shares."""
         return layer - layer % self.config.group_size
 
+    def budget_tier(self, layer: int) -> int:
+        return 0 if self.owner_layer(layer) == layer else 1
+
     def layer_budget(self, layer: int, prompt_len: int) -> int:
         if self.owner_layer(layer) == layer:
             return prompt_len

@@ -35,6 +35,9 @@ class PyramidPolicy(SnapKVPolicy):
 
     name = "pyramid"
 
+    def budget_tier(self, layer: int) -> int:
+        return layer
+
     def layer_budget(self, layer: int, prompt_len: int) -> int:
         budget = super().layer_budget(layer, prompt_len)
         if budget >= prompt_len:  # a prompt within budget is kept whole in every layer

@@ -1,0 +1,1 @@
+"""The vLLM integration: everything that imports vLLM lives in this package (internals via compat)."""

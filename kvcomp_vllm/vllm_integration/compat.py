@@ -1,0 +1,105 @@
+"""Every vLLM internal the plugin touches, in one place, for vLLM 0.26 (GPU) and 0.32 (CPU).
+
+The rest of `vllm_integration` imports vLLM names from here only, so a vLLM upgrade means reading
+this file and its tests, not the whole package.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import vllm
+from vllm import _custom_ops as ops
+from vllm.engine.arg_utils import EngineArgs
+from vllm.logger import init_logger
+from vllm.model_executor.models.utils import extract_layer_index
+from vllm.utils.math_utils import cdiv
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+    CPUAttentionMetadataBuilder,
+)
+from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+VLLM_VERSION = tuple(int(p) for p in vllm.__version__.split(".")[:2])
+
+__all__ = [
+    "VLLM_VERSION",
+    "AttentionBackendEnum",
+    "BlockTable",
+    "CPUAttentionBackend",
+    "CPUAttentionBackendImpl",
+    "CPUAttentionMetadataBuilder",
+    "EngineArgs",
+    "FullAttentionManager",
+    "FullAttentionSpec",
+    "GPUModelRunner",
+    "KVCacheSpecRegistry",
+    "MultiGroupBlockTable",
+    "cdiv",
+    "extract_layer_index",
+    "init_logger",
+    "register_backend",
+    "register_kv_spec",
+    "set_row_num_blocks",
+    "cpu_block_layout",
+    "cpu_kv_regions",
+]
+
+
+def register_kv_spec(spec_cls: type, manager_cls: type) -> None:
+    """Register a KV cache spec and its manager without hiding vLLM's built-in specs.
+
+    The registry fills itself lazily only while empty, so the built-ins are registered first.
+    """
+    KVCacheSpecRegistry._ensure_registered()
+    KVCacheSpecRegistry.register(spec_cls, manager_cls, uniform_type_base_spec=spec_cls)
+
+
+def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> None:
+    """Shorten one request's row of a worker block table to its first `num_blocks` KV blocks."""
+    per_kv_block = getattr(block_table, "blocks_per_kv_block", 1)  # 0.26 counts kernel blocks
+    block_table.num_blocks_per_row[row] = num_blocks * per_kv_block
+
+
+def cpu_kv_regions(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value regions `[num_blocks, kv_heads, block_size * head_dim]` of a CPU layer cache.
+
+    vLLM's CPU backend stores, per block and head, the block's keys and then its values.
+    """
+    num_blocks, num_kv_heads, _, _ = kv_cache.shape
+    return kv_cache.view(num_blocks, num_kv_heads, -1).chunk(2, dim=2)
+
+
+@lru_cache(maxsize=None)
+def cpu_block_layout(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index maps `[block_size, head_dim]` of where vLLM's CPU cache writer puts token t, dim d.
+
+    The writer packs blocks per ISA (keys are stored dim-major for the `vec` kernels), so the maps
+    are learnt from the writer itself: block d receives tokens whose only non-zero entry is dim d,
+    valued t + 1 (exact in every float dtype for block sizes up to 256).
+    """
+    one_hot = torch.eye(head_dim, dtype=dtype)
+    tokens = (torch.arange(1, block_size + 1, dtype=dtype)[None, :, None] * one_hot[:, None, :]).reshape(-1, 1, head_dim)
+    kv_cache = torch.zeros(head_dim, 1, block_size, 2 * head_dim, dtype=dtype)
+    key_cache, value_cache = kv_cache.view(head_dim, 1, 2 * block_size, head_dim).chunk(2, dim=2)
+    slots = torch.arange(head_dim * block_size, dtype=torch.int64)
+    ops.cpu_attn_reshape_and_cache(
+        tokens, tokens, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto"
+    )
+    key_region, value_region = cpu_kv_regions(kv_cache)
+    return tuple(_index_from_probe(region, block_size, head_dim) for region in (key_region, value_region))
+
+
+def _index_from_probe(region: torch.Tensor, block_size: int, head_dim: int) -> torch.Tensor:
+    index = torch.empty(block_size, head_dim, dtype=torch.int64)
+    for d in range(head_dim):
+        offsets = region[d, 0].nonzero().squeeze(1)
+        index[region[d, 0, offsets].round().long() - 1, d] = offsets
+    return index

@@ -1,0 +1,157 @@
+"""`--kv-*` flags for `vllm serve`, and the start-up check of the engine's kvcomp settings.
+
+The flags fold into `additional_config["kvcomp"]`; `LLM(..., additional_config={"kvcomp": {...}})`
+is the same setting from Python. Settings are validated when vLLM builds its engine config, after
+the model's config is read but before any weights load, so a bad value stops start-up at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pydantic import ValidationError
+
+from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
+from ..policies import make_policy
+from .compat import EngineArgs, init_logger
+from .settings import CONFIG_KEY, engine_settings
+
+logger = init_logger("kvcomp_vllm")
+
+
+def _budget(text: str) -> int | float:
+    """`2048` is a token count, `0.1` a ratio of the prompt."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must be a token count or a ratio in (0, 1], got {text!r}") from None
+
+
+# flag -> (KVPolicyConfig field, argparse type, help)
+FLAGS: dict[str, tuple[str, object, str]] = {
+    "--kv-budget": ("budget", _budget, "tokens kept per layer and KV head (2048) or ratio of the prompt (0.1)"),
+    "--kv-window": ("window", int, "observation window: last prompt queries used for scoring"),
+    "--kv-kernel": ("kernel", int, "odd 1-D pooling kernel over token scores"),
+    "--kv-pooling": ("pooling", str, "pooling of token scores: avg or max"),
+    "--kv-beta": ("beta", float, "pyramid steepness"),
+    "--kv-sink": ("sink", int, "first tokens always kept (streaming, pod)"),
+    "--kv-recent": ("recent", int, "pod: last prompt tokens with per-layer keys"),
+    "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv) or keys (pod)"),
+    "--kv-window-size": ("window_size", str, "windowkv: tokens per window, or auto"),
+}
+
+
+def add_kv_arguments(parser) -> None:
+    """Add the kvcomp flag group to a vLLM argument parser."""
+    group = parser.add_argument_group("KV cache compression (kvcomp-vllm)")
+    group.add_argument("--kv-policy", choices=POLICY_NAMES, default=None, help="KV compression policy")
+    group.add_argument("--kv-config", default=None, help="YAML preset from configs/; flags override its fields")
+    for flag, (field, kind, text) in FLAGS.items():
+        group.add_argument(flag, dest=f"kv_{field}", type=kind, default=None, help=text)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict | None:
+    """The kvcomp settings the flags ask for, validated, or None where no flag was given."""
+    settings: dict = {}
+    if getattr(args, "kv_config", None):
+        settings = load_preset(args.kv_config).model_dump(exclude_unset=True)
+    if getattr(args, "kv_policy", None):
+        settings["policy"] = args.kv_policy
+    for field, _, _ in FLAGS.values():
+        value = getattr(args, f"kv_{field}", None)
+        if value is not None:
+            settings[field] = int(value) if field == "window_size" and str(value).isdigit() else value
+    if not settings:
+        return None
+    return validated(settings).model_dump(exclude_unset=True)
+
+
+def validated(settings: dict) -> KVPolicyConfig:
+    """A config from raw settings; validation errors become one readable ValueError."""
+    try:
+        return KVPolicyConfig(**settings)
+    except ValidationError as err:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") + _where(e) for e in err.errors())
+        raise ValueError(f"invalid kvcomp settings: {problems}") from None
+
+
+def _where(error: dict) -> str:
+    loc = ".".join(str(p) for p in error.get("loc", ()))
+    return f" (field {loc})" if loc else ""
+
+
+def check_engine_config(vllm_config) -> None:
+    """Validate the engine's kvcomp settings against its model, adapt the engine, log the budgets."""
+    settings = engine_settings(vllm_config)
+    if not settings:
+        return
+    config = validated(settings)
+    model = vllm_config.model_config
+    num_layers = model.hf_text_config.num_hidden_layers
+    config.check_model(num_layers, model.max_model_len)
+    vllm_config.additional_config[CONFIG_KEY] = config.model_dump(exclude_unset=True)
+    if config.policy == "full":
+        logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
+        return
+    if config.policy == "pod":
+        raise ValueError(
+            "kv policy 'pod' needs its shared-key cache layout, which the vLLM integration does not have "
+            "yet; serve pod with kvcomp_vllm.reference, or choose snapkv, pyramid, windowkv or streaming"
+        )
+    if vllm_config.speculative_config is not None:
+        raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")
+    if vllm_config.cache_config.enable_prefix_caching:
+        logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
+        vllm_config.cache_config.enable_prefix_caching = False
+    vllm_config.scheduler_config.async_scheduling = False
+    policy = make_policy(config, num_layers)
+    n = model.max_model_len
+    budgets = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+    logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
+
+
+def _add_cli_args(original):
+    def add_cli_args(parser):
+        parser = original(parser)
+        add_kv_arguments(parser)
+        return parser
+
+    return add_cli_args
+
+
+def _from_cli_args(original):
+    def from_cli_args(cls, args):
+        engine_args = original.__func__(cls, args)
+        settings = settings_from_args(args)
+        if settings is not None:
+            engine_args.additional_config = {**(engine_args.additional_config or {}), CONFIG_KEY: settings}
+        return engine_args
+
+    return from_cli_args
+
+
+def _create_engine_config(original):
+    def create_engine_config(self, *args, **kwargs):
+        vllm_config = original(self, *args, **kwargs)
+        check_engine_config(vllm_config)
+        return vllm_config
+
+    return create_engine_config
+
+
+def install_engine_args_hooks() -> None:
+    """Add the flags to vLLM's parser and the check to engine start-up (idempotent)."""
+    if getattr(EngineArgs.create_engine_config, "_kvcomp", False):
+        return
+    hooks = (
+        ("add_cli_args", staticmethod, _add_cli_args(EngineArgs.add_cli_args)),
+        ("from_cli_args", classmethod, _from_cli_args(EngineArgs.__dict__["from_cli_args"])),
+        ("create_engine_config", lambda f: f, _create_engine_config(EngineArgs.create_engine_config)),
+    )
+    for name, kind, func in hooks:
+        func._kvcomp = True
+        setattr(EngineArgs, name, kind(func))

@@ -1,0 +1,22 @@
+"""vLLM general-plugin entry point: loaded by vLLM in every process (API server, engine, workers)."""
+
+from __future__ import annotations
+
+_registered = False
+
+
+def register() -> None:
+    """Register kvcomp's KV spec, attention backend and hooks with vLLM (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from .compat import AttentionBackendEnum, register_backend, register_kv_spec
+    from .engine_args import install_engine_args_hooks
+    from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
+    from .worker import install_runner_hooks
+
+    register_kv_spec(CompressedAttentionSpec, CompressedAttentionManager)
+    register_backend(AttentionBackendEnum.CPU_ATTN, f"{__package__}.cpu_backend.CompressedCPUBackend")
+    install_runner_hooks()
+    install_engine_args_hooks()
+    _registered = True

@@ -1,0 +1,208 @@
+"""Worker-side bookkeeping of compressed requests, and the runner hooks that use it.
+
+Timeline of one compressed request on the worker:
+1. prefill chunks run through vLLM's attention unchanged (the backend stashes window queries);
+2. in the forward that processes the prompt's last token, each attention layer plans from its
+   prompt keys and compacts its kept tokens to cache positions `0..kept-1` (see `cpu_backend`);
+3. at the next step the request's block-table rows are cut to the blocks the scheduler kept, and
+   from then on each tier's cache position is `position - evicted`: slot mapping and `seq_lens`
+   are shifted per request, while RoPE keeps the true positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import KVPolicyConfig
+from ..policies import KVPolicy, RequestCompressor, make_policy
+from .compat import (
+    FullAttentionSpec,
+    GPUModelRunner,
+    MultiGroupBlockTable,
+    cdiv,
+    extract_layer_index,
+    set_row_num_blocks,
+)
+from .kv_spec import CompressedAttentionSpec
+from .settings import engine_policy
+
+
+@dataclass
+class CompressedRequest:
+    """One request's compression state on this worker."""
+
+    prompt_len: int
+    evicted: dict[int, int]  # budget tier -> prompt tokens evicted
+    compressor: RequestCompressor
+    window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
+    compacted: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class PrefillEnd:
+    """A batch row whose scheduled tokens `[start, end)` reach the prompt's last token."""
+
+    row: int
+    req_id: str
+    start: int
+    end: int
+
+
+class WorkerCompression:
+    """Per-process state shared by the runner hooks, the metadata builder and the attention impl."""
+
+    def __init__(self, policy: KVPolicy, group_specs: list):
+        self.policy = policy
+        self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
+        self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
+        self.requests: dict[str, CompressedRequest] = {}
+        self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
+        self.prefill_ends: list[PrefillEnd] = []
+        self.window_rows: list[PrefillEnd] = []  # rows whose chunk ends inside the observation window
+
+    def track(self, req_id: str, prompt_len: int) -> CompressedRequest:
+        evicted = {t: prompt_len - self.policy.layer_budget(layer, prompt_len) for t, layer in self.tier_layers.items()}
+        state = CompressedRequest(prompt_len, evicted, RequestCompressor(self.policy))
+        self.requests[req_id] = state
+        return state
+
+    def before_update(self, runner: GPUModelRunner, out) -> None:
+        """Forget ended requests, track new ones, and cut the rows of requests compacted last step."""
+        for req_id in (*out.finished_req_ids, *(getattr(out, "preempted_req_ids", None) or ())):
+            self.requests.pop(req_id, None)
+        for new in out.scheduled_new_reqs:
+            self.track(new.req_id, len(new.prompt_token_ids))
+        cached = out.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            state = self.requests.get(req_id)
+            if state is None:  # resumed after preemption: prefilled (and compressed) again
+                state = self.track(req_id, runner.requests[req_id].num_prompt_tokens)
+            if state.compacted and not state.truncated:
+                self._truncate(runner, req_id, state, cached.num_computed_tokens[i])
+
+    def _truncate(self, runner: GPUModelRunner, req_id: str, state: CompressedRequest, num_computed: int) -> None:
+        row = runner.input_batch.req_id_to_index.get(req_id)
+        block_ids = runner.requests[req_id].block_ids
+        for group, tier in enumerate(self.group_tiers):
+            evicted = state.evicted.get(tier, 0) if tier is not None else 0
+            if evicted > 0:
+                keep = cdiv(num_computed - evicted, runner.input_batch.block_table[group].block_size)
+                del block_ids[group][keep:]
+                if row is not None:
+                    set_row_num_blocks(runner.input_batch.block_table[group], row, keep)
+        state.truncated = True
+
+    def after_update(self, runner: GPUModelRunner, out) -> None:
+        """Per-row offsets and prefill ends for this step, in the batch's final row order."""
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
+        self.prefill_ends, self.window_rows = [], []
+        window = self.policy.config.window
+        for row, req_id in enumerate(batch.req_ids[:num_reqs]):
+            state = self.requests[req_id]
+            if state.truncated:
+                for tier, evicted in state.evicted.items():
+                    self.row_evicted[tier][row] = evicted
+            if not any(state.evicted.values()):
+                continue
+            start = int(batch.num_computed_tokens_cpu[row])
+            end = start + out.num_scheduled_tokens.get(req_id, 0)
+            span = PrefillEnd(row, req_id, start, end)
+            if start < state.prompt_len <= end:
+                self.prefill_ends.append(span)
+            elif end < state.prompt_len and end > state.prompt_len - window:
+                self.window_rows.append(span)
+
+    def token_offsets(self, group: int, query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+        """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
+        tier = self.group_tiers[group]
+        if tier is None or not bool(self.row_evicted[tier].any()):
+            return None
+        counts = query_start_loc.diff().cpu()
+        offsets = torch.repeat_interleave(self.row_evicted[tier][: counts.numel()], counts, output_size=num_tokens)
+        return offsets.to(query_start_loc.device)
+
+
+_STATE: WorkerCompression | None = None
+
+
+def worker_state() -> WorkerCompression | None:
+    """This process's compression state, or None while no compressing policy is active."""
+    return _STATE
+
+
+def _state_for(runner: GPUModelRunner) -> WorkerCompression | None:
+    global _STATE
+    if _STATE is None:
+        config = engine_policy(runner.vllm_config)
+        if config is None:
+            return None
+        groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
+        _STATE = WorkerCompression(_make_policy(runner, config), groups)
+    return _STATE
+
+
+def _make_policy(runner: GPUModelRunner, config: KVPolicyConfig) -> KVPolicy:
+    return make_policy(config, runner.vllm_config.model_config.hf_text_config.num_hidden_layers)
+
+
+def _get_kv_cache_spec(original):
+    def get_kv_cache_spec(self: GPUModelRunner):
+        specs = original(self)
+        config = engine_policy(self.vllm_config)
+        if config is None:
+            return specs
+        policy = _make_policy(self, config)
+        for name, spec in specs.items():
+            if type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size:
+                raise ValueError(
+                    f"kv policy '{config.policy}' cannot handle layer {name} ({type(spec).__name__}); "
+                    "it supports decoder models whose layers all use full attention"
+                )
+            specs[name] = CompressedAttentionSpec.from_spec(spec, policy, extract_layer_index(name))
+        return specs
+
+    return get_kv_cache_spec
+
+
+def _update_states(original):
+    def update_states(self: GPUModelRunner, scheduler_output):
+        state = _state_for(self)
+        if state is None:
+            return original(self, scheduler_output)
+        state.before_update(self, scheduler_output)
+        result = original(self, scheduler_output)
+        state.after_update(self, scheduler_output)
+        return result
+
+    return update_states
+
+
+def _compute_slot_mapping(original):
+    def compute_slot_mapping(self: MultiGroupBlockTable, num_reqs, query_start_loc, positions):
+        state = worker_state()
+        if state is None:
+            return original(self, num_reqs, query_start_loc, positions)
+        for group, table in enumerate(self.block_tables):
+            offsets = state.token_offsets(group, query_start_loc, positions.shape[0])
+            table.compute_slot_mapping(num_reqs, query_start_loc, positions if offsets is None else positions - offsets)
+
+    return compute_slot_mapping
+
+
+def install_runner_hooks() -> None:
+    """Wrap the three runner methods the integration needs (idempotent)."""
+    for owner, name, wrapper in (
+        (GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec),
+        (GPUModelRunner, "_update_states", _update_states),
+        (MultiGroupBlockTable, "compute_slot_mapping", _compute_slot_mapping),
+    ):
+        current = getattr(owner, name)
+        if not getattr(current, "_kvcomp", False):
+            wrapped = wrapper(current)
+            wrapped._kvcomp = True
+            setattr(owner, name, wrapped)
