@@ -21,6 +21,7 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
@@ -42,15 +43,39 @@ __all__ = [
     "GPUModelRunner",
     "KVCacheSpecRegistry",
     "MultiGroupBlockTable",
+    "Scheduler",
     "cdiv",
     "extract_layer_index",
     "init_logger",
+    "inproc_scheduler",
+    "patch",
     "register_backend",
     "register_kv_spec",
     "set_row_num_blocks",
+    "split_chunks_at",
     "cpu_block_layout",
     "cpu_kv_regions",
 ]
+
+
+def patch(owner: type, name: str, make_wrapper) -> None:
+    """Replace `owner.name` by `make_wrapper(original)`, once per process.
+
+    Works for plain, static and class methods; the wrapper receives the underlying function.
+    """
+    current = owner.__dict__[name]
+    kind = type(current) if isinstance(current, (staticmethod, classmethod)) else None
+    func = current.__func__ if kind else current
+    if getattr(func, "_kvcomp", False):
+        return
+    wrapped = make_wrapper(func)
+    wrapped._kvcomp = True
+    setattr(owner, name, kind(wrapped) if kind else wrapped)
+
+
+def inproc_scheduler(llm) -> Scheduler:
+    """The scheduler of an `LLM` whose engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    return llm.llm_engine.engine_core.engine_core.scheduler
 
 
 def register_kv_spec(spec_cls: type, manager_cls: type) -> None:
@@ -60,6 +85,21 @@ def register_kv_spec(spec_cls: type, manager_cls: type) -> None:
     """
     KVCacheSpecRegistry._ensure_registered()
     KVCacheSpecRegistry.register(spec_cls, manager_cls, uniform_type_base_spec=spec_cls)
+
+
+def split_chunks_at(scheduler: Scheduler, split) -> None:
+    """Make `scheduler` pass every prefill chunk size through `split(request, num_new_tokens, start)`.
+
+    vLLM's scheduler already routes chunk sizes through a splitting hook (Mamba uses it to stop
+    at cacheable positions); kvcomp refuses non-attention layers, so the hook is free to reuse.
+    """
+
+    def hook(request, num_new_tokens, num_new_local_computed_tokens=0, num_external_computed_tokens=0):
+        start = request.num_computed_tokens + num_new_local_computed_tokens + num_external_computed_tokens
+        return split(request, num_new_tokens, start)
+
+    scheduler.need_mamba_block_aligned_split = True
+    scheduler._mamba_block_aligned_split = hook
 
 
 def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
-from .compat import EngineArgs, init_logger
+from .compat import EngineArgs, init_logger, patch
 from .settings import CONFIG_KEY, engine_settings
 
 logger = init_logger("kvcomp_vllm")
@@ -125,7 +125,7 @@ def _add_cli_args(original):
 
 def _from_cli_args(original):
     def from_cli_args(cls, args):
-        engine_args = original.__func__(cls, args)
+        engine_args = original(cls, args)
         settings = settings_from_args(args)
         if settings is not None:
             engine_args.additional_config = {**(engine_args.additional_config or {}), CONFIG_KEY: settings}
@@ -145,13 +145,6 @@ def _create_engine_config(original):
 
 def install_engine_args_hooks() -> None:
     """Add the flags to vLLM's parser and the check to engine start-up (idempotent)."""
-    if getattr(EngineArgs.create_engine_config, "_kvcomp", False):
-        return
-    hooks = (
-        ("add_cli_args", staticmethod, _add_cli_args(EngineArgs.add_cli_args)),
-        ("from_cli_args", classmethod, _from_cli_args(EngineArgs.__dict__["from_cli_args"])),
-        ("create_engine_config", lambda f: f, _create_engine_config(EngineArgs.create_engine_config)),
-    )
-    for name, kind, func in hooks:
-        func._kvcomp = True
-        setattr(EngineArgs, name, kind(func))
+    patch(EngineArgs, "add_cli_args", _add_cli_args)
+    patch(EngineArgs, "from_cli_args", _from_cli_args)
+    patch(EngineArgs, "create_engine_config", _create_engine_config)

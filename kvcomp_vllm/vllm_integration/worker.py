@@ -23,6 +23,7 @@ from .compat import (
     MultiGroupBlockTable,
     cdiv,
     extract_layer_index,
+    patch,
     set_row_num_blocks,
 )
 from .kv_spec import CompressedAttentionSpec
@@ -136,13 +137,13 @@ def worker_state() -> WorkerCompression | None:
 
 
 def _state_for(runner: GPUModelRunner) -> WorkerCompression | None:
+    """The runner's compression state (made on first use), also published as this process's."""
     global _STATE
-    if _STATE is None:
+    if not hasattr(runner, "_kvcomp_state"):
         config = engine_policy(runner.vllm_config)
-        if config is None:
-            return None
         groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
-        _STATE = WorkerCompression(_make_policy(runner, config), groups)
+        runner._kvcomp_state = None if config is None else WorkerCompression(_make_policy(runner, config), groups)
+    _STATE = runner._kvcomp_state
     return _STATE
 
 
@@ -196,13 +197,6 @@ def _compute_slot_mapping(original):
 
 def install_runner_hooks() -> None:
     """Wrap the three runner methods the integration needs (idempotent)."""
-    for owner, name, wrapper in (
-        (GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec),
-        (GPUModelRunner, "_update_states", _update_states),
-        (MultiGroupBlockTable, "compute_slot_mapping", _compute_slot_mapping),
-    ):
-        current = getattr(owner, name)
-        if not getattr(current, "_kvcomp", False):
-            wrapped = wrapper(current)
-            wrapped._kvcomp = True
-            setattr(owner, name, wrapped)
+    patch(GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec)
+    patch(GPUModelRunner, "_update_states", _update_states)
+    patch(MultiGroupBlockTable, "compute_slot_mapping", _compute_slot_mapping)

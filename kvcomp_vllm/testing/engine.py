@@ -1,0 +1,88 @@
+"""Drive an in-process vLLM engine step by step and record what its scheduler held.
+
+Tests and the CPU benchmark use it to read real numbers off vLLM's own block pool: blocks per
+request and KV group, concurrently running requests, and free blocks before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+
+@dataclass
+class EngineRun:
+    """Outputs and scheduler observations of one batch driven to completion."""
+
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    logprobs: dict[str, list[float]] = field(default_factory=dict)
+    peak_running: int = 0
+    first_decode_blocks: dict[str, list[int]] = field(default_factory=dict)  # request -> blocks per KV group
+    free_blocks_before: int = 0
+    free_blocks_after: int = 0
+    preemptions: int = 0
+    seconds: float = 0.0
+
+
+def scheduler_of(llm):
+    """The engine's scheduler (needs VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    from ..vllm_integration.compat import inproc_scheduler
+
+    return inproc_scheduler(llm)
+
+
+def blocks_held(scheduler, req_id: str) -> list[int]:
+    """Blocks `req_id` holds in each KV cache group, as the scheduler's managers count them."""
+    managers = scheduler.kv_cache_manager.coordinator.single_type_managers
+    return [len(m.req_to_blocks.get(req_id, ())) for m in managers]
+
+
+def _external_id(internal: str, ids: list[str]) -> str:
+    """The id a request was added with (vLLM may append a suffix inside the engine)."""
+    return next(i for i in ids if internal == i or internal.startswith(i + "-"))
+
+
+def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> EngineRun:
+    """Submit every prompt at once, step the engine until all finish, and record the run."""
+    engine = llm.llm_engine
+    scheduler = scheduler_of(llm)
+    pool = scheduler.kv_cache_manager.block_pool
+    run = EngineRun(free_blocks_before=pool.get_num_free_blocks())
+    preempt = scheduler._preempt_request
+
+    def counting_preempt(*args, **kwargs):
+        run.preemptions += 1
+        return preempt(*args, **kwargs)
+
+    scheduler._preempt_request = counting_preempt
+    ids = [f"req-{i}" for i in range(len(prompts))]
+    start = time.perf_counter()
+    try:
+        for req_id, prompt in zip(ids, prompts):
+            engine.add_request(req_id, {"prompt_token_ids": prompt}, params)
+        bar = tqdm(total=len(ids), disable=not progress, desc="requests")
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    completion = out.outputs[0]
+                    run.tokens[out.request_id] = list(completion.token_ids)
+                    run.logprobs[out.request_id] = [
+                        lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs or [])
+                    ]
+                    bar.update()
+            run.peak_running = max(run.peak_running, len(scheduler.running))
+            for request in scheduler.running:
+                # After the first decode step the prompt is compacted and one token appended.
+                req_id = _external_id(request.request_id, ids)
+                if request.num_output_tokens == 2 and req_id not in run.first_decode_blocks:
+                    run.first_decode_blocks[req_id] = blocks_held(scheduler, request.request_id)
+        bar.close()
+    finally:
+        del scheduler._preempt_request
+    run.seconds = time.perf_counter() - start
+    run.free_blocks_after = pool.get_num_free_blocks()
+    run.tokens = {i: run.tokens[i] for i in ids}
+    run.logprobs = {i: run.logprobs[i] for i in ids}
+    return run

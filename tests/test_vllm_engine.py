@@ -1,0 +1,173 @@
+"""The plugin inside a real vLLM CPU engine (float32): tokens equal the reference, memory is really freed."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.policies import make_policy
+from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing import synthetic_text
+from kvcomp_vllm.testing.engine import drive, scheduler_of
+
+pytestmark = pytest.mark.vllm
+
+BLOCK = 32
+POLICIES = [
+    dict(policy="snapkv", budget=96),
+    dict(policy="pyramid", budget=0.12),
+    dict(policy="windowkv", budget=100, group_size=2),
+    dict(policy="streaming", budget=64),
+]
+
+
+def make_llm(model_dir, settings=None, **kwargs):
+    from vllm import LLM
+
+    extra = {"additional_config": {"kvcomp": settings}} if settings else {}
+    args = dict(dtype="float32", enforce_eager=True, max_model_len=4096, seed=0, block_size=BLOCK)
+    return LLM(model=str(model_dir), **{**args, **kwargs, **extra})
+
+
+def greedy(max_tokens, logprobs=None):
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, logprobs=logprobs)
+
+
+def prompt_ids(model_dir, sentences, seed, length=None):
+    ids = AutoTokenizer.from_pretrained(model_dir)(" ".join(synthetic_text(sentences, seed))).input_ids
+    return ids[:length] if length else ids
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+
+@pytest.fixture
+def release():
+    """Engines made in a test are dropped after it, so the next one gets the memory back."""
+    yield
+    gc.collect()
+
+
+@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
+def test_policy_matches_reference_generator(tiny_model_dir, hf_model, settings, release):
+    # Long prompts and one shorter than the budget (kept whole), batched together.
+    prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
+    run = drive(make_llm(tiny_model_dir, settings), prompts, greedy(12))
+    config = KVPolicyConfig(**settings)
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(hf_model, prompt, config, 12).tokens, (req_id, len(prompt))
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, release):
+    settings = dict(policy="pyramid", budget=0.1)
+    prompts = [prompt_ids(tiny_llama_dir, 60, 5, length=1000), prompt_ids(tiny_llama_dir, 40, 6, length=700)]
+    llm = make_llm(tiny_llama_dir, settings)
+    groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
+    assert len(groups) == 4  # one KV group per pyramid layer
+    run = drive(llm, prompts, greedy(4))
+    policy = make_policy(KVPolicyConfig(**settings), 4)
+    for req_id, prompt in zip(run.tokens, prompts):
+        layers = [int(g.layer_names[0].split(".layers.")[1].split(".")[0]) for g in groups]
+        want = [-(-(policy.layer_budget(layer, len(prompt)) + 1) // BLOCK) for layer in layers]
+        assert run.first_decode_blocks[req_id] == want
+        assert sum(want) < 4 * -(-(len(prompt) + 1) // BLOCK) / 5  # under a fifth of full KV
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, release):
+    prompts = [prompt_ids(tiny_llama_dir, 60, 10 + i, length=1000) for i in range(12)]
+    per_request = -(-(1000 + 16) // BLOCK)
+    pool = dict(num_gpu_blocks_override=2 * per_request + 2, max_model_len=2048)  # two uncompressed requests
+    vanilla = drive(make_llm(tiny_llama_dir, None, **pool), prompts, greedy(16))
+    gc.collect()
+    compressed = drive(make_llm(tiny_llama_dir, dict(policy="snapkv", budget=64), **pool), prompts, greedy(16))
+    assert vanilla.peak_running == 2
+    assert compressed.peak_running >= 5 * vanilla.peak_running
+    assert compressed.free_blocks_after == compressed.free_blocks_before
+
+
+def test_chunked_prefill_matches_reference(tiny_llama_dir, release):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    # 7 chunks of 128 and a last chunk of 10: the observation window spans two chunks.
+    prompts = [prompt_ids(tiny_llama_dir, 60, 20, length=7 * 128 + 10), prompt_ids(tiny_llama_dir, 60, 21, length=500)]
+    settings = dict(policy="snapkv", budget=96)
+    run = drive(make_llm(tiny_llama_dir, settings, max_num_batched_tokens=128), prompts, greedy(10))
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 10).tokens
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+def test_preempted_requests_are_compressed_again_the_same_way(tiny_llama_dir, release):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    # Each request keeps 300 of 400 prompt tokens and decodes 96 more: 13 blocks, four of them 52 > 24.
+    prompts = [prompt_ids(tiny_llama_dir, 40, 30 + i, length=400) for i in range(4)]
+    settings = dict(policy="snapkv", budget=300)
+    run = drive(make_llm(tiny_llama_dir, settings, num_gpu_blocks_override=24, max_model_len=512), prompts, greedy(96))
+    assert run.preemptions > 0
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 96).tokens
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+def test_prefix_caching_is_turned_off_for_compressed_engines(tiny_llama_dir, release):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    shared = prompt_ids(tiny_llama_dir, 40, 40, length=512)
+    prompts = [shared + prompt_ids(tiny_llama_dir, 5, 41 + i, length=40) for i in range(3)]
+    settings = dict(policy="pyramid", budget=0.2)
+    llm = make_llm(tiny_llama_dir, settings, enable_prefix_caching=True)
+    assert not llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    run = drive(llm, prompts, greedy(8))
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 8).tokens
+
+
+BASELINE = """
+import json, sys
+from vllm import LLM, SamplingParams
+from kvcomp_vllm.testing.engine import drive
+prompts = json.loads(sys.argv[2])
+llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=4096, seed=0, block_size=32)
+run = drive(llm, prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=1))
+print("RESULT" + json.dumps([run.tokens, run.logprobs]))
+"""
+
+
+def test_full_policy_equals_vllm_without_the_plugin(tiny_llama_dir, release):
+    prompts = [prompt_ids(tiny_llama_dir, 40, 50), prompt_ids(tiny_llama_dir, 10, 51)]
+    env = {**os.environ, "VLLM_PLUGINS": ""}
+    proc = subprocess.run([sys.executable, "-c", BASELINE, str(tiny_llama_dir), json.dumps(prompts)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens, logprobs = json.loads(proc.stdout.split("RESULT")[-1])
+    run = drive(make_llm(tiny_llama_dir, dict(policy="full")), prompts, greedy(12, logprobs=1))
+    assert run.tokens == tokens
+    assert run.logprobs == logprobs
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(policy="nope"), "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (field policy)"),
+        (dict(policy="snapkv", budget=8192), "budget: 8192 tokens is larger than the model's context (4096 tokens)"),
+        (dict(policy="windowkv", budget=64, group_size=3), "group_size: 3 does not divide the model's 4 layers"),
+        (dict(policy="pod"), "kv policy 'pod' needs its shared-key cache layout"),
+    ],
+    ids=["unknown-policy", "budget-over-context", "group-size", "pod-not-yet"],
+)
+def test_bad_settings_fail_at_engine_start(tiny_llama_dir, settings, message):
+    with pytest.raises(ValueError) as err:
+        make_llm(tiny_llama_dir, settings)
+    assert message in str(err.value)
