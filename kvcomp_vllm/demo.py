@@ -1,34 +1,37 @@
-"""`make demo`: build a tiny local model and generate with the pyramid policy next to full KV.
+"""`make demo`: serve a tiny local model with `vllm serve --kv-policy pyramid` and ask it once.
 
-Runs on the reference generator until the vLLM integration lands; prints the tokens each layer
-kept and the generated text for both, so the compression is visible at a glance.
+Builds the model (random weights, locally trained tokenizer), starts vLLM's OpenAI server with
+the plugin, sends one long-prompt completion request, and prints the answer and the per-layer
+KV budgets the server logged.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from .config import KVPolicyConfig
-from .reference import generate
 from .testing import build_tiny_model, synthetic_text
+from .testing.server import serve
 
 MODEL_DIR = Path(".cache/tiny-llama")
+LOG = Path(".cache/demo-serve.log")
+SERVE_ARGS = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "4096", "--enforce-eager")
 
 
 def main() -> None:
-    path = build_tiny_model(MODEL_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    prompt = tokenizer(" ".join(synthetic_text(60, seed=7))).input_ids
-    print(f"model: {path} ({model.config.num_hidden_layers} layers), prompt: {len(prompt)} tokens")
-    for config in (KVPolicyConfig(policy="full"), KVPolicyConfig(policy="pyramid", budget=0.1)):
-        out = generate(model, prompt, config, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id)
-        print(f"\n[{config.describe()}]")
-        print(f"  KV tokens kept per layer: {out.kept_per_layer} (of {len(prompt)})")
-        print(f"  output: {tokenizer.decode(out.tokens)!r}")
+    model = build_tiny_model(MODEL_DIR)
+    prompt = " ".join(synthetic_text(60, seed=7))
+    print(f"$ vllm serve {model} {' '.join(SERVE_ARGS)}")
+    with serve(model, *SERVE_ARGS, log=LOG) as url:
+        body = {"model": str(model), "prompt": prompt, "max_tokens": 24, "temperature": 0}
+        request = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+    budgets = [line.split("kvcomp: ", 1)[1] for line in LOG.read_text().splitlines() if "kvcomp: " in line]
+    print("\n".join(f"server: {line}" for line in budgets))
+    print(f"POST {url}/v1/completions  ({answer['usage']['prompt_tokens']} prompt tokens)")
+    print(f"answer: {answer['choices'][0]['text']!r}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from ..policies import make_policy
 from .compat import EngineArgs, init_logger, patch
 from .settings import CONFIG_KEY, engine_settings
 
-logger = init_logger("kvcomp_vllm")
+logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
 
 
 def _budget(text: str) -> int | float:

@@ -1,0 +1,48 @@
+"""`vllm serve --kv-policy`: flags in --help, OpenAI endpoints answer, bad values stop start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import pytest
+
+from kvcomp_vllm.testing.server import serve, vllm_command
+
+pytestmark = pytest.mark.vllm
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def test_help_lists_the_kv_flags():
+    text = subprocess.run([*vllm_command(), "serve", "--help=all"], capture_output=True, text=True, timeout=300).stdout
+    for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,pod}", "--kv-budget", "--kv-window", "--kv-config"):
+        assert flag in text
+
+
+def test_pyramid_server_answers_completions_and_chat(tiny_llama_dir, tmp_path):
+    log = tmp_path / "serve.log"
+    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager")
+    with serve(tiny_llama_dir, *args, log=log) as url:
+        model = str(tiny_llama_dir)
+        prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 40)
+        completion = post(url + "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0})
+        assert completion["usage"]["completion_tokens"] == 8 and completion["choices"][0]["text"]
+        messages = [{"role": "user", "content": prompt}]
+        chat = post(url + "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0})
+        assert chat["usage"]["completion_tokens"] == 8 and chat["choices"][0]["message"]["content"]
+    assert "kvcomp: pyramid beta=20.0 budget=0.1" in log.read_text()
+
+
+def test_bad_flag_value_stops_start_up_with_the_validation_message(tiny_llama_dir):
+    proc = subprocess.run(
+        [*vllm_command(), "serve", str(tiny_llama_dir), "--kv-policy", "pyramid", "--kv-budget", "1.5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "invalid kvcomp settings: budget: a ratio must lie in (0, 1], got 1.5" in proc.stderr
