@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 
+from .attention import causal_attention
 from .config import KVPolicyConfig
 from .policies import RequestCompressor, apply_plan, make_policy
 
@@ -33,20 +34,6 @@ class _Run:
 
 
 _ACTIVE: contextvars.ContextVar[_Run] = contextvars.ContextVar("kvcomp_reference_run")
-
-
-def causal_attention(query, key, value, scale):
-    """Eager attention; query i of q_len sees keys up to kv_len - q_len + i. Returns [B, q, H, D]."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    q_len, kv_len = query.shape[2], key.shape[2]
-    logits = torch.matmul(query, key.transpose(2, 3)) * scale
-    future = torch.arange(kv_len, device=query.device) > torch.arange(
-        kv_len - q_len, kv_len, device=query.device
-    )[:, None]
-    probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(value.dtype)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous()
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -59,3 +59,12 @@ def test_layers_of_one_budget_tier_always_keep_the_same_count(params):
         for layer in range(8):
             by_tier.setdefault(policy.budget_tier(layer), set()).add(policy.layer_budget(layer, n))
         assert all(len(counts) == 1 for counts in by_tier.values())
+
+
+def test_pod_slots_pack_distant_values_two_per_slot():
+    pod = make_policy(KVPolicyConfig(policy="pod", sink=4, recent=60, group_size=4), 8)
+    assert [pod.layer_slots(layer, 1000) for layer in range(5)] == [1000, 64 + 468, 64 + 468, 64 + 468, 1000]
+    assert pod.layer_slots(1, 1001) == 64 + 469  # an odd distant count rounds up
+    assert pod.layer_slots(1, 50) == 50  # all proximal: nothing shared
+    snap = make_policy(KVPolicyConfig(policy="snapkv", budget=100), 8)
+    assert snap.layer_slots(3, 1000) == snap.layer_budget(3, 1000) == 100

@@ -26,6 +26,7 @@ POLICIES = [
     dict(policy="pyramid", budget=0.12),
     dict(policy="windowkv", budget=100, group_size=2),
     dict(policy="streaming", budget=64),
+    dict(policy="pod", recent=48, group_size=2),
 ]
 
 
@@ -87,6 +88,19 @@ def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, release):
     assert run.free_blocks_after == run.free_blocks_before
 
 
+def test_pod_members_hold_proximal_tokens_and_packed_values_only(tiny_llama_dir, release):
+    settings = dict(policy="pod", sink=4, recent=60, group_size=2)
+    prompts = [prompt_ids(tiny_llama_dir, 60, 7, length=1000)]
+    llm = make_llm(tiny_llama_dir, settings)
+    groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
+    run = drive(llm, prompts, greedy(4))
+    owners = [g.kv_cache_spec.tier == 0 for g in groups]
+    # Owners (layers 0, 2) keep all 1000 tokens; members keep 64 proximal + 468 packed value slots.
+    want = [-(-(1000 + 1) // BLOCK) if owner else -(-(64 + 468 + 1) // BLOCK) for owner in owners]
+    assert run.first_decode_blocks["req-0"] == want
+    assert run.free_blocks_after == run.free_blocks_before
+
+
 def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, release):
     prompts = [prompt_ids(tiny_llama_dir, 60, 10 + i, length=1000) for i in range(12)]
     per_request = -(-(1000 + 16) // BLOCK)
@@ -110,12 +124,21 @@ def test_chunked_prefill_matches_reference(tiny_llama_dir, release):
     assert run.free_blocks_after == run.free_blocks_before
 
 
-def test_preempted_requests_are_compressed_again_the_same_way(tiny_llama_dir, release):
+@pytest.mark.parametrize(
+    "settings,num_blocks",
+    [
+        # keeps 300 of 400 prompt tokens and decodes 96 more: 13 blocks each, four of them 52 > 24
+        (dict(policy="snapkv", budget=300), 24),
+        # owners 13 + members 8 blocks after prefill, +6 while decoding: 27 each, two of them > 48
+        (dict(policy="pod", recent=48, group_size=2), 48),
+    ],
+    ids=["snapkv", "pod"],
+)
+def test_preempted_requests_are_compressed_again_the_same_way(tiny_llama_dir, settings, num_blocks, release):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    # Each request keeps 300 of 400 prompt tokens and decodes 96 more: 13 blocks, four of them 52 > 24.
     prompts = [prompt_ids(tiny_llama_dir, 40, 30 + i, length=400) for i in range(4)]
-    settings = dict(policy="snapkv", budget=300)
-    run = drive(make_llm(tiny_llama_dir, settings, num_gpu_blocks_override=24, max_model_len=512), prompts, greedy(96))
+    llm = make_llm(tiny_llama_dir, settings, num_gpu_blocks_override=num_blocks, max_model_len=512)
+    run = drive(llm, prompts, greedy(96))
     assert run.preemptions > 0
     for req_id, prompt in zip(run.tokens, prompts):
         assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 96).tokens
@@ -163,9 +186,8 @@ def test_full_policy_equals_vllm_without_the_plugin(tiny_llama_dir, release):
         (dict(policy="nope"), "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (field policy)"),
         (dict(policy="snapkv", budget=8192), "budget: 8192 tokens is larger than the model's context (4096 tokens)"),
         (dict(policy="windowkv", budget=64, group_size=3), "group_size: 3 does not divide the model's 4 layers"),
-        (dict(policy="pod"), "kv policy 'pod' needs its shared-key cache layout"),
     ],
-    ids=["unknown-policy", "budget-over-context", "group-size", "pod-not-yet"],
+    ids=["unknown-policy", "budget-over-context", "group-size"],
 )
 def test_bad_settings_fail_at_engine_start(tiny_llama_dir, settings, message):
     with pytest.raises(ValueError) as err:

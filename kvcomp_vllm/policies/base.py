@@ -54,6 +54,10 @@ class KVPolicy(ABC):
         floor = self.config.window if "window" in POLICY_FIELDS[self.name] else 1
         return min(prompt_len, max(self.config.resolve_budget(prompt_len), floor))
 
+    def layer_slots(self, layer: int, prompt_len: int) -> int:
+        """Cache positions `layer` holds for the prompt after compaction (what its blocks must cover)."""
+        return self.layer_budget(layer, prompt_len)
+
     def budget_tier(self, layer: int) -> int:
         """Layers of one tier keep the same number of tokens for every prompt (one KV cache group)."""
         return 0

@@ -30,6 +30,11 @@ class PoDPolicy(KVPolicy):
             return prompt_len
         return min(prompt_len, self.config.sink + self.config.recent)
 
+    def layer_slots(self, layer: int, prompt_len: int) -> int:
+        """Members hold proximal K/V plus distant values packed two per slot (see `pod_cache`)."""
+        proximal = self.layer_budget(layer, prompt_len)
+        return proximal + -(-(prompt_len - proximal) // 2)
+
     def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
         num_kv_heads, n, _ = keys.shape
         if self.layer_budget(layer, n) >= n:

@@ -6,6 +6,7 @@ this file and its tests, not the whole package.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import torch
@@ -13,7 +14,9 @@ import vllm
 from vllm import _custom_ops as ops
 from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
+from vllm.model_executor.layers.attention.attention import get_attention_context
 from vllm.model_executor.models.utils import extract_layer_index
+from vllm.platforms import current_platform
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
@@ -48,6 +51,8 @@ __all__ = [
     "extract_layer_index",
     "init_logger",
     "inproc_scheduler",
+    "layer_context",
+    "platform_name",
     "patch",
     "register_backend",
     "register_kv_spec",
@@ -56,6 +61,18 @@ __all__ = [
     "cpu_block_layout",
     "cpu_kv_regions",
 ]
+
+
+def platform_name() -> str:
+    """The device vLLM runs on here: "cpu", "cuda", ..."""
+    return current_platform.device_type
+
+
+def layer_context(layer_name: str, layer_idx: int):
+    """Attention metadata and KV cache of decoder layer `layer_idx`, named like `layer_name`."""
+    other = re.sub(r"\.layers\.\d+\.", f".layers.{layer_idx}.", layer_name, count=1)
+    metadata, _, kv_cache, _ = get_attention_context(other)
+    return metadata, kv_cache
 
 
 def patch(owner: type, name: str, make_wrapper) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
-from .compat import EngineArgs, init_logger, patch
+from .compat import EngineArgs, init_logger, patch, platform_name
 from .settings import CONFIG_KEY, engine_settings
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
@@ -97,10 +97,10 @@ def check_engine_config(vllm_config) -> None:
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
-    if config.policy == "pod":
+    if platform_name() != "cpu":
         raise ValueError(
-            "kv policy 'pod' needs its shared-key cache layout, which the vLLM integration does not have "
-            "yet; serve pod with kvcomp_vllm.reference, or choose snapkv, pyramid, windowkv or streaming"
+            f"kv policy '{config.policy}' runs on vLLM's CPU attention backend in this release; its "
+            f"{platform_name()} backend is not available yet (policy 'full' serves on any device)"
         )
     if vllm_config.speculative_config is not None:
         raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")

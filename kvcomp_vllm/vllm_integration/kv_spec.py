@@ -68,7 +68,7 @@ class CompressedAttentionManager(FullAttentionManager):
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
         if request_id in self.evicted or num_prompt_tokens is None or processed_computed_tokens < num_prompt_tokens:
             return
-        evicted = num_prompt_tokens - self.policy.layer_budget(self.layer, num_prompt_tokens)
+        evicted = num_prompt_tokens - self.policy.layer_slots(self.layer, num_prompt_tokens)
         self.evicted[request_id] = evicted
         if evicted > 0:
             blocks = self.req_to_blocks[request_id]

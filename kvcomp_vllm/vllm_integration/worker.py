@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import KVPolicyConfig
-from ..policies import KVPolicy, RequestCompressor, make_policy
+from ..policies import KVPolicy, LayerPlan, RequestCompressor, make_policy
 from .compat import (
     FullAttentionSpec,
     GPUModelRunner,
@@ -38,13 +38,14 @@ class CompressedRequest:
     evicted: dict[int, int]  # budget tier -> prompt tokens evicted
     compressor: RequestCompressor
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
+    shared_keys: dict[int, LayerPlan] = field(default_factory=dict)  # layer -> plan reading another layer's keys
     compacted: bool = False
     truncated: bool = False
 
 
 @dataclass(frozen=True)
-class PrefillEnd:
-    """A batch row whose scheduled tokens `[start, end)` reach the prompt's last token."""
+class RowSpan:
+    """A batch row of this step: its request and the positions `[start, end)` it processes."""
 
     row: int
     req_id: str
@@ -61,11 +62,12 @@ class WorkerCompression:
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
         self.requests: dict[str, CompressedRequest] = {}
         self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
-        self.prefill_ends: list[PrefillEnd] = []
-        self.window_rows: list[PrefillEnd] = []  # rows whose chunk ends inside the observation window
+        self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
+        self.prefill_ends: list[RowSpan] = []  # rows whose chunk reaches the prompt's last token
+        self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the observation window
 
     def track(self, req_id: str, prompt_len: int) -> CompressedRequest:
-        evicted = {t: prompt_len - self.policy.layer_budget(layer, prompt_len) for t, layer in self.tier_layers.items()}
+        evicted = {t: prompt_len - self.policy.layer_slots(layer, prompt_len) for t, layer in self.tier_layers.items()}
         state = CompressedRequest(prompt_len, evicted, RequestCompressor(self.policy))
         self.requests[req_id] = state
         return state
@@ -101,7 +103,7 @@ class WorkerCompression:
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
-        self.prefill_ends, self.window_rows = [], []
+        self.rows, self.prefill_ends, self.window_rows = [], [], []
         window = self.policy.config.window
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
@@ -112,7 +114,8 @@ class WorkerCompression:
                 continue
             start = int(batch.num_computed_tokens_cpu[row])
             end = start + out.num_scheduled_tokens.get(req_id, 0)
-            span = PrefillEnd(row, req_id, start, end)
+            span = RowSpan(row, req_id, start, end)
+            self.rows.append(span)
             if start < state.prompt_len <= end:
                 self.prefill_ends.append(span)
             elif end < state.prompt_len and end > state.prompt_len - window:

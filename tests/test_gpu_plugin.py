@@ -1,0 +1,47 @@
+"""On a CUDA machine with vLLM 0.26: the plugin registers, `full` serves, compression is refused clearly.
+
+Skipped where there is no GPU (CI). Run on the device with ../shared/gpu; results are committed
+under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_plugin_registers_against_the_installed_vllm():
+    import vllm
+
+    from kvcomp_vllm.vllm_integration import plugin
+    from kvcomp_vllm.vllm_integration.compat import EngineArgs, KVCacheSpecRegistry, Scheduler
+    from kvcomp_vllm.vllm_integration.kv_spec import CompressedAttentionManager, CompressedAttentionSpec
+
+    plugin.register()
+    spec = CompressedAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
+    assert KVCacheSpecRegistry.get_manager_class(spec) is CompressedAttentionManager
+    assert getattr(EngineArgs.create_engine_config, "_kvcomp", False)
+    assert getattr(Scheduler.__init__, "_kvcomp", False)
+    print("vLLM", vllm.__version__)
+
+
+def test_full_policy_serves_on_gpu(tiny_llama_dir):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(tiny_llama_dir), dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.3,
+              max_model_len=2048, additional_config={"kvcomp": {"policy": "full"}})
+    out = llm.generate([{"prompt_token_ids": list(range(10, 400))}], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 8
+
+
+def test_compressing_policy_is_refused_on_gpu_until_its_backend_lands(tiny_llama_dir):
+    from vllm import LLM
+
+    with pytest.raises(ValueError, match="kv policy 'pyramid' runs on vLLM's CPU attention backend in this release"):
+        LLM(model=str(tiny_llama_dir), dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.3,
+            max_model_len=2048, additional_config={"kvcomp": {"policy": "pyramid", "budget": 0.1}})
