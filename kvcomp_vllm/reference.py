@@ -57,10 +57,11 @@ AttentionInterface.register(ATTN_IMPLEMENTATION, _attention)
 
 @dataclass(frozen=True)
 class ReferenceOutput:
-    """Greedy tokens, their logprobs, and the tokens each layer kept (own K and V) after prefill."""
+    """Tokens, their logprobs, each step's best logprob, and the tokens each layer kept after prefill."""
 
     tokens: list[int]
     logprobs: list[float]
+    best_logprobs: list[float]
     kept_per_layer: list[int]
 
 
@@ -71,8 +72,13 @@ def generate(
     config: KVPolicyConfig,
     max_new_tokens: int,
     eos_token_id: int | None = None,
+    forced: list[int] | None = None,
 ) -> ReferenceOutput:
-    """Greedy-decode `max_new_tokens` after `prompt` with `config`'s policy applied after prefill."""
+    """Greedy-decode `max_new_tokens` after `prompt` with `config`'s policy applied after prefill.
+
+    With `forced`, those tokens are fed instead of the argmax (teacher forcing), so another
+    engine's output can be scored step by step against this reference's distribution.
+    """
     from transformers import DynamicCache
 
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
@@ -83,18 +89,19 @@ def generate(
     try:
         ids = torch.tensor([prompt], device=model.device)
         positions = torch.arange(len(prompt), device=model.device)[None]
-        tokens, logprobs = [], []
-        for step in range(max_new_tokens):
+        tokens, logprobs, best = [], [], []
+        for step in range(len(forced) if forced is not None else max_new_tokens):
             logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
             run.compress = False
             logp = logits[0, -1].float().log_softmax(-1)
-            nxt = int(logp.argmax())
+            nxt = int(logp.argmax()) if forced is None else forced[step]
             tokens.append(nxt)
             logprobs.append(float(logp[nxt]))
+            best.append(float(logp.max()))
             if nxt == eos_token_id:
                 break
             ids = torch.tensor([[nxt]], device=model.device)
             positions = torch.tensor([[len(prompt) + step]], device=model.device)
     finally:
         _ACTIVE.reset(token)
-    return ReferenceOutput(tokens, logprobs, [run.kept[layer] for layer in range(num_layers)])
+    return ReferenceOutput(tokens, logprobs, best, [run.kept[layer] for layer in range(num_layers)])

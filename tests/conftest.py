@@ -11,6 +11,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # CUDA: kvcomp's hooks live in vLLM's V1 runner
 
 from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model  # noqa: E402
 

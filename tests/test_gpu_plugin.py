@@ -39,9 +39,9 @@ def test_full_policy_serves_on_gpu(tiny_llama_dir):
     assert len(out[0].outputs[0].token_ids) == 8
 
 
-def test_compressing_policy_is_refused_on_gpu_until_its_backend_lands(tiny_llama_dir):
+def test_compression_without_enforce_eager_is_refused_on_gpu(tiny_llama_dir):
     from vllm import LLM
 
-    with pytest.raises(ValueError, match="kv policy 'pyramid' runs on vLLM's CPU attention backend in this release"):
-        LLM(model=str(tiny_llama_dir), dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.3,
+    with pytest.raises(ValueError, match="kv policy .pyramid. on CUDA needs --enforce-eager in this release"):
+        LLM(model=str(tiny_llama_dir), dtype="bfloat16", enforce_eager=False, gpu_memory_utilization=0.3,
             max_model_len=2048, additional_config={"kvcomp": {"policy": "pyramid", "budget": 0.1}})

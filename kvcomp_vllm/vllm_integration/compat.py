@@ -49,6 +49,7 @@ __all__ = [
     "Scheduler",
     "cdiv",
     "extract_layer_index",
+    "flash_attention_classes",
     "init_logger",
     "inproc_scheduler",
     "layer_context",
@@ -58,9 +59,15 @@ __all__ = [
     "register_kv_spec",
     "set_row_num_blocks",
     "split_chunks_at",
-    "cpu_block_layout",
-    "cpu_kv_regions",
+    "cpu_kv_views",
 ]
+
+
+def flash_attention_classes():
+    """vLLM's FlashAttention backend, builder and impl (imported only on CUDA builds)."""
+    from vllm.v1.attention.backends import flash_attn
+
+    return flash_attn.FlashAttentionBackend, flash_attn.FlashAttentionMetadataBuilder, flash_attn.FlashAttentionImpl
 
 
 def platform_name() -> str:
@@ -125,22 +132,32 @@ def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> No
     block_table.num_blocks_per_row[row] = num_blocks * per_kv_block
 
 
-def cpu_kv_regions(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value regions `[num_blocks, kv_heads, block_size * head_dim]` of a CPU layer cache.
+def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views `[num_blocks, kv_heads, block_size, head_dim]` of a CPU layer cache.
 
-    vLLM's CPU backend stores, per block and head, the block's keys and then its values.
+    vLLM's CPU backend stores, per block and head, the block's keys and then its values, each packed
+    as its ISA's kernels want (keys are dim-major for the `vec` kernels); the packing is probed once.
     """
-    num_blocks, num_kv_heads, _, _ = kv_cache.shape
-    return kv_cache.view(num_blocks, num_kv_heads, -1).chunk(2, dim=2)
+    num_blocks, num_kv_heads, block_size, head_dim2 = kv_cache.shape
+    head_dim = head_dim2 // 2
+    regions = kv_cache.view(num_blocks, num_kv_heads, -1)
+    strides = _cpu_block_strides(isa, kv_cache.dtype, block_size, head_dim)
+    return tuple(
+        regions.as_strided(
+            (num_blocks, num_kv_heads, block_size, head_dim),
+            (regions.stride(0), regions.stride(1), token_stride, dim_stride),
+            regions.storage_offset() + offset,
+        )
+        for offset, (token_stride, dim_stride) in zip((0, block_size * head_dim), strides)
+    )
 
 
 @lru_cache(maxsize=None)
-def cpu_block_layout(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index maps `[block_size, head_dim]` of where vLLM's CPU cache writer puts token t, dim d.
+def _cpu_block_strides(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[tuple[int, int], ...]:
+    """(token, dim) strides of keys and of values inside one block and head, learnt from vLLM's writer.
 
-    The writer packs blocks per ISA (keys are stored dim-major for the `vec` kernels), so the maps
-    are learnt from the writer itself: block d receives tokens whose only non-zero entry is dim d,
-    valued t + 1 (exact in every float dtype for block sizes up to 256).
+    Block d of a scratch cache receives tokens whose only non-zero entry is dim d, valued t + 1
+    (exact in every float dtype for block sizes up to 256); where each lands gives the layout.
     """
     one_hot = torch.eye(head_dim, dtype=dtype)
     tokens = (torch.arange(1, block_size + 1, dtype=dtype)[None, :, None] * one_hot[:, None, :]).reshape(-1, 1, head_dim)
@@ -150,13 +167,17 @@ def cpu_block_layout(isa: str, dtype: torch.dtype, block_size: int, head_dim: in
     ops.cpu_attn_reshape_and_cache(
         tokens, tokens, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto"
     )
-    key_region, value_region = cpu_kv_regions(kv_cache)
-    return tuple(_index_from_probe(region, block_size, head_dim) for region in (key_region, value_region))
+    regions = kv_cache.view(head_dim, 1, -1).chunk(2, dim=2)
+    return tuple(_strides_from_probe(region, block_size, head_dim, isa) for region in regions)
 
 
-def _index_from_probe(region: torch.Tensor, block_size: int, head_dim: int) -> torch.Tensor:
-    index = torch.empty(block_size, head_dim, dtype=torch.int64)
+def _strides_from_probe(region: torch.Tensor, block_size: int, head_dim: int, isa: str) -> tuple[int, int]:
+    offset = torch.empty(block_size, head_dim, dtype=torch.int64)
     for d in range(head_dim):
-        offsets = region[d, 0].nonzero().squeeze(1)
-        index[region[d, 0, offsets].round().long() - 1, d] = offsets
-    return index
+        where = region[d, 0].nonzero().squeeze(1)
+        offset[region[d, 0, where].round().long() - 1, d] = where
+    token_stride, dim_stride = int(offset[1, 0] - offset[0, 0]), int(offset[0, 1] - offset[0, 0])
+    strided = torch.arange(block_size)[:, None] * token_stride + torch.arange(head_dim) * dim_stride
+    if not torch.equal(offset, strided):
+        raise NotImplementedError(f"vLLM's CPU cache packing for ISA {isa!r} is not strided; kvcomp cannot address it")
+    return token_stride, dim_stride

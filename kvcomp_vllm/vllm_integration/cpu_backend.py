@@ -1,132 +1,20 @@
-"""vLLM's CPU attention with compression: select and compact at prefill end, shifted `seq_lens` after.
-
-Prefill and decode attention stay vLLM's own kernel. The builder shortens each compressed request's
-`seq_lens` by the tokens its tier evicted, so the kernel reads exactly the compacted cache; the
-impl, after a layer's attention over a chunk that ends the prompt, plans from the prompt keys in
-the paged cache and the observation-window queries and compacts the kept tokens in place.
-"""
+"""vLLM's CPU attention backend with kvcomp's compaction (see `backend`)."""
 
 from __future__ import annotations
 
-import dataclasses
-
-import torch
-
-from ..paged import compact_, read_tokens
-from ..pod_cache import member_attention, pack_member_
-from .compat import (
-    CPUAttentionBackend,
-    CPUAttentionBackendImpl,
-    CPUAttentionMetadataBuilder,
-    cpu_block_layout,
-    cpu_kv_regions,
-    extract_layer_index,
-    layer_context,
-)
-from .kv_spec import CompressedAttentionSpec
-from .worker import CompressedRequest, RowSpan, WorkerCompression, worker_state
+from .backend import CompressingAttention, ShiftedSeqLens
+from .compat import CPUAttentionBackend, CPUAttentionBackendImpl, CPUAttentionMetadataBuilder, cpu_kv_views
 
 
-class CompressedCPUMetadataBuilder(CPUAttentionMetadataBuilder):
-    """Shifts compressed requests' `seq_lens` to their compacted cache length."""
-
-    def build(self, common_prefix_len, common_attn_metadata, *args, **kwargs):
-        state = worker_state()
-        spec = self.kv_cache_spec
-        if state is not None and isinstance(spec, CompressedAttentionSpec):
-            evicted = state.row_evicted.get(spec.tier)
-            if evicted is not None and bool(evicted.any()):
-                cm = common_attn_metadata
-                shift = evicted[: cm.num_reqs].to(cm.seq_lens.device, cm.seq_lens.dtype)
-                common_attn_metadata = dataclasses.replace(cm, seq_lens=cm.seq_lens - shift)
-        return super().build(common_prefix_len, common_attn_metadata, *args, **kwargs)
+class CompressedCPUMetadataBuilder(ShiftedSeqLens, CPUAttentionMetadataBuilder):
+    """vLLM's CPU metadata with compacted `seq_lens`."""
 
 
-def _caches(layer, kv_cache):
-    """`(region, index)` views of a CPU layer cache's keys and values (see `paged`)."""
-    _, _, block_size, head_dim2 = kv_cache.shape
-    key_index, value_index = cpu_block_layout(layer.isa, kv_cache.dtype, block_size, head_dim2 // 2)
-    key_region, value_region = cpu_kv_regions(kv_cache)
-    return (key_region, key_index), (value_region, value_index)
+class CompressedCPUImpl(CompressingAttention, CPUAttentionBackendImpl):
+    """vLLM's CPU attention with compaction at prompt end."""
 
-
-class CompressedCPUImpl(CPUAttentionBackendImpl):
-    """CPU attention that compacts a request's cache in the forward that ends its prompt."""
-
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
-        output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        state = worker_state()
-        if state is None or attn_metadata is None or not state.rows:
-            return output
-        layer_idx = extract_layer_index(layer.layer_name)
-        starts = attn_metadata.query_start_loc.tolist()
-        for span in state.window_rows:
-            self._stash_window(state, span, layer_idx, query, starts)
-        for span in state.prefill_ends:
-            self._compact(state, span, layer, layer_idx, query, kv_cache, attn_metadata, starts)
-        for span in state.rows:
-            plan = state.requests[span.req_id].shared_keys.get(layer_idx)
-            if plan is not None and span.start >= state.requests[span.req_id].prompt_len:
-                self._attend_shared_keys(state, span, plan, layer, query, kv_cache, attn_metadata, output, starts)
-        return output
-
-    @staticmethod
-    def _window_part(request: CompressedRequest, span: RowSpan, window: int, query, starts):
-        """Queries of this chunk that fall in the observation window, `[tokens, heads, dim]`."""
-        first = max(span.start, request.prompt_len - window)
-        last = min(span.end, request.prompt_len)
-        base = starts[span.row] - span.start
-        return query[base + first : base + last]
-
-    def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query, starts) -> None:
-        request = state.requests[span.req_id]
-        part = self._window_part(request, span, state.policy.config.window, query, starts)
-        request.window_queries.setdefault(layer_idx, []).append(part.clone())
-
-    def _compact(self, state: WorkerCompression, span: RowSpan, layer, layer_idx, query, kv_cache, metadata, starts):
-        request = state.requests[span.req_id]
-        if request.evicted[state.policy.budget_tier(layer_idx)] <= 0:
-            return
-        window = state.policy.config.window
-        parts = request.window_queries.pop(layer_idx, [])
-        parts.append(self._window_part(request, span, window, query, starts))
-        queries = torch.cat(parts).transpose(0, 1)  # [heads, window, dim]
-        key_cache, value_cache = _caches(layer, kv_cache)
-        blocks = metadata.block_table[span.row]
-        prompt_len = request.prompt_len
-        keys = read_tokens(key_cache[0], blocks, prompt_len, key_cache[1])
-        plan = request.compressor.plan(layer_idx, keys, queries, self.scale)
-        if plan.keep is None:
-            return
-        # Tokens past the prompt (recompute after preemption) follow the kept ones verbatim.
-        later = torch.arange(prompt_len, span.end)
-        if plan.shared is not None:
-            pack_member_(key_cache, value_cache, blocks, plan.keep[0], plan.shared, later)
-            request.shared_keys[layer_idx] = plan
-        else:
-            keep = torch.cat([plan.keep, later.expand(plan.keep.shape[0], -1)], dim=1)
-            compact_([key_cache, value_cache], blocks, keep)
-        request.compacted = True
-
-    def _attend_shared_keys(self, state, span: RowSpan, plan, layer, query, kv_cache, metadata, output, starts):
-        """Replace a row's output by attention that reads distant keys from the plan's owner layer."""
-        request = state.requests[span.req_id]
-        key_cache, value_cache = _caches(layer, kv_cache)
-        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, plan.key_owner)
-        rows = slice(starts[span.row], starts[span.row + 1])
-        result = member_attention(
-            query[rows].view(-1, self.num_heads, self.head_size),
-            key_cache,
-            value_cache,
-            metadata.block_table[span.row],
-            _caches(layer, owner_kv_cache)[0],
-            owner_metadata.block_table[span.row],
-            plan.keep.shape[1],
-            plan.shared,
-            span.end - request.prompt_len,
-            self.scale,
-        )
-        output.view(output.shape[0], self.num_heads, self.head_size)[rows] = result.to(output.dtype)
+    def kv_views(self, layer, kv_cache):
+        return cpu_kv_views(kv_cache, layer.isa)
 
 
 class CompressedCPUBackend(CPUAttentionBackend):

@@ -97,11 +97,7 @@ def check_engine_config(vllm_config) -> None:
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
-    if platform_name() != "cpu":
-        raise ValueError(
-            f"kv policy '{config.policy}' runs on vLLM's CPU attention backend in this release; its "
-            f"{platform_name()} backend is not available yet (policy 'full' serves on any device)"
-        )
+    check_device(config, vllm_config)
     if vllm_config.speculative_config is not None:
         raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")
     if vllm_config.cache_config.enable_prefix_caching:
@@ -112,6 +108,19 @@ def check_engine_config(vllm_config) -> None:
     n = model.max_model_len
     budgets = [policy.layer_budget(layer, n) for layer in range(num_layers)]
     logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
+
+
+def check_device(config: KVPolicyConfig, vllm_config) -> None:
+    """Compression runs on vLLM's CPU attention and, on CUDA, FlashAttention with vLLM's V1 runner."""
+    device = platform_name()
+    if device == "cpu":
+        return
+    if device != "cuda":
+        raise ValueError(f"kv policy '{config.policy}' has no {device} backend (policy 'full' serves on any device)")
+    if vllm_config.use_v2_model_runner:  # the hooks live in the V1 runner
+        raise ValueError(f"kv policy '{config.policy}' needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0")
+    if not vllm_config.model_config.enforce_eager:
+        raise ValueError(f"kv policy '{config.policy}' on CUDA needs --enforce-eager in this release")
 
 
 def _add_cli_args(original):

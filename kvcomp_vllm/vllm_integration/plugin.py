@@ -10,14 +10,17 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from .compat import AttentionBackendEnum, register_backend, register_kv_spec
+    from .compat import AttentionBackendEnum, platform_name, register_backend, register_kv_spec
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
     from .scheduler import install_scheduler_hooks
     from .worker import install_runner_hooks
 
     register_kv_spec(CompressedAttentionSpec, CompressedAttentionManager)
-    register_backend(AttentionBackendEnum.CPU_ATTN, f"{__package__}.cpu_backend.CompressedCPUBackend")
+    if platform_name() == "cuda":
+        register_backend(AttentionBackendEnum.FLASH_ATTN, f"{__package__}.gpu_backend.CompressedFlashAttentionBackend")
+    else:
+        register_backend(AttentionBackendEnum.CPU_ATTN, f"{__package__}.cpu_backend.CompressedCPUBackend")
     install_runner_hooks()
     install_scheduler_hooks()
     install_engine_args_hooks()
