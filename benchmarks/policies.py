@@ -1,0 +1,183 @@
+"""One long-prompt batch through vanilla vLLM and through each policy, on one KV pool; prints a table.
+
+    python benchmarks/policies.py                      # cpu-tiny: tiny Llama on this CPU
+    python benchmarks/policies.py --preset h100-8b     # Llama-3.1-8B shape, dummy weights, one GPU
+
+Every configuration runs in a fresh process on a KV pool of the same bytes; vanilla vLLM runs
+without the plugin loaded and with its default settings. Reported, from vLLM's own block pool and
+scheduler: the pool's capacity in tokens (all layers), the KV memory a request holds after prefill
+(blocks of every KV group times their bytes), the requests of that size the pool holds (capacity),
+peak concurrently running requests in this run, prefill time (the
+batch with one output token), decode time (the rest of the full run) and output tokens per second.
+Results go to benchmarks/results/<preset>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POLICIES = {
+    "vanilla": None,
+    "full": {"policy": "full"},
+    "streaming": {"policy": "streaming", "budget": 0.1},
+    "snapkv": {"policy": "snapkv", "budget": 0.1},
+    "pyramid": {"policy": "pyramid", "budget": 0.1},
+    "windowkv": {"policy": "windowkv", "budget": 0.1},
+    "pod": {"policy": "pod", "recent": 1024, "group_size": 4},
+}
+LLAMA_8B = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+    max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, torch_dtype="bfloat16",
+    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A workload and the engine settings it runs with."""
+
+    requests: int
+    prompt_len: int
+    output_len: int
+    dtype: str
+    engine: dict = field(default_factory=dict)
+    pool_requests: int | None = None  # pool sized for this many uncompressed requests (else vLLM's default)
+
+
+PRESETS = {
+    "cpu-tiny": Preset(16, 1536, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=2),
+    "h100-8b": Preset(
+        24, 32000, 256, "bfloat16",
+        {"gpu_memory_utilization": 0.9, "load_format": "dummy", "skip_tokenizer_init": True},
+    ),
+}
+
+
+def model_dir(preset: str, root: Path) -> Path:
+    """The model folder: the tiny local model, or an 8B-shaped config for dummy weights."""
+    if preset == "cpu-tiny":
+        from kvcomp_vllm.testing import build_tiny_model
+
+        return build_tiny_model(root / "tiny-llama")
+    path = root / "llama-3.1-8b-shape"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(LLAMA_8B))
+    return path
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    """Run one configuration in this process (called in a fresh subprocess)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from statistics import mean
+
+    import torch
+    from transformers import AutoConfig
+    from vllm import LLM, SamplingParams
+
+    from kvcomp_vllm.testing.engine import drive, scheduler_of
+
+    preset = PRESETS[args.preset]
+    model = model_dir(args.preset, Path(args.model_root))
+    config = AutoConfig.from_pretrained(model)
+    dtype_bytes = torch.empty(0, dtype=getattr(torch, preset.dtype)).element_size()
+    token_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
+    settings = POLICIES[name]
+    engine = dict(preset.engine, max_model_len=preset.prompt_len + preset.output_len)
+    if preset.pool_requests:
+        engine["kv_cache_memory_bytes"] = preset.pool_requests * engine["max_model_len"] * token_bytes
+    if settings and settings["policy"] != "full":
+        engine["enforce_eager"] = True  # compression runs eagerly in this release
+    llm = LLM(model=str(model), dtype=preset.dtype, seed=0, additional_config={"kvcomp": settings} if settings else {}, **engine)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(100, config.vocab_size - 100, (preset.prompt_len,), generator=g).tolist() for _ in range(preset.requests)]
+    greedy = dict(temperature=0, ignore_eos=True)
+    prefill = drive(llm, prompts, SamplingParams(max_tokens=1, **greedy), progress=args.progress)
+    full = drive(llm, prompts, SamplingParams(max_tokens=preset.output_len, **greedy), progress=args.progress)
+    scheduler = scheduler_of(llm)
+    groups = scheduler.kv_cache_config.kv_cache_groups
+    layers = [len(g.layer_names) for g in groups]
+    block_size = groups[0].kv_cache_spec.block_size
+    layer_token_bytes = token_bytes // config.num_hidden_layers
+    kib = [sum(n * block_size * k * layer_token_bytes for n, k in zip(b, layers)) / 1024 for b in full.first_decode_blocks.values()]
+    pool_tokens = scheduler.kv_cache_config.num_blocks * block_size * layers[0] // config.num_hidden_layers
+    out_tokens = sum(len(t) for t in full.tokens.values())
+    return {
+        "config": name,
+        "settings": settings,
+        "engine": {k: v for k, v in engine.items() if k not in ("load_format", "skip_tokenizer_init")},
+        "pool_tokens": pool_tokens,
+        "kv_kib_per_request": mean(kib),
+        "capacity_requests": pool_tokens * token_bytes / 1024 / mean(kib),
+        "peak_running": full.peak_running,
+        "prefill_s": prefill.seconds,
+        "decode_s": full.seconds - prefill.seconds,
+        "total_s": full.seconds,
+        "output_tok_s": out_tokens / full.seconds,
+        "preemptions": full.preemptions,
+        "blocks_leaked": full.free_blocks_before - full.free_blocks_after,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| config | pool tokens | KV MiB / request | capacity (requests) | peak running | prefill s | decode s "
+        "| output tok/s | preemptions |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} | "
+            f"{r['capacity_requests']:.1f} | {r['peak_running']} | "
+            f"{r['prefill_s']:.2f} | {r['decode_s']:.2f} | {r['output_tok_s']:.1f} | {r['preemptions']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=PRESETS, default="cpu-tiny")
+    parser.add_argument("--configs", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES))
+    parser.add_argument("--model-root", default=".cache")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for <preset>.json and <preset>.md")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT" + json.dumps(run_one(args.one, args)))
+        return
+    rows = []
+    for name in args.configs.split(","):
+        env = dict(os.environ)
+        if name == "vanilla":
+            env["VLLM_PLUGINS"] = ""
+        elif POLICIES[name]["policy"] != "full":
+            env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # kvcomp's hooks live in vLLM's V1 runner
+        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", name], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.split("RESULT")[-1]))
+        print(f"{name}: done", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/policies.py " + " ".join(sys.argv[1:])
+    (out / f"{args.preset}.json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=2))
+    p = PRESETS[args.preset]
+    text = (
+        f"{table(rows)}\n\nCommand: `{command.strip()}`; {p.requests} requests x ({p.prompt_len} in, {p.output_len} out), "
+        f"{p.dtype}.\n"
+    )
+    (out / f"{args.preset}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
