@@ -3,7 +3,7 @@
 Timeline of one compressed request on the worker:
 1. prefill chunks run through vLLM's attention unchanged (the backend stashes window queries);
 2. in the forward that processes the prompt's last token, each attention layer plans from its
-   prompt keys and compacts its kept tokens to cache positions `0..kept-1` (see `cpu_backend`);
+   prompt keys and compacts its kept tokens to cache positions `0..kept-1` (see `backend`);
 3. at the next step the request's block-table rows are cut to the blocks the scheduler kept, and
    from then on each tier's cache position is `position - evicted`: slot mapping and `seq_lens`
    are shifted per request, while RoPE keeps the true positions.
