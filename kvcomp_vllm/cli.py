@@ -1,0 +1,88 @@
+"""`kvcomp-vllm`: what is not `vllm serve` — `doctor`, `presets`, `bench`.
+
+    kvcomp-vllm doctor [--kv-policy pyramid --kv-budget 0.1 | --kv-config configs/pyramid-10pct.yaml]
+    kvcomp-vllm presets
+    kvcomp-vllm bench [benchmark args, e.g. --preset h100-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import load_preset
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+PRESETS = SOURCE_ROOT / "configs"
+BENCHMARK = SOURCE_ROOT / "benchmarks" / "policies.py"
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Print versions, device, plugin registration and the effective config of the given flags."""
+    import torch
+
+    from .vllm_integration.engine_args import settings_from_args, validated
+
+    plugins = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    lines = [
+        f"kvcomp-vllm {__version__}",
+        f"vllm {_version('vllm')}, torch {torch.__version__}, transformers {_version('transformers')}",
+        f"device: {device}",
+        f"plugin registered with vLLM: {'yes' if 'kvcomp' in plugins else 'no'}"
+        + (f" ({plugins['kvcomp']})" if "kvcomp" in plugins else ""),
+    ]
+    settings = settings_from_args(args)
+    config = validated(settings) if settings else None
+    lines.append(f"effective config: {config.describe() if config else 'none given (vLLM serves full KV)'}")
+    print("\n".join(lines))
+    return 0 if "kvcomp" in plugins else 1
+
+
+def presets(args: argparse.Namespace) -> int:
+    """List the YAML presets with the policy and parameters each one sets."""
+    if not PRESETS.is_dir():
+        print(f"no presets: {PRESETS} is not there (presets ship with the source tree)", file=sys.stderr)
+        return 1
+    for path in sorted(PRESETS.glob("*.yaml")):
+        print(f"{path.relative_to(SOURCE_ROOT)}: {load_preset(path).describe()}")
+    return 0
+
+
+def bench(args: argparse.Namespace, rest: list[str]) -> int:
+    """Run benchmarks/policies.py with the remaining arguments."""
+    return subprocess.call([sys.executable, str(BENCHMARK), *rest])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .vllm_integration.engine_args import add_kv_arguments
+
+    parser = argparse.ArgumentParser(prog="kvcomp-vllm", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_kv_arguments(commands.add_parser("doctor", help=doctor.__doc__))
+    commands.add_parser("presets", help=presets.__doc__)
+    commands.add_parser("bench", help=bench.__doc__, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return bench(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return {"doctor": doctor, "presets": presets}[args.command](args)
+    except ValueError as err:
+        parser.exit(2, f"kvcomp-vllm {args.command}: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""`kvcomp-vllm doctor | presets`: versions, registration, effective config, preset listing, bad values."""
+
+import pytest
+import torch
+
+from kvcomp_vllm.cli import PRESETS, main
+
+
+def test_doctor_reports_registration_and_effective_config(capsys):
+    assert main(["doctor", "--kv-policy", "pyramid", "--kv-budget", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "plugin registered with vLLM: yes (kvcomp_vllm.vllm_integration.plugin:register)" in out
+    assert "effective config: pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32" in out
+    assert ("device: cuda" if torch.cuda.is_available() else "device: cpu") in out
+
+
+def test_doctor_with_a_preset_and_an_override(capsys):
+    assert main(["doctor", "--kv-config", str(PRESETS / "snapkv-2k.yaml"), "--kv-budget", "1024"]) == 0
+    assert "effective config: snapkv budget=1024 kernel=7 pooling=avg window=32" in capsys.readouterr().out
+
+
+def test_doctor_rejects_bad_values_with_the_validation_message(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["doctor", "--kv-policy", "snapkv", "--kv-budget", "8", "--kv-window", "32"])
+    assert exit_.value.code == 2
+    assert "budget: 8 tokens is less than window (32) for policy 'snapkv'" in capsys.readouterr().err
+
+
+def test_presets_lists_every_yaml_with_its_settings(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "configs/pod-35pct.yaml: pod group_size=4 recent=1024 sink=4" in lines
+    assert len(lines) == 4
