@@ -123,6 +123,21 @@ class KVPolicyConfig(BaseModel):
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 
+def request_config(server: KVPolicyConfig, overrides: dict | None) -> KVPolicyConfig:
+    """The config one request runs with: the server's, with the request's fields on top.
+
+    A request naming another policy starts from that policy's defaults (the server's parameters
+    belong to the server's policy); otherwise its fields replace the server's.
+    """
+    if not overrides:
+        return server
+    if not isinstance(overrides, dict):
+        raise ValueError(f"kvcomp: per-request settings must be an object of policy fields, got {overrides!r}")
+    if overrides.get("policy", server.policy) != server.policy:
+        return KVPolicyConfig(**overrides)
+    return KVPolicyConfig(**{**server.model_dump(exclude_unset=True), **overrides})
+
+
 def load_preset(path: str | Path) -> KVPolicyConfig:
     """Read a YAML preset (see configs/) into a validated config."""
     data = yaml.safe_load(Path(path).read_text()) or {}

@@ -88,3 +88,32 @@ def test_preset_must_be_a_mapping(tmp_path):
     bad.write_text("- policy\n")
     with pytest.raises(ValueError, match="a preset must be a YAML mapping"):
         load_preset(bad)
+
+
+def test_request_config_overrides_the_server_settings():
+    from kvcomp_vllm.config import request_config
+
+    server = KVPolicyConfig(policy="pyramid", budget=0.1, beta=10)
+    assert request_config(server, None) is server
+    assert request_config(server, {"budget": 512}) == KVPolicyConfig(policy="pyramid", budget=512, beta=10)
+    assert request_config(server, {"policy": "snapkv", "budget": 0.2}) == KVPolicyConfig(policy="snapkv", budget=0.2)
+    with pytest.raises(ValidationError, match="budget: a ratio must lie in"):
+        request_config(server, {"budget": 3.5})
+    with pytest.raises(ValueError, match="per-request settings must be an object"):
+        request_config(server, "snapkv")
+
+
+def test_which_request_policies_a_server_can_hold():
+    from kvcomp_vllm.policies import incompatibility, make_policy
+
+    def policy(**kw):
+        return make_policy(KVPolicyConfig(**kw), 4)
+
+    pyramid, snapkv = policy(policy="pyramid", budget=0.1), policy(policy="snapkv", budget=64)
+    assert incompatibility(pyramid, snapkv) is None  # per-layer groups hold any per-layer budgets
+    assert incompatibility(pyramid, policy(policy="full")) is None
+    assert "needs per-layer budgets that this server's KV groups (policy 'snapkv') cannot hold" in incompatibility(
+        snapkv, pyramid
+    )
+    assert "engine-wide only; this server runs 'snapkv'" in incompatibility(snapkv, policy(policy="pod"))
+    assert "engine-wide only; this server runs 'pod'" in incompatibility(policy(policy="pod"), snapkv)

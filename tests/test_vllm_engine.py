@@ -38,10 +38,11 @@ def make_llm(model_dir, settings=None, **kwargs):
     return LLM(model=str(model_dir), **{**args, **kwargs, **extra})
 
 
-def greedy(max_tokens, logprobs=None):
+def greedy(max_tokens, logprobs=None, kvcomp=None):
     from vllm import SamplingParams
 
-    return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, logprobs=logprobs)
+    extra = {"extra_args": {"kvcomp": kvcomp}} if kvcomp is not None else {}
+    return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, logprobs=logprobs, **extra)
 
 
 def prompt_ids(model_dir, sentences, seed, length=None):
@@ -193,3 +194,37 @@ def test_bad_settings_fail_at_engine_start(tiny_llama_dir, settings, message):
     with pytest.raises(ValueError) as err:
         make_llm(tiny_llama_dir, settings)
     assert message in str(err.value)
+
+
+def test_requests_choose_their_own_policy_in_one_batch(tiny_model_dir, hf_model, release):
+    from kvcomp_vllm.config import request_config
+
+    server = dict(policy="pyramid", budget=0.12)
+    overrides = [None, {"policy": "snapkv", "budget": 64}, {"budget": 200}, {"policy": "full"}, {"policy": "streaming", "budget": 40}]
+    prompts = [prompt_ids(tiny_model_dir, 40, 60 + i) for i in range(len(overrides))]
+    run = drive(make_llm(tiny_model_dir, server), prompts, [greedy(10, kvcomp=o) for o in overrides])
+    for req_id, prompt, override in zip(run.tokens, prompts, overrides):
+        config = request_config(KVPolicyConfig(**server), override)
+        assert run.tokens[req_id] == generate(hf_model, prompt, config, 10).tokens, (req_id, config.describe())
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+@pytest.mark.parametrize(
+    "server,override,message",
+    [
+        (dict(policy="pyramid", budget=0.1), {"budget": 2.5}, "invalid kvcomp settings in request: budget: a ratio must lie in (0, 1]"),
+        (dict(policy="pyramid", budget=0.1), {"policy": "h2o"}, "Input should be 'full', 'streaming'"),
+        (dict(policy="snapkv", budget=64), {"policy": "pyramid", "budget": 0.1}, "policy 'pyramid' needs per-layer budgets that this server's KV groups (policy 'snapkv') cannot hold"),
+        (dict(policy="pyramid", budget=0.1), {"policy": "pod"}, "policy 'pod' changes the cache layout and is engine-wide only"),
+        (dict(policy="full"), {"policy": "snapkv", "budget": 64}, "this server runs without KV compression"),
+    ],
+    ids=["bad-budget", "unknown-policy", "tiers", "pod", "no-compression"],
+)
+def test_bad_request_settings_fail_that_request_only(tiny_llama_dir, server, override, message, release):
+    llm = make_llm(tiny_llama_dir, server)
+    prompt = prompt_ids(tiny_llama_dir, 10, 70)
+    with pytest.raises(ValueError) as err:
+        llm.generate([{"prompt_token_ids": prompt}], greedy(4, kvcomp=override), use_tqdm=False)
+    assert message in str(err.value)
+    out = llm.generate([{"prompt_token_ids": prompt}], greedy(4), use_tqdm=False)  # the engine still serves
+    assert len(out[0].outputs[0].token_ids) == 4

@@ -22,12 +22,31 @@ def make_policy(config: KVPolicyConfig, num_layers: int) -> KVPolicy:
     return POLICIES[config.policy](config, num_layers)
 
 
+def incompatibility(server: KVPolicy, request: KVPolicy) -> str | None:
+    """Why a server built for `server`'s KV groups cannot serve `request`'s policy, or None.
+
+    The server gives each budget tier of its policy one KV group; a request policy fits when every
+    group's layers keep equal counts under it too. PoD's shared-key layout is engine-wide only.
+    """
+    if (server.name == "pod") != (request.name == "pod"):
+        return f"policy 'pod' changes the cache layout and is engine-wide only; this server runs '{server.name}'"
+    tiers: dict[int, int] = {}
+    for layer in range(server.num_layers):
+        if tiers.setdefault(server.budget_tier(layer), request.budget_tier(layer)) != request.budget_tier(layer):
+            return (
+                f"policy '{request.name}' needs per-layer budgets that this server's KV groups (policy "
+                f"'{server.name}') cannot hold; start the server with --kv-policy {request.name} to serve it"
+            )
+    return None
+
+
 __all__ = [
     "POLICIES",
     "KVPolicy",
     "LayerPlan",
     "RequestCompressor",
     "apply_plan",
+    "incompatibility",
     "make_policy",
     "pyramid_budgets",
 ]

@@ -45,7 +45,10 @@ def _external_id(internal: str, ids: list[str]) -> str:
 
 
 def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> EngineRun:
-    """Submit every prompt at once, step the engine until all finish, and record the run."""
+    """Submit every prompt at once, step the engine until all finish, and record the run.
+
+    `params` is one SamplingParams for all prompts, or a list with one per prompt.
+    """
     engine = llm.llm_engine
     scheduler = scheduler_of(llm)
     pool = scheduler.kv_cache_manager.block_pool
@@ -60,8 +63,9 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> Engi
     ids = [f"req-{i}" for i in range(len(prompts))]
     start = time.perf_counter()
     try:
-        for req_id, prompt in zip(ids, prompts):
-            engine.add_request(req_id, {"prompt_token_ids": prompt}, params)
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        for req_id, prompt, sampling in zip(ids, prompts, per_prompt):
+            engine.add_request(req_id, {"prompt_token_ids": prompt}, sampling)
         bar = tqdm(total=len(ids), disable=not progress, desc="requests")
         while engine.has_unfinished_requests():
             for out in engine.step():

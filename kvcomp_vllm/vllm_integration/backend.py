@@ -73,14 +73,14 @@ class CompressingAttention:
 
     def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query, starts) -> None:
         request = state.requests[span.req_id]
-        part = self._window_part(request, span, state.policy.config.window, query, starts)
+        part = self._window_part(request, span, request.compressor.policy.config.window, query, starts)
         request.window_queries.setdefault(layer_idx, []).append(part.clone())
 
     def _compact(self, state: WorkerCompression, span: RowSpan, layer, layer_idx, query, kv_cache, metadata, starts):
         request = state.requests[span.req_id]
         if request.evicted[state.policy.budget_tier(layer_idx)] <= 0:
             return
-        window = state.policy.config.window
+        window = request.compressor.policy.config.window
         parts = request.window_queries.pop(layer_idx, [])
         parts.append(self._window_part(request, span, window, query, starts))
         queries = torch.cat(parts).transpose(0, 1)  # [heads, window, dim]

@@ -25,6 +25,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
@@ -44,6 +45,7 @@ __all__ = [
     "FullAttentionManager",
     "FullAttentionSpec",
     "GPUModelRunner",
+    "InputProcessor",
     "KVCacheSpecRegistry",
     "MultiGroupBlockTable",
     "Scheduler",
@@ -54,6 +56,7 @@ __all__ = [
     "inproc_scheduler",
     "layer_context",
     "platform_name",
+    "openai_request_classes",
     "patch",
     "register_backend",
     "register_kv_spec",
@@ -68,6 +71,14 @@ def flash_attention_classes():
     from vllm.v1.attention.backends import flash_attn
 
     return flash_attn.FlashAttentionBackend, flash_attn.FlashAttentionMetadataBuilder, flash_attn.FlashAttentionImpl
+
+
+def openai_request_classes() -> tuple[type, ...]:
+    """vLLM's OpenAI completion and chat request models (their extra fields are kept)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest, ChatCompletionRequest
 
 
 def platform_name() -> str:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
 from .compat import EngineArgs, init_logger, patch, platform_name
-from .settings import CONFIG_KEY, engine_settings
+from .settings import CONFIG_KEY, engine_settings, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
 
@@ -75,8 +75,12 @@ def validated(settings: dict) -> KVPolicyConfig:
     try:
         return KVPolicyConfig(**settings)
     except ValidationError as err:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") + _where(e) for e in err.errors())
-        raise ValueError(f"invalid kvcomp settings: {problems}") from None
+        raise ValueError(f"invalid kvcomp settings: {settings_error(err)}") from None
+
+
+def settings_error(err: ValidationError) -> str:
+    """One line per problem, each naming its field."""
+    return "; ".join(e["msg"].removeprefix("Value error, ") + _where(e) for e in err.errors())
 
 
 def _where(error: dict) -> str:
@@ -86,6 +90,7 @@ def _where(error: dict) -> str:
 
 def check_engine_config(vllm_config) -> None:
     """Validate the engine's kvcomp settings against its model, adapt the engine, log the budgets."""
+    remember_served(vllm_config)
     settings = engine_settings(vllm_config)
     if not settings:
         return

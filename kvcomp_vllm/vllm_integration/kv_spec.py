@@ -16,6 +16,7 @@ from typing import Any
 from ..config import KVPolicyConfig
 from ..policies import KVPolicy, make_policy
 from .compat import FullAttentionManager, FullAttentionSpec, cdiv
+from .settings import request_policy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,11 +65,14 @@ class CompressedAttentionManager(FullAttentionManager):
         self.policy = kv_cache_spec.policy()
         self.layer = kv_cache_spec.layer
         self.evicted: dict[str, int] = {}  # request id -> prompt tokens evicted in this tier
+        self.requests: dict = {}  # the scheduler's requests (set by its hook), for per-request settings
 
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
         if request_id in self.evicted or num_prompt_tokens is None or processed_computed_tokens < num_prompt_tokens:
             return
-        evicted = num_prompt_tokens - self.policy.layer_slots(self.layer, num_prompt_tokens)
+        request = self.requests.get(request_id)
+        policy = request_policy(self.policy, request.sampling_params) if request is not None else self.policy
+        evicted = num_prompt_tokens - policy.layer_slots(self.layer, num_prompt_tokens)
         self.evicted[request_id] = evicted
         if evicted > 0:
             blocks = self.req_to_blocks[request_id]

@@ -10,6 +10,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from .admission import install_admission_hooks
     from .compat import AttentionBackendEnum, platform_name, register_backend, register_kv_spec
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
@@ -24,4 +25,5 @@ def register() -> None:
     install_runner_hooks()
     install_scheduler_hooks()
     install_engine_args_hooks()
+    install_admission_hooks()
     _registered = True

@@ -1,4 +1,4 @@
-"""Scheduler hook: a prefill chunk never runs past the prompt's end.
+"""Scheduler hooks: a prefill chunk never runs past the prompt's end; managers see the requests.
 
 New requests never cross it anyway. A request recomputed after preemption has generated tokens
 after its prompt; stopping its first pass at the prompt makes the prompt compact exactly as the
@@ -9,6 +9,7 @@ decoded originally.
 from __future__ import annotations
 
 from .compat import Scheduler, patch, split_chunks_at
+from .kv_spec import CompressedAttentionManager
 from .settings import engine_policy
 
 
@@ -23,6 +24,9 @@ def _init(original):
         original(self, *args, **kwargs)
         if engine_policy(self.vllm_config) is not None:
             split_chunks_at(self, stop_at_prompt_end)
+            for manager in self.kv_cache_manager.coordinator.single_type_managers:
+                if isinstance(manager, CompressedAttentionManager):
+                    manager.requests = self.requests
 
     return __init__
 

@@ -1,14 +1,17 @@
-"""Where the engine-wide policy lives in a vLLM config: `additional_config["kvcomp"]`.
+"""Where kvcomp's settings live: the server's in `additional_config["kvcomp"]`, a request's in
+`SamplingParams.extra_args["kvcomp"]`.
 
 `additional_config` is part of the `VllmConfig` that vLLM ships to the engine core and every
-worker, so all processes read the same validated settings from it.
+worker, and sampling params travel with each request, so every process reads the same settings.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from functools import lru_cache
 
-from ..config import KVPolicyConfig
+from ..config import KVPolicyConfig, request_config
+from ..policies import KVPolicy, make_policy
 
 CONFIG_KEY = "kvcomp"
 
@@ -26,3 +29,42 @@ def engine_policy(vllm_config: Any) -> KVPolicyConfig | None:
         return None
     config = KVPolicyConfig(**settings)
     return None if config.policy == "full" else config
+
+
+FLAT_PREFIX = "kv_"  # flat form, as HTTP fields or vllm_xargs carry it: kv_policy, kv_budget, ...
+
+
+def request_overrides(sampling_params: Any) -> dict | None:
+    """A request's own kvcomp settings: `extra_args["kvcomp"]` and flat `kv_<field>` keys, or None."""
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    nested = extra.get(CONFIG_KEY)
+    flat = {k.removeprefix(FLAT_PREFIX): v for k, v in extra.items() if k.startswith(FLAT_PREFIX)}
+    if not flat:
+        return nested
+    return {**(nested if isinstance(nested, dict) else {}), **flat}
+
+
+def request_policy(server: KVPolicy, sampling_params: Any) -> KVPolicy:
+    """The policy one request runs with: the server's, or the server's with the request's fields on top."""
+    overrides = request_overrides(sampling_params)
+    if not overrides:
+        return server
+    return _policy(request_config(server.config, overrides).model_dump_json(exclude_unset=True), server.num_layers)
+
+
+@lru_cache(maxsize=256)
+def _policy(config_json: str, num_layers: int) -> KVPolicy:
+    return make_policy(KVPolicyConfig.model_validate_json(config_json), num_layers)
+
+
+_SERVED: list = []  # the engine config this process built (the API server's), newest last
+
+
+def remember_served(vllm_config: Any) -> None:
+    """Record the engine config this process serves, for checks made before a request reaches it."""
+    _SERVED[:] = [vllm_config]
+
+
+def served_config() -> Any | None:
+    """The engine config this process built, or None in processes that build none."""
+    return _SERVED[-1] if _SERVED else None

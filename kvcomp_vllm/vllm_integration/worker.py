@@ -27,7 +27,7 @@ from .compat import (
     set_row_num_blocks,
 )
 from .kv_spec import CompressedAttentionSpec
-from .settings import engine_policy
+from .settings import engine_policy, request_policy
 
 
 @dataclass
@@ -54,7 +54,10 @@ class RowSpan:
 
 
 class WorkerCompression:
-    """Per-process state shared by the runner hooks, the metadata builder and the attention impl."""
+    """Per-process state shared by the runner hooks, the metadata builder and the attention impl.
+
+    `policy` is the server's: its budget tiers are the KV groups; each request plans with its own.
+    """
 
     def __init__(self, policy: KVPolicy, group_specs: list):
         self.policy = policy
@@ -66,9 +69,11 @@ class WorkerCompression:
         self.prefill_ends: list[RowSpan] = []  # rows whose chunk reaches the prompt's last token
         self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the observation window
 
-    def track(self, req_id: str, prompt_len: int) -> CompressedRequest:
-        evicted = {t: prompt_len - self.policy.layer_slots(layer, prompt_len) for t, layer in self.tier_layers.items()}
-        state = CompressedRequest(prompt_len, evicted, RequestCompressor(self.policy))
+    def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
+        """Start following a request under its own policy (the server's unless it overrides it)."""
+        policy = request_policy(self.policy, sampling_params)
+        evicted = {t: prompt_len - policy.layer_slots(layer, prompt_len) for t, layer in self.tier_layers.items()}
+        state = CompressedRequest(prompt_len, evicted, RequestCompressor(policy))
         self.requests[req_id] = state
         return state
 
@@ -77,12 +82,13 @@ class WorkerCompression:
         for req_id in (*out.finished_req_ids, *(getattr(out, "preempted_req_ids", None) or ())):
             self.requests.pop(req_id, None)
         for new in out.scheduled_new_reqs:
-            self.track(new.req_id, len(new.prompt_token_ids))
+            self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params)
         cached = out.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             state = self.requests.get(req_id)
             if state is None:  # resumed after preemption: prefilled (and compressed) again
-                state = self.track(req_id, runner.requests[req_id].num_prompt_tokens)
+                resumed = runner.requests[req_id]
+                state = self.track(req_id, resumed.num_prompt_tokens, resumed.sampling_params)
             if state.compacted and not state.truncated:
                 self._truncate(runner, req_id, state, cached.num_computed_tokens[i])
 
@@ -104,9 +110,9 @@ class WorkerCompression:
         num_reqs = batch.num_reqs
         self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
         self.rows, self.prefill_ends, self.window_rows = [], [], []
-        window = self.policy.config.window
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
+            window = state.compressor.policy.config.window
             if state.truncated:
                 for tier, evicted in state.evicted.items():
                     self.row_evicted[tier][row] = evicted

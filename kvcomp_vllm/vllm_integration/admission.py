@@ -1,0 +1,69 @@
+"""Per-request kvcomp settings, checked in the front end before a request reaches the engine.
+
+A request may carry its own settings in `SamplingParams.extra_args` (`{"kvcomp": {...}}` or flat
+`kv_<field>` keys); over HTTP as top-level `kv_policy`, `kv_budget`, ... fields of the request body
+(the OpenAI SDK's `extra_body`) or in `vllm_xargs`. They are validated against the server's policy and model where vLLM validates
+every request, so a bad override fails that request alone with a clear message, and no request is
+served with other settings than it asked for.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from ..config import request_config
+from ..policies import incompatibility, make_policy
+from .compat import InputProcessor, openai_request_classes, patch
+from .engine_args import settings_error, validated
+from .settings import FLAT_PREFIX, engine_settings, request_overrides, served_config
+
+
+def check_request(vllm_config, sampling_params) -> None:
+    """Raise ValueError, naming the field, where a request's kvcomp settings cannot be served."""
+    overrides = request_overrides(sampling_params)
+    if not overrides:
+        return
+    model = vllm_config.model_config
+    num_layers = model.hf_text_config.num_hidden_layers
+    server = validated(engine_settings(vllm_config) or {"policy": "full"})
+    try:
+        config = request_config(server, overrides)
+    except ValidationError as err:
+        raise ValueError(f"invalid kvcomp settings in request: {settings_error(err)}") from None
+    config.check_model(num_layers, model.max_model_len)
+    if server.policy == "full":
+        if config.policy != "full":
+            raise ValueError("kvcomp: this server runs without KV compression; start it with --kv-policy to allow per-request policies")
+        return
+    reason = incompatibility(make_policy(server, num_layers), make_policy(config, num_layers))
+    if reason:
+        raise ValueError(f"kvcomp: {reason}")
+
+
+def _validate_params(original):
+    def validate_params(self, params, *args, **kwargs):
+        result = original(self, params, *args, **kwargs)
+        check_request(self.vllm_config, params)
+        return result
+
+    return validate_params
+
+
+def _to_sampling_params(original):
+    def to_sampling_params(self, *args, **kwargs):
+        params = original(self, *args, **kwargs)
+        fields = {k: v for k, v in (self.model_extra or {}).items() if k.startswith(FLAT_PREFIX)}
+        if fields:
+            params.extra_args = {**(params.extra_args or {}), **fields}
+        if served_config() is not None:  # checked here too, so the server answers 400, not 500
+            check_request(served_config(), params)
+        return params
+
+    return to_sampling_params
+
+
+def install_admission_hooks() -> None:
+    """Carry `kv_*` body fields into sampling params, and check them where vLLM validates (idempotent)."""
+    patch(InputProcessor, "_validate_params", _validate_params)
+    for request_class in openai_request_classes():
+        patch(request_class, "to_sampling_params", _to_sampling_params)
