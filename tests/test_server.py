@@ -49,13 +49,14 @@ def test_bad_flag_value_stops_start_up_with_the_validation_message(tiny_llama_di
     assert "invalid kvcomp settings: budget: a ratio must lie in (0, 1], got 1.5" in proc.stderr
 
 
-def post_status(url: str, body: dict) -> tuple[int, dict]:
+def post_status(url: str, body: dict) -> tuple[int, dict, str | None]:
+    """Status, JSON body and `kvcomp-policy` header of a POST."""
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), response.headers.get("kvcomp-policy")
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, json.loads(err.read()), err.headers.get("kvcomp-policy")
 
 
 def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny_llama_dir):
@@ -63,13 +64,15 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
     prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 40)
     with serve(tiny_llama_dir, *args) as url:
         base = {"model": str(tiny_llama_dir), "prompt": prompt, "max_tokens": 4, "temperature": 0}
-        ok, body = post_status(url + "/v1/completions", {**base, "kv_policy": "snapkv", "kv_budget": 64})
+        ok, body, applied = post_status(url + "/v1/completions", {**base, "kv_policy": "snapkv", "kv_budget": 64})
         assert ok == 200 and body["usage"]["completion_tokens"] == 4
-        ok, _ = post_status(url + "/v1/completions", {**base, "vllm_xargs": {"kv_budget": 128}})
-        assert ok == 200
-        status, body = post_status(url + "/v1/completions", {**base, "kv_budget": 2.5})
+        assert applied == "snapkv budget=64 kernel=7 pooling=avg window=32"
+        ok, _, applied = post_status(url + "/v1/completions", {**base, "vllm_xargs": {"kv_budget": 128}})
+        assert ok == 200 and applied == "pyramid beta=20.0 budget=128 kernel=7 pooling=avg window=32"
+        status, body, _ = post_status(url + "/v1/completions", {**base, "kv_budget": 2.5})
         assert status == 400 and "budget: a ratio must lie in (0, 1], got 2.5" in body["error"]["message"]
-        status, body = post_status(url + "/v1/completions", {**base, "kv_policy": "pod"})
+        status, body, _ = post_status(url + "/v1/completions", {**base, "kv_policy": "pod"})
         assert status == 400 and "policy 'pod' changes the cache layout and is engine-wide only" in body["error"]["message"]
-        ok, _ = post_status(url + "/v1/completions", base)  # the server still serves
-        assert ok == 200
+        chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
+        ok, _, applied = post_status(url + "/v1/chat/completions", chat)  # no override: the server's settings
+        assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32"

@@ -1,8 +1,7 @@
 """Per-request kvcomp settings, checked in the front end before a request reaches the engine.
 
 A request may carry its own settings in `SamplingParams.extra_args` (`{"kvcomp": {...}}` or flat
-`kv_<field>` keys); over HTTP as top-level `kv_policy`, `kv_budget`, ... fields of the request body
-(the OpenAI SDK's `extra_body`) or in `vllm_xargs`. They are validated against the server's policy and model where vLLM validates
+`kv_<field>` keys; `server_http` puts HTTP body fields there). They are validated against the server's policy and model where vLLM validates
 every request, so a bad override fails that request alone with a clear message, and no request is
 served with other settings than it asked for.
 """
@@ -13,9 +12,9 @@ from pydantic import ValidationError
 
 from ..config import request_config
 from ..policies import incompatibility, make_policy
-from .compat import InputProcessor, openai_request_classes, patch
+from .compat import InputProcessor, patch
 from .engine_args import settings_error, validated
-from .settings import FLAT_PREFIX, engine_settings, request_overrides, served_config
+from .settings import engine_settings, request_overrides
 
 
 def check_request(vllm_config, sampling_params) -> None:
@@ -49,21 +48,6 @@ def _validate_params(original):
     return validate_params
 
 
-def _to_sampling_params(original):
-    def to_sampling_params(self, *args, **kwargs):
-        params = original(self, *args, **kwargs)
-        fields = {k: v for k, v in (self.model_extra or {}).items() if k.startswith(FLAT_PREFIX)}
-        if fields:
-            params.extra_args = {**(params.extra_args or {}), **fields}
-        if served_config() is not None:  # checked here too, so the server answers 400, not 500
-            check_request(served_config(), params)
-        return params
-
-    return to_sampling_params
-
-
 def install_admission_hooks() -> None:
-    """Carry `kv_*` body fields into sampling params, and check them where vLLM validates (idempotent)."""
+    """Check per-request settings where vLLM validates every request (idempotent)."""
     patch(InputProcessor, "_validate_params", _validate_params)
-    for request_class in openai_request_classes():
-        patch(request_class, "to_sampling_params", _to_sampling_params)

@@ -139,6 +139,9 @@ def _add_cli_args(original):
 
 def _from_cli_args(original):
     def from_cli_args(cls, args):
+        from .server_http import add_middleware
+
+        add_middleware(args)
         engine_args = original(cls, args)
         settings = settings_from_args(args)
         if settings is not None:

@@ -15,6 +15,7 @@ def register() -> None:
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
     from .scheduler import install_scheduler_hooks
+    from .server_http import install_http_hooks
     from .worker import install_runner_hooks
 
     register_kv_spec(CompressedAttentionSpec, CompressedAttentionManager)
@@ -26,4 +27,5 @@ def register() -> None:
     install_scheduler_hooks()
     install_engine_args_hooks()
     install_admission_hooks()
+    install_http_hooks()
     _registered = True
