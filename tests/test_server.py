@@ -67,6 +67,7 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         ok, body, applied = post_status(url + "/v1/completions", {**base, "kv_policy": "snapkv", "kv_budget": 64})
         assert ok == 200 and body["usage"]["completion_tokens"] == 4
         assert applied == "snapkv budget=64 kernel=7 pooling=avg window=32"
+        prompt_len = body["usage"]["prompt_tokens"]
         ok, _, applied = post_status(url + "/v1/completions", {**base, "vllm_xargs": {"kv_budget": 128}})
         assert ok == 200 and applied == "pyramid beta=20.0 budget=128 kernel=7 pooling=avg window=32"
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_budget": 2.5})
@@ -76,3 +77,21 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
         ok, _, applied = post_status(url + "/v1/chat/completions", chat)  # no override: the server's settings
         assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32"
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+            metrics = metric_values(response.read().decode())
+    assert metrics['vllm:kvcomp_requests_total{policy="snapkv"}'] == 1
+    assert metrics['vllm:kvcomp_requests_total{policy="pyramid"}'] == 2
+    snap_kept = metrics['vllm:kvcomp_prompt_tokens_total{outcome="kept",policy="snapkv"}']
+    snap_evicted = metrics['vllm:kvcomp_prompt_tokens_total{outcome="evicted",policy="snapkv"}']
+    assert snap_kept == 4 * 64 and snap_kept + snap_evicted == 4 * prompt_len
+    assert metrics['vllm:kvcomp_kv_blocks_saved_total{policy="snapkv"}'] > 0
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Sample lines of a Prometheus text exposition, keyed by name and labels as written."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values

@@ -14,6 +14,7 @@ def register() -> None:
     from .compat import AttentionBackendEnum, platform_name, register_backend, register_kv_spec
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
+    from .metrics import install_metrics_hooks
     from .scheduler import install_scheduler_hooks
     from .server_http import install_http_hooks
     from .worker import install_runner_hooks
@@ -28,4 +29,5 @@ def register() -> None:
     install_engine_args_hooks()
     install_admission_hooks()
     install_http_hooks()
+    install_metrics_hooks()
     _registered = True

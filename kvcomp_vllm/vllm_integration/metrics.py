@@ -1,0 +1,80 @@
+"""Prometheus metrics on vLLM's `/metrics`, recorded where each request enters the engine.
+
+What a request keeps follows from its policy and its prompt length alone, so the front end can
+count it exactly as the engine will hold it: requests by policy, prompt tokens kept and evicted
+(per layer, summed), KV blocks saved (blocks of one layer) and the share of prompt KV kept.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Histogram
+
+from ..config import request_config
+from ..policies import make_policy
+from .compat import InputProcessor, cdiv, patch
+from .engine_args import validated
+from .settings import engine_settings, request_overrides
+
+
+class _Metrics:
+    """kvcomp's collectors, made on first use: vLLM's stat logger unregisters every `vllm:`
+    collector when an engine starts, so they are (re)registered after that, keeping their counts."""
+
+    def __init__(self):
+        self.requests = Counter("vllm:kvcomp_requests", "Requests by KV compression policy.", ["policy"])
+        self.prompt_tokens = Counter(
+            "vllm:kvcomp_prompt_tokens", "Prompt token-layers kept or evicted after prefill.", ["policy", "outcome"]
+        )
+        self.blocks_saved = Counter("vllm:kvcomp_kv_blocks_saved", "KV blocks of one layer freed after prefill.", ["policy"])
+        self.kept_ratio = Histogram(
+            "vllm:kvcomp_kept_ratio",
+            "Share of the prompt's KV kept after prefill (all layers).",
+            ["policy"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0),
+        )
+
+    def registered(self) -> _Metrics:
+        for collector in (self.requests, self.prompt_tokens, self.blocks_saved, self.kept_ratio):
+            if collector not in REGISTRY._collector_to_names:
+                REGISTRY.register(collector)
+        return self
+
+
+_METRICS: list[_Metrics] = []
+
+
+def metrics() -> _Metrics:
+    """kvcomp's collectors, registered with the registry vLLM serves on `/metrics`."""
+    if not _METRICS:
+        _METRICS.append(_Metrics())
+    return _METRICS[0].registered()
+
+
+def observe(vllm_config, prompt_len: int, sampling_params) -> None:
+    """Count one admitted request under the settings it runs with."""
+    num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
+    server = validated(engine_settings(vllm_config) or {"policy": "full"})
+    policy = make_policy(request_config(server, request_overrides(sampling_params)), num_layers)
+    block_size = vllm_config.cache_config.block_size
+    kept = [policy.layer_slots(layer, prompt_len) for layer in range(num_layers)]
+    name, m = policy.name, metrics()
+    m.requests.labels(name).inc()
+    m.prompt_tokens.labels(name, "kept").inc(sum(kept))
+    m.prompt_tokens.labels(name, "evicted").inc(num_layers * prompt_len - sum(kept))
+    m.blocks_saved.labels(name).inc(sum(cdiv(prompt_len, block_size) - cdiv(k, block_size) for k in kept))
+    m.kept_ratio.labels(name).observe(sum(kept) / (num_layers * prompt_len) if prompt_len else 1.0)
+
+
+def _process_inputs(original):
+    def process_inputs(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        if request.sampling_params is not None and request.prompt_token_ids is not None:
+            observe(self.vllm_config, len(request.prompt_token_ids), request.sampling_params)
+        return request
+
+    return process_inputs
+
+
+def install_metrics_hooks() -> None:
+    """Count every request vLLM admits (idempotent)."""
+    patch(InputProcessor, "process_inputs", _process_inputs)
