@@ -52,7 +52,7 @@ class CompressingAttention:
         if state is None or attn_metadata is None or not state.rows:
             return output
         layer_idx = extract_layer_index(layer.layer_name)
-        starts = attn_metadata.query_start_loc.tolist()
+        starts = state.starts  # the host copy of query_start_loc: no device sync per layer
         for span in state.window_rows:
             self._stash_window(state, span, layer_idx, query, starts)
         for span in state.prefill_ends:

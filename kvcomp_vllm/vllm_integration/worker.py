@@ -65,6 +65,8 @@ class WorkerCompression:
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
         self.requests: dict[str, CompressedRequest] = {}
         self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
+        self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
+        self.starts: list[int] = [0]  # each row's first token in the step's flattened batch (host copy)
         self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
         self.prefill_ends: list[RowSpan] = []  # rows whose chunk reaches the prompt's last token
         self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the observation window
@@ -109,6 +111,8 @@ class WorkerCompression:
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
+        self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
+        self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
         self.rows, self.prefill_ends, self.window_rows = [], [], []
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
@@ -127,14 +131,13 @@ class WorkerCompression:
             elif end < state.prompt_len and end > state.prompt_len - window:
                 self.window_rows.append(span)
 
-    def token_offsets(self, group: int, query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+    def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
         tier = self.group_tiers[group]
         if tier is None or not bool(self.row_evicted[tier].any()):
             return None
-        counts = query_start_loc.diff().cpu()
-        offsets = torch.repeat_interleave(self.row_evicted[tier][: counts.numel()], counts, output_size=num_tokens)
-        return offsets.to(query_start_loc.device)
+        offsets = torch.repeat_interleave(self.row_evicted[tier], self.row_tokens, output_size=num_tokens)
+        return offsets.to(device, non_blocking=True)
 
 
 _STATE: WorkerCompression | None = None
@@ -198,7 +201,7 @@ def _compute_slot_mapping(original):
         if state is None:
             return original(self, num_reqs, query_start_loc, positions)
         for group, table in enumerate(self.block_tables):
-            offsets = state.token_offsets(group, query_start_loc, positions.shape[0])
+            offsets = state.token_offsets(group, positions.device, positions.shape[0])
             table.compute_slot_mapping(num_reqs, query_start_loc, positions if offsets is None else positions - offsets)
 
     return compute_slot_mapping
