@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from ..config import request_config
 from ..policies import incompatibility, make_policy
 from .compat import InputProcessor, patch
-from .engine_args import settings_error, validated
-from .settings import engine_settings, request_overrides
+from .engine_args import settings_error
+from .settings import request_overrides, server_policy
 
 
 def check_request(vllm_config, sampling_params) -> None:
@@ -22,19 +22,17 @@ def check_request(vllm_config, sampling_params) -> None:
     overrides = request_overrides(sampling_params)
     if not overrides:
         return
-    model = vllm_config.model_config
-    num_layers = model.hf_text_config.num_hidden_layers
-    server = validated(engine_settings(vllm_config) or {"policy": "full"})
+    server = server_policy(vllm_config)
     try:
-        config = request_config(server, overrides)
+        config = request_config(server.config, overrides)
     except ValidationError as err:
         raise ValueError(f"invalid kvcomp settings in request: {settings_error(err)}") from None
-    config.check_model(num_layers, model.max_model_len)
-    if server.policy == "full":
+    config.check_model(server.num_layers, vllm_config.model_config.max_model_len)
+    if server.name == "full":
         if config.policy != "full":
             raise ValueError("kvcomp: this server runs without KV compression; start it with --kv-policy to allow per-request policies")
         return
-    reason = incompatibility(make_policy(server, num_layers), make_policy(config, num_layers))
+    reason = incompatibility(server, make_policy(config, server.num_layers))
     if reason:
         raise ValueError(f"kvcomp: {reason}")
 

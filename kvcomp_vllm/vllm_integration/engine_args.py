@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
 from .compat import EngineArgs, init_logger, patch, platform_name
-from .settings import CONFIG_KEY, engine_settings, remember_served
+from .settings import CONFIG_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
 
@@ -96,8 +96,8 @@ def check_engine_config(vllm_config) -> None:
         return
     config = validated(settings)
     model = vllm_config.model_config
-    num_layers = model.hf_text_config.num_hidden_layers
-    config.check_model(num_layers, model.max_model_len)
+    layers = num_layers(vllm_config)
+    config.check_model(layers, model.max_model_len)
     vllm_config.additional_config[CONFIG_KEY] = config.model_dump(exclude_unset=True)
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
@@ -109,9 +109,9 @@ def check_engine_config(vllm_config) -> None:
         logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
         vllm_config.cache_config.enable_prefix_caching = False
     vllm_config.scheduler_config.async_scheduling = False
-    policy = make_policy(config, num_layers)
+    policy = make_policy(config, layers)
     n = model.max_model_len
-    budgets = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+    budgets = [policy.layer_budget(layer, n) for layer in range(layers)]
     logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Histogram
 
-from ..config import request_config
-from ..policies import make_policy
 from .compat import InputProcessor, cdiv, patch
-from .engine_args import validated
-from .settings import engine_settings, request_overrides
+from .settings import request_policy, server_policy
 
 
 class _Metrics:
@@ -52,17 +49,16 @@ def metrics() -> _Metrics:
 
 def observe(vllm_config, prompt_len: int, sampling_params) -> None:
     """Count one admitted request under the settings it runs with."""
-    num_layers = vllm_config.model_config.hf_text_config.num_hidden_layers
-    server = validated(engine_settings(vllm_config) or {"policy": "full"})
-    policy = make_policy(request_config(server, request_overrides(sampling_params)), num_layers)
+    policy = request_policy(server_policy(vllm_config), sampling_params)
+    layers = policy.num_layers
     block_size = vllm_config.cache_config.block_size
-    kept = [policy.layer_slots(layer, prompt_len) for layer in range(num_layers)]
+    kept = [policy.layer_slots(layer, prompt_len) for layer in range(layers)]
     name, m = policy.name, metrics()
     m.requests.labels(name).inc()
     m.prompt_tokens.labels(name, "kept").inc(sum(kept))
-    m.prompt_tokens.labels(name, "evicted").inc(num_layers * prompt_len - sum(kept))
+    m.prompt_tokens.labels(name, "evicted").inc(layers * prompt_len - sum(kept))
     m.blocks_saved.labels(name).inc(sum(cdiv(prompt_len, block_size) - cdiv(k, block_size) for k in kept))
-    m.kept_ratio.labels(name).observe(sum(kept) / (num_layers * prompt_len) if prompt_len else 1.0)
+    m.kept_ratio.labels(name).observe(sum(kept) / (layers * prompt_len) if prompt_len else 1.0)
 
 
 def _process_inputs(original):

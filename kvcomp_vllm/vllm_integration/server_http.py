@@ -15,8 +15,7 @@ from types import SimpleNamespace
 from ..config import request_config
 from .admission import check_request
 from .compat import openai_request_classes, patch
-from .engine_args import validated
-from .settings import FLAT_PREFIX, engine_settings, request_overrides, served_config
+from .settings import FLAT_PREFIX, request_overrides, served_config, server_policy
 
 HEADER = b"kvcomp-policy"
 PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -41,7 +40,7 @@ def applied_policy(body: bytes) -> str | None:
     try:
         data = json.loads(body)
         extra = {**(data.get("vllm_xargs") or {}), **{k: v for k, v in data.items() if k.startswith(FLAT_PREFIX)}}
-        server = validated(engine_settings(served_config()) or {"policy": "full"})
+        server = server_policy(served_config()).config
         return request_config(server, request_overrides(SimpleNamespace(extra_args=extra))).describe()
     except (ValueError, TypeError, AttributeError):
         return None

@@ -22,6 +22,17 @@ def engine_settings(vllm_config: Any) -> dict | None:
     return extra.get(CONFIG_KEY) if isinstance(extra, dict) else None
 
 
+def num_layers(vllm_config: Any) -> int:
+    """Decoder layers of the engine's model."""
+    return vllm_config.model_config.hf_text_config.num_hidden_layers
+
+
+def server_policy(vllm_config: Any) -> KVPolicy:
+    """The server's policy as requests see it: `full` where no kvcomp settings were given."""
+    config = KVPolicyConfig(**(engine_settings(vllm_config) or {"policy": "full"}))
+    return _policy(config.model_dump_json(exclude_unset=True), num_layers(vllm_config))
+
+
 def engine_policy(vllm_config: Any) -> KVPolicyConfig | None:
     """The engine's compressing policy, or None when it serves full KV (vLLM's own path)."""
     settings = engine_settings(vllm_config)

@@ -27,7 +27,7 @@ from .compat import (
     set_row_num_blocks,
 )
 from .kv_spec import CompressedAttentionSpec
-from .settings import engine_policy, request_policy
+from .settings import engine_policy, num_layers, request_policy
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _state_for(runner: GPUModelRunner) -> WorkerCompression | None:
 
 
 def _make_policy(runner: GPUModelRunner, config: KVPolicyConfig) -> KVPolicy:
-    return make_policy(config, runner.vllm_config.model_config.hf_text_config.num_hidden_layers)
+    return make_policy(config, num_layers(runner.vllm_config))
 
 
 def _get_kv_cache_spec(original):
