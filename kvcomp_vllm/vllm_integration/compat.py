@@ -10,7 +10,6 @@ import re
 from functools import lru_cache
 
 import torch
-import vllm
 from vllm import _custom_ops as ops
 from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger
@@ -32,10 +31,7 @@ from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-VLLM_VERSION = tuple(int(p) for p in vllm.__version__.split(".")[:2])
-
 __all__ = [
-    "VLLM_VERSION",
     "AttentionBackendEnum",
     "BlockTable",
     "CPUAttentionBackend",
