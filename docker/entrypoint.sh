@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The image's entrypoint: `vllm serve` with kvcomp's flags taken from environment variables.
+#
+#   MODEL           the model to serve (or give it as the first argument)
+#   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, pod
+#   KV_BUDGET       --kv-budget: a token count (2048) or a ratio of the prompt (0.1)
+#   KV_CONFIG       --kv-config: a YAML path, or the name of a preset in $KVCOMP_HOME/configs
+#   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE
+#                   the matching --kv-* policy parameters
+#   HOST, PORT      where the server listens (0.0.0.0, 8000); the health check reads PORT too
+#   ENFORCE_EAGER   1 (default) adds --enforce-eager, which compressing policies need on CUDA;
+#                   0 leaves it out (e.g. policy full with CUDA graphs)
+#
+# Arguments after the model pass through to `vllm serve` unchanged; as later flags they win.
+set -euo pipefail
+
+args=(serve)
+if [[ -n "${MODEL:-}" ]]; then
+  args+=("$MODEL")
+elif [[ $# -gt 0 && "$1" != -* ]]; then
+  args+=("$1")  # the model must come first: vLLM's optional positional is not found after flags
+  shift
+else
+  echo "kvcomp entrypoint: set MODEL or give the model as the first argument" >&2
+  exit 2
+fi
+args+=(--host "${HOST:-0.0.0.0}" --port "${PORT:-8000}")
+
+if [[ -n "${KV_CONFIG:-}" ]]; then
+  config="$KV_CONFIG"
+  if [[ "$config" != */* && "$config" != *.yaml ]]; then
+    config="${KVCOMP_HOME:-/opt/kvcomp}/configs/$config.yaml"  # a preset by name
+  fi
+  args+=(--kv-config "$config")
+fi
+for name in POLICY BUDGET WINDOW KERNEL POOLING BETA SINK RECENT GROUP_SIZE WINDOW_SIZE; do
+  var="KV_$name"
+  if [[ -n "${!var:-}" ]]; then
+    flag="--kv-${name,,}"
+    args+=("${flag//_/-}" "${!var}")
+  fi
+done
+
+if [[ "${ENFORCE_EAGER:-1}" == 1 ]]; then
+  case " $* " in
+    *" --enforce-eager "* | *" --no-enforce-eager "*) ;;  # the caller decided
+    *) args+=(--enforce-eager) ;;
+  esac
+fi
+
+exec vllm "${args[@]}" "$@"
