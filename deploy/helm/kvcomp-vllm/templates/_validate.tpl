@@ -1,0 +1,133 @@
+{{/*
+Fail at template time on values that vLLM with kvcomp would refuse at start-up, with the same words.
+The kvcomp rules mirror KVPolicyConfig (kvcomp_vllm/config.py); tests/test_deploy_helm.py runs a
+table of settings through both and checks that they accept and reject alike. Types and shapes are
+left to values.schema.json.
+*/}}
+{{- define "kvcomp-vllm.validate" -}}
+{{- include "kvcomp-vllm.validateKv" . -}}
+{{- include "kvcomp-vllm.validateServer" . -}}
+{{- end -}}
+
+{{- define "kvcomp-vllm.kvFail" -}}
+{{- fail (printf "invalid kvcomp settings: %s" .) -}}
+{{- end -}}
+
+{{/* A whole number (all numbers are float64 after the JSON round trip) no less than `min`. */}}
+{{- define "kvcomp-vllm.intAtLeast" -}}
+{{- $x := index . 0 -}}
+{{- if and (kindIs "float64" $x) (eq (floor $x) $x) (ge $x (float64 (index . 1))) }}yes{{ end -}}
+{{- end -}}
+
+{{- define "kvcomp-vllm.validateKv" -}}
+{{- $s := (include "kvcomp-vllm.kv" . | fromJson).settings -}}
+{{- if $s -}}
+{{- $fields := dict
+    "full" (list)
+    "streaming" (list "budget" "sink")
+    "snapkv" (list "budget" "kernel" "pooling" "window")
+    "pyramid" (list "beta" "budget" "kernel" "pooling" "window")
+    "windowkv" (list "budget" "concentration_threshold" "group_size" "window" "window_size" "window_sizes")
+    "pod" (list "group_size" "recent" "sink") -}}
+{{- $policy := $s.policy | default "full" -}}
+{{- if not (hasKey $fields $policy) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "policy: must be one of full, streaming, snapkv, pyramid, windowkv, pod, got %q (values: kvPolicy)" $policy) -}}
+{{- end -}}
+{{- $allowed := get $fields $policy -}}
+{{- $extra := list -}}
+{{- range $k, $_ := $s -}}
+  {{- if and (ne $k "policy") (not (has $k $allowed)) }}{{ $extra = append $extra $k }}{{ end -}}
+{{- end -}}
+{{- if $extra -}}
+  {{- $hint := "" -}}
+  {{- if $.Values.kvPreset -}}
+    {{- $hint = printf "; kvPolicy, kvBudget and kvParams override preset %s (kvPolicy: \"\" and kvBudget: null take it as it is)" $.Values.kvPreset -}}
+  {{- end -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "%s: not a parameter of policy '%s' (its parameters: %s)%s" (sortAlpha $extra | join ", ") $policy (join ", " $allowed | default "none") $hint) -}}
+{{- end -}}
+{{- range $k, $min := dict "window" 1 "kernel" 1 "sink" 0 "recent" 1 "group_size" 1 -}}
+  {{- if and (hasKey $s $k) (not (include "kvcomp-vllm.intAtLeast" (list (get $s $k) $min))) -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "%s: must be an integer >= %d, got %v (values: kvParams.%s)" $k $min (get $s $k) (camelcase $k | untitle)) -}}
+  {{- end -}}
+{{- end -}}
+{{- if and (hasKey $s "kernel") (eq (mod (int64 $s.kernel) 2) 0) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "kernel: must be odd so pooling keeps positions centred, got %d (values: kvParams.kernel)" (int64 $s.kernel)) -}}
+{{- end -}}
+{{- if and (hasKey $s "pooling") (not (has $s.pooling (list "avg" "max"))) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "pooling: must be avg or max, got %v (values: kvParams.pooling)" $s.pooling) -}}
+{{- end -}}
+{{- if and (hasKey $s "beta") (not (and (kindIs "float64" $s.beta) (ge $s.beta 1.0))) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "beta: must be a number >= 1, got %v (values: kvParams.beta)" $s.beta) -}}
+{{- end -}}
+{{- if and (hasKey $s "window_size") (ne (toString $s.window_size) "auto") (not (include "kvcomp-vllm.intAtLeast" (list $s.window_size 1))) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "window_size: must be 'auto' or an integer >= 1, got %v (values: kvParams.windowSize)" $s.window_size) -}}
+{{- end -}}
+{{- if and (has $policy (list "streaming" "snapkv" "pyramid" "windowkv")) (not (hasKey $s "budget")) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "budget: policy '%s' needs a budget (token count or ratio in (0, 1]) (values: kvBudget)" $policy) -}}
+{{- end -}}
+{{- with $s.budget -}}
+  {{- if regexMatch "^-?[0-9]+$" . -}}
+    {{- $tokens := int64 . -}}
+    {{- $floor := int64 (hasKey $s "window" | ternary $s.window 32) -}}
+    {{- $floorName := "window" -}}
+    {{- if eq $policy "streaming" -}}
+      {{- $floor = add1 (int64 (hasKey $s "sink" | ternary $s.sink 4)) -}}
+      {{- $floorName = "sink + 1" -}}
+    {{- end -}}
+    {{- if lt $tokens $floor -}}
+      {{- include "kvcomp-vllm.kvFail" (printf "budget: %d tokens is less than %s (%d) for policy '%s' (values: kvBudget)" $tokens $floorName $floor $policy) -}}
+    {{- end -}}
+    {{- if and $.Values.maxModelLen (gt $tokens (int64 $.Values.maxModelLen)) -}}
+      {{- include "kvcomp-vllm.kvFail" (printf "budget: %d tokens is larger than the model's context (%d tokens) (values: kvBudget, maxModelLen)" $tokens (int64 $.Values.maxModelLen)) -}}
+    {{- end -}}
+  {{- else if not (regexMatch "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$" .) -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "budget: must be a token count or a ratio in (0, 1], got %q (values: kvBudget)" .) -}}
+  {{- else -}}
+    {{- $ratio := float64 . -}}
+    {{- if not (and (gt $ratio 0.0) (le $ratio 1.0)) -}}
+      {{- include "kvcomp-vllm.kvFail" (printf "budget: a ratio must lie in (0, 1], got %s; give an integer for a token count (values: kvBudget)" .) -}}
+    {{- end -}}
+  {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Server settings that vLLM or the plugin would refuse, and secrets given in the clear. */}}
+{{- define "kvcomp-vllm.validateServer" -}}
+{{- $v := .Values -}}
+{{- if not $v.model -}}
+  {{- fail "model: set the model to serve (a Hugging Face id or a path inside the container)" -}}
+{{- end -}}
+{{- $gpus := int64 $v.gpu.count -}}
+{{- $tp := $v.tensorParallelSize -}}
+{{- if not (include "kvcomp-vllm.intAtLeast" (list (float64 $tp) 1)) -}}
+  {{- fail (printf "tensorParallelSize: must be an integer >= 1, got %v" $tp) -}}
+{{- end -}}
+{{- if gt (int64 $tp) (max $gpus 1) -}}
+  {{- fail (printf "tensorParallelSize: %d workers need %d GPUs per pod, but gpu.count is %d" (int64 $tp) (int64 $tp) $gpus) -}}
+{{- end -}}
+{{- $policy := (include "kvcomp-vllm.kv" . | fromJson).settings.policy | default "full" -}}
+{{- if and (gt $gpus 0) (ne $policy "full") (not $v.enforceEager) -}}
+  {{- fail (printf "enforceEager: kv policy '%s' on CUDA needs --enforce-eager in this release (set enforceEager: true, or kvPolicy: full)" $policy) -}}
+{{- end -}}
+{{- $owned := dict "--port" "containerPort" "--host" "the image (0.0.0.0)" "--api-key" "apiKey.existingSecret" "--kv-config" "kvPreset" -}}
+{{- range $v.extraArgs -}}
+  {{- $flag := regexReplaceAll "=.*$" . "" -}}
+  {{- if hasKey $owned $flag -}}
+    {{- fail (printf "extraArgs: %s is set by the chart: use %s" $flag (get $owned $flag)) -}}
+  {{- else if hasPrefix "--kv-" $flag -}}
+    {{- fail (printf "extraArgs: %s is set by the chart, which checks it: use kvPolicy, kvBudget or kvParams" $flag) -}}
+  {{- end -}}
+{{- end -}}
+{{- range $v.extraEnv -}}
+  {{- if and (has .name (list "VLLM_API_KEY" "HF_TOKEN")) (hasKey . "value") -}}
+    {{- fail (printf "extraEnv: %s must come from a Secret, not a value: use apiKey.existingSecret / hfToken.existingSecret" .name) -}}
+  {{- end -}}
+{{- end -}}
+{{- range $name := list "apiKey" "hfToken" -}}
+  {{- $ref := get $v $name | default dict -}}
+  {{- if and $ref.existingSecret (not $ref.key) -}}
+    {{- fail (printf "%s.key: name the key of Secret %q that holds the value" $name $ref.existingSecret) -}}
+  {{- end -}}
+{{- end -}}
+{{- end -}}
