@@ -37,7 +37,9 @@ def entrypoint(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPr
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     base = {"PATH": f"{bin_dir}:/usr/bin:/bin", "KVCOMP_HOME": str(ROOT)}
-    return subprocess.run(["bash", str(ENTRYPOINT), *args], env={**base, **env}, capture_output=True, text=True)
+    return subprocess.run(
+        ["bash", str(ENTRYPOINT), *args], env={**base, **env}, capture_output=True, text=True, check=False
+    )
 
 
 def argv(tmp_path: Path, *args: str, **env: str) -> list[str]:
@@ -48,13 +50,26 @@ def argv(tmp_path: Path, *args: str, **env: str) -> list[str]:
 
 def test_entrypoint_turns_env_into_serve_args(tmp_path):
     got = argv(tmp_path, MODEL="org/model", KV_POLICY="pyramid", KV_BUDGET="0.1")
-    assert got == ["serve", "org/model", "--host", "0.0.0.0", "--port", "8000",
-                   "--kv-policy", "pyramid", "--kv-budget", "0.1", "--enforce-eager"]
+    assert got == [
+        "serve",
+        "org/model",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--kv-policy",
+        "pyramid",
+        "--kv-budget",
+        "0.1",
+        "--enforce-eager",
+    ]
 
 
 def test_entrypoint_covers_every_kv_flag_of_the_plugin(tmp_path, engine_args):
     flags = [*engine_args.FLAGS, "--kv-policy"]
-    env = {"KV_" + flag.removeprefix("--kv-").replace("-", "_").upper(): f"v{i}" for i, flag in enumerate(flags)}
+    env = {
+        "KV_" + flag.removeprefix("--kv-").replace("-", "_").upper(): f"v{i}" for i, flag in enumerate(flags)
+    }
     got = argv(tmp_path, MODEL="m", **env)
     for i, flag in enumerate(flags):
         assert got[got.index(flag) + 1] == f"v{i}", flag
@@ -66,7 +81,12 @@ def test_entrypoint_args_parse_with_the_plugins_parser(tmp_path, engine_args):
     engine_args.add_kv_arguments(parser)
     known, _ = parser.parse_known_args(got[2:])
     assert engine_args.settings_from_args(known) == {
-        "policy": "snapkv", "budget": 512, "window": 32, "kernel": 5, "pooling": "avg"}
+        "policy": "snapkv",
+        "budget": 512,
+        "window": 32,
+        "kernel": 5,
+        "pooling": "avg",
+    }
 
 
 def test_kv_config_takes_a_preset_name_or_a_path(tmp_path):
@@ -110,7 +130,8 @@ def test_healthcheck_follows_the_health_endpoint(status, code):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         env = {**os.environ, "PORT": str(server.server_port)}
-        assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True).returncode == code
+        proc = subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, check=False)
+        assert proc.returncode == code
     finally:
         server.shutdown()
 
@@ -119,8 +140,13 @@ def test_healthcheck_fails_when_nothing_listens():
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     port = server.server_port
     server.server_close()
-    proc = subprocess.run([sys.executable, str(HEALTHCHECK)], env={**os.environ, "PORT": str(port)},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(HEALTHCHECK)],
+        env={**os.environ, "PORT": str(port)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and "unhealthy" in proc.stderr
 
 
@@ -160,7 +186,9 @@ def test_each_image_runs_as_a_numeric_non_root_user_with_a_health_check(name):
     words = [word for word, _ in stage]
     user = [rest for word, rest in stage if word == "USER"][-1]
     assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user)
-    assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")  # nothing runs as root after
+    assert words.index("USER") > max(
+        i for i, w in enumerate(words) if w == "RUN"
+    )  # nothing runs as root after
     health = dict(stage)["HEALTHCHECK"]
     assert "/opt/kvcomp/docker/healthcheck.py" in health and "--start-period=" in health
     assert dict(stage)["ENTRYPOINT"] == '["/opt/kvcomp/docker/entrypoint.sh"]'
@@ -169,7 +197,7 @@ def test_each_image_runs_as_a_numeric_non_root_user_with_a_health_check(name):
 
 
 def test_no_secret_is_baked_into_the_images():
-    secretish = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
+    secretish = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
     for name, stage in dockerfile_stages().items():
         names = list(env_of(stage)) + [rest.split("=")[0] for word, rest in stage if word == "ARG"]
         assert not [n for n in names if secretish.search(n)], name
