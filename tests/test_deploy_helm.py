@@ -245,6 +245,7 @@ def test_gpus_tensor_parallelism_and_scheduling(tmp_path):
         ({"model": ""}, "model: set the model to serve"),
         ({"extraArgs": ["--kv-budget", "9"]}, "extraArgs: --kv-budget is set by the chart, which checks it"),
         ({"extraArgs": ["--port=1"]}, "extraArgs: --port is set by the chart: use containerPort"),
+        ({"extraArgs": ["-tp", "8"]}, "extraArgs: -tp is set by the chart: use tensorParallelSize"),
         (
             {"kvPreset": "nope"},
             'kvPreset: no preset "nope" (presets: pod-35pct, pyramid-10pct, snapkv-2k, windowkv-12pct)',

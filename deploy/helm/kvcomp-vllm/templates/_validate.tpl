@@ -110,7 +110,10 @@ left to values.schema.json.
 {{- if and (gt $gpus 0) (ne $policy "full") (not $v.enforceEager) -}}
   {{- fail (printf "enforceEager: kv policy '%s' on CUDA needs --enforce-eager in this release (set enforceEager: true, or kvPolicy: full)" $policy) -}}
 {{- end -}}
-{{- $owned := dict "--port" "containerPort" "--host" "the image (0.0.0.0)" "--api-key" "apiKey.existingSecret" "--kv-config" "kvPreset" -}}
+{{- $owned := dict "--port" "containerPort" "--host" "the image (0.0.0.0)" "--api-key" "apiKey.existingSecret"
+    "--kv-config" "kvPreset" "--tensor-parallel-size" "tensorParallelSize" "-tp" "tensorParallelSize"
+    "--enforce-eager" "enforceEager" "--no-enforce-eager" "enforceEager" "--max-model-len" "maxModelLen"
+    "--served-model-name" "servedModelName" -}}
 {{- range $v.extraArgs -}}
   {{- $flag := regexReplaceAll "=.*$" . "" -}}
   {{- if hasKey $owned $flag -}}
