@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import shutil
@@ -333,7 +334,7 @@ def chart_values(case: dict) -> dict:
         "kvPolicy": case.get("policy", ""),
         "kvPreset": case.get("preset", ""),
         "kvBudget": repr(budget) if isinstance(budget, float) and budget.is_integer() else budget,
-        "kvParams": {re.sub(r"_(\w)", lambda m: m[1].upper(), k): v for k, v in params.items()},
+        "kvParams": {camel(k): v for k, v in params.items()},
     }
 
 
@@ -365,6 +366,10 @@ def parse_rendered(engine_args, args: list[str]) -> dict:
     return engine_args.settings_from_args(parser.parse_args(kv))
 
 
+def camel(field: str) -> str:
+    return re.sub(r"_(\w)", lambda m: m[1].upper(), field)
+
+
 def faulty_field(message: str) -> str:
     """The KVPolicyConfig field an error message names: `(field x)` or the `x:` it starts with."""
     message = message.removeprefix("invalid kvcomp settings: ")
@@ -388,8 +393,7 @@ def test_chart_accepts_and_rejects_kvcomp_settings_as_kvpolicyconfig_does(tmp_pa
         except HelmError as err:
             assert isinstance(expected, str), f"{case}: the chart refuses what vLLM takes: {err}"
             field = faulty_field(expected)
-            camel = re.sub(r"_(\w)", lambda m: m[1].upper(), field)
-            assert field in str(err) or camel in str(err), (
+            assert field in str(err) or camel(field) in str(err), (
                 f"{case}: vLLM names {field!r}, the chart says {err}"
             )
             verdicts["rejected"] += 1
@@ -408,3 +412,10 @@ def test_every_preset_is_a_valid_kvpolicyconfig():
     assert sorted(p.name for p in (CHART / "presets").glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "configs").glob("*.yaml")
     )
+
+
+def test_kv_params_cover_every_flag_of_the_plugin(engine_args):
+    fields = {field for field, _, _ in engine_args.FLAGS.values()} - {"budget"}
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]["kvParams"]["properties"]) == {camel(f) for f in fields}
+    assert set(PARAMS) == fields  # the parity table tries each of them with each policy
