@@ -48,17 +48,20 @@ def metrics() -> _Metrics:
 
 
 def observe(vllm_config, prompt_len: int, sampling_params) -> None:
-    """Count one admitted request under the settings it runs with."""
+    """Count an admitted request under the settings it runs with: as `n` engine requests, since
+    each of its `n` sequences is prefilled and holds the prompt's KV on its own."""
     policy = request_policy(server_policy(vllm_config), sampling_params)
+    n = getattr(sampling_params, "n", 1) or 1
     layers = policy.num_layers
     block_size = vllm_config.cache_config.block_size
     kept = [policy.layer_slots(layer, prompt_len) for layer in range(layers)]
     name, m = policy.name, metrics()
-    m.requests.labels(name).inc()
-    m.prompt_tokens.labels(name, "kept").inc(sum(kept))
-    m.prompt_tokens.labels(name, "evicted").inc(layers * prompt_len - sum(kept))
-    m.blocks_saved.labels(name).inc(sum(cdiv(prompt_len, block_size) - cdiv(k, block_size) for k in kept))
-    m.kept_ratio.labels(name).observe(sum(kept) / (layers * prompt_len) if prompt_len else 1.0)
+    m.requests.labels(name).inc(n)
+    m.prompt_tokens.labels(name, "kept").inc(n * sum(kept))
+    m.prompt_tokens.labels(name, "evicted").inc(n * (layers * prompt_len - sum(kept)))
+    m.blocks_saved.labels(name).inc(n * sum(cdiv(prompt_len, block_size) - cdiv(k, block_size) for k in kept))
+    for _ in range(n):
+        m.kept_ratio.labels(name).observe(sum(kept) / (layers * prompt_len) if prompt_len else 1.0)
 
 
 def _process_inputs(original):
