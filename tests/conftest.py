@@ -13,6 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # CUDA: kvcomp's hooks live in vLLM's V1 runner
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter (before triton is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model  # noqa: E402
 
 
