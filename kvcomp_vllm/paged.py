@@ -36,12 +36,3 @@ def read_tokens(cache: torch.Tensor, blocks: torch.Tensor, num_tokens: int) -> t
     """The request's first `num_tokens` cached vectors: `[heads, num_tokens, dim]`."""
     return gather(cache, blocks, span(0, num_tokens, cache.shape[1], cache.device))
 
-
-def compact_(caches: list[torch.Tensor], blocks: torch.Tensor, keep: torch.Tensor) -> None:
-    """Move positions `keep[h]` (ascending, per KV head) to positions `0..len-1` of each cache.
-
-    All sources are gathered before any destination is written, so overlapping moves are safe.
-    """
-    front = span(0, keep.shape[1], keep.shape[0], keep.device)
-    for cache in caches:
-        scatter_(cache, blocks, front, gather(cache, blocks, keep))

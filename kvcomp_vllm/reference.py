@@ -17,7 +17,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from .attention import causal_attention
 from .config import KVPolicyConfig
-from .policies import RequestCompressor, apply_plan, make_policy
+from .policies import PromptView, RequestCompressor, apply_plan, make_policy
 
 ATTN_IMPLEMENTATION = "kvcomp_reference"
 
@@ -28,7 +28,6 @@ class _Run:
 
     compressor: RequestCompressor
     cache: object
-    window: int
     compress: bool = True
     kept: dict[int, int] = field(default_factory=dict)
 
@@ -43,8 +42,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     out = causal_attention(query, key, value, scale)
     if run.compress:
         layer = module.layer_idx
-        w = min(run.window, key.shape[2])
-        plan = run.compressor.plan(layer, key[0], query[0, :, -w:], scale)
+        plan = run.compressor.plan(layer, PromptView.dense(key[0], query[0], scale))
         owner = None if plan.key_owner is None else run.cache.layers[plan.key_owner].keys[0]
         k, v = apply_plan(plan, key[0], value[0], owner_keys=owner)
         run.cache.layers[layer].keys, run.cache.layers[layer].values = k[None], v[None]
@@ -84,7 +82,7 @@ def generate(
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     num_layers = model.config.num_hidden_layers
     cache = DynamicCache(config=model.config)
-    run = _Run(RequestCompressor(make_policy(config, num_layers)), cache, config.window)
+    run = _Run(RequestCompressor(make_policy(config, num_layers)), cache)
     token = _ACTIVE.set(run)
     try:
         ids = torch.tensor([prompt], device=model.device)

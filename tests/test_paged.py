@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvcomp_vllm.paged import compact_, read_tokens, scatter_, span
+from kvcomp_vllm.paged import read_tokens, scatter_, span
 
 BS, D = 8, 4
 
@@ -27,14 +27,3 @@ def test_read_tokens_follows_block_table_and_layout(layout):
     blocks = torch.tensor([5, 0, 3, 9, 7])
     assert torch.equal(read_tokens(paged(dense, blocks, 10, layout), blocks, 37), dense)
 
-
-@pytest.mark.parametrize("layout", ["token-major", "dim-major"])
-def test_compact_moves_each_heads_kept_tokens_to_the_front_in_order(layout):
-    dense_k, dense_v = torch.randn(3, 45, D), torch.randn(3, 45, D)
-    blocks = torch.tensor([2, 6, 1, 4, 0, 3])
-    k, v = paged(dense_k, blocks, 8, layout), paged(dense_v, blocks, 8, "token-major")
-    g = torch.Generator().manual_seed(0)
-    keep = torch.stack([torch.randperm(45, generator=g)[:20].sort().values for _ in range(3)])
-    compact_([k, v], blocks, keep)
-    assert torch.equal(read_tokens(k, blocks, 20), torch.stack([dense_k[h, keep[h]] for h in range(3)]))
-    assert torch.equal(read_tokens(v, blocks, 20), torch.stack([dense_v[h, keep[h]] for h in range(3)]))

@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.policies import RequestCompressor, apply_plan, make_policy
+from kvcomp_vllm.policies import PromptView, RequestCompressor, apply_plan, make_policy
 from kvcomp_vllm.policies.scoring import observation_scores, pool_scores
 from kvcomp_vllm.policies.windowkv import attention_concentration
 
 D = 16
 SCALE = D**-0.5
+
+
+def view(keys, queries):
+    return PromptView.dense(keys, queries, SCALE)
 
 
 def random_layer(num_heads, num_kv_heads, n, window, seed):
@@ -93,7 +97,7 @@ def test_pooling_matches_brute_force(pooling):
 def test_snapkv_matches_brute_force(num_heads, num_kv_heads, n, budget, window, pooling):
     keys, queries = random_layer(num_heads, num_kv_heads, n, window, seed=n + budget)
     config = KVPolicyConfig(policy="snapkv", budget=budget, window=window, kernel=5, pooling=pooling)
-    plan = make_policy(config, 4).select(0, keys, queries, SCALE)
+    plan = make_policy(config, 4).select(0, view(keys, queries))
     assert kept(plan) == brute_snapkv(keys, queries, budget, window, 5, pooling)
 
 
@@ -104,24 +108,24 @@ def test_snapkv_hand_case_keeps_attended_token_and_its_neighbours():
     queries = torch.zeros(2, 4, D, dtype=torch.float64)
     queries[:, :, 0] = 1.0
     one = KVPolicyConfig(policy="snapkv", budget=5, window=4, kernel=1)
-    assert kept(make_policy(one, 1).select(0, keys, queries, SCALE)) == [[3, 16, 17, 18, 19]]
+    assert kept(make_policy(one, 1).select(0, view(keys, queries))) == [[3, 16, 17, 18, 19]]
     three = KVPolicyConfig(policy="snapkv", budget=7, window=4, kernel=3)
-    assert kept(make_policy(three, 1).select(0, keys, queries, SCALE)) == [[2, 3, 4, 16, 17, 18, 19]]
+    assert kept(make_policy(three, 1).select(0, view(keys, queries))) == [[2, 3, 4, 16, 17, 18, 19]]
 
 
 def test_ratio_budget_below_window_keeps_the_window():
     keys, queries = random_layer(4, 2, 100, 32, seed=3)
     config = KVPolicyConfig(policy="snapkv", budget=0.05, window=32)
-    plan = make_policy(config, 2).select(0, keys, queries, SCALE)
+    plan = make_policy(config, 2).select(0, view(keys, queries))
     assert plan.keep.shape == (2, 32) and plan.keep[0].tolist() == list(range(68, 100))
 
 
 def test_streaming_hand_case():
     keys, queries = random_layer(4, 2, 10, 4, seed=0)
     config = KVPolicyConfig(policy="streaming", budget=5, sink=2)
-    assert kept(make_policy(config, 2).select(1, keys, queries, SCALE)) == [[0, 1, 7, 8, 9]] * 2
+    assert kept(make_policy(config, 2).select(1, view(keys, queries))) == [[0, 1, 7, 8, 9]] * 2
     whole = KVPolicyConfig(policy="streaming", budget=12, sink=2)
-    assert make_policy(whole, 2).select(0, keys, queries, SCALE).keep is None
+    assert make_policy(whole, 2).select(0, view(keys, queries)).keep is None
 
 
 def test_pyramid_layers_select_like_snapkv_with_their_budgets():
@@ -130,7 +134,7 @@ def test_pyramid_layers_select_like_snapkv_with_their_budgets():
     policy = make_policy(config, 4)
     for layer in range(4):
         b = policy.layer_budget(layer, 120)
-        assert kept(policy.select(layer, keys, queries, SCALE)) == brute_snapkv(keys, queries, b, 8, 5, "avg")
+        assert kept(policy.select(layer, view(keys, queries))) == brute_snapkv(keys, queries, b, 8, 5, "avg")
 
 
 def brute_windows(scores, k, size):
@@ -156,7 +160,7 @@ def brute_windows(scores, k, size):
 def test_windowkv_matches_brute_force(n, budget, size):
     keys, queries = random_layer(4, 2, n, 8, seed=n)
     config = KVPolicyConfig(policy="windowkv", budget=budget, window=8, window_size=size, group_size=1)
-    plan = make_policy(config, 2).select(0, keys, queries, SCALE)
+    plan = make_policy(config, 2).select(0, view(keys, queries))
     scores = brute_scores(keys, queries, 8)
     want = [brute_windows(s, budget - 8, size) + list(range(n - 8, n)) for s in scores]
     assert kept(plan) == want
@@ -180,11 +184,11 @@ def test_windowkv_group_layers_share_the_first_layers_selection():
     plans = []
     for layer in range(4):
         keys, queries = random_layer(4, 2, 90, 8, seed=layer)
-        plans.append(compressor.plan(layer, keys, queries, SCALE))
+        plans.append(compressor.plan(layer, view(keys, queries)))
     assert plans[1] is plans[0] and plans[3] is plans[2]
     assert kept(plans[0]) != kept(plans[2])
     with pytest.raises(RuntimeError, match="reuses layer 2's plan"):
-        RequestCompressor(make_policy(config, 4)).plan(3, *random_layer(4, 2, 90, 8, seed=0), SCALE)
+        RequestCompressor(make_policy(config, 4)).plan(3, view(*random_layer(4, 2, 90, 8, seed=0)))
 
 
 def test_pod_layout_and_shared_keys():
@@ -192,9 +196,9 @@ def test_pod_layout_and_shared_keys():
     policy = make_policy(config, 4)
     keys, queries = random_layer(4, 2, 12, 4, seed=0)
     values = torch.randn_like(keys)
-    owner = policy.select(2, keys, queries, SCALE)
+    owner = policy.select(2, view(keys, queries))
     assert owner.keep is None and owner.key_owner is None
-    member = policy.select(3, keys, queries, SCALE)
+    member = policy.select(3, view(keys, queries))
     assert kept(member) == [[0, 1, 9, 10, 11]] * 2
     assert member.key_owner == 2 and member.shared.tolist() == [2, 3, 4, 5, 6, 7, 8]
     assert policy.layer_budget(3, 12) == 5 and policy.layer_budget(2, 12) == 12
@@ -202,7 +206,7 @@ def test_pod_layout_and_shared_keys():
     k, v = apply_plan(member, keys, values, owner_keys=owner_keys)
     assert torch.equal(k[:, 2:9], owner_keys[:, 2:9]) and torch.equal(k[:, [0, 1, 9, 10, 11]], keys[:, [0, 1, 9, 10, 11]])
     assert torch.equal(v, values)
-    assert make_policy(config, 4).select(1, *random_layer(4, 2, 5, 4, seed=1), SCALE).keep is None
+    assert make_policy(config, 4).select(1, view(*random_layer(4, 2, 5, 4, seed=1))).keep is None
 
 
 def test_apply_plan_gathers_per_head():
@@ -216,3 +220,14 @@ def test_apply_plan_gathers_per_head():
     assert torch.equal(v, -k)
     with pytest.raises(ValueError, match="pass its keys as owner_keys"):
         apply_plan(LayerPlan(keep=plan.keep, key_owner=0, shared=torch.tensor([2])), keys, values)
+
+
+@pytest.mark.parametrize("settings", [dict(policy="streaming", budget=8), dict(policy="pod", recent=4, group_size=2)])
+def test_policies_without_a_window_never_score(settings):
+    def no_scores(w):
+        raise AssertionError("scored")
+
+    policy = make_policy(KVPolicyConfig(**settings), 2)
+    assert policy.observation_window == 0
+    plan = policy.select(1, PromptView(40, 2, torch.device("cpu"), no_scores))
+    assert plan.keep is not None and plan.keep.shape[0] == 2

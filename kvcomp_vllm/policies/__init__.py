@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import KVPolicyConfig
-from .base import KVPolicy, LayerPlan, RequestCompressor, apply_plan
+from .base import KVPolicy, LayerPlan, PromptView, RequestCompressor, apply_plan
 from .full import FullPolicy
 from .pod import PoDPolicy
 from .pyramid import PyramidPolicy, pyramid_budgets
@@ -44,6 +44,7 @@ __all__ = [
     "POLICIES",
     "KVPolicy",
     "LayerPlan",
+    "PromptView",
     "RequestCompressor",
     "apply_plan",
     "incompatibility",

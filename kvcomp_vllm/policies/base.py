@@ -1,19 +1,41 @@
 """The policy interface: per layer, which prompt tokens' KV a request keeps after prefill.
 
-Policies are pure torch. They see one request's layer at a time: its prompt keys
-`[num_kv_heads, prompt_len, head_dim]` (RoPE applied, as cached) and the last-window queries
-`[num_heads, window, head_dim]`, and return a `LayerPlan`. Callers (the reference generator and the
-vLLM backend) go through `RequestCompressor`, which also handles layers that reuse another layer's plan.
+Policies are pure torch. They see one request's layer at a time through a `PromptView`: its prompt
+length and, on demand, the observation-window scores of its prompt keys (RoPE applied, as cached).
+The reference generator computes those from dense tensors; the vLLM backend from the paged cache
+(a Triton kernel on GPU), and only for policies that ask. Callers go through `RequestCompressor`,
+which also handles layers that reuse another layer's plan.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..config import POLICY_FIELDS, KVPolicyConfig
+from .scoring import observation_scores
+
+
+@dataclass(frozen=True)
+class PromptView:
+    """What a policy may read of one layer of one request.
+
+    `scores(w)` gives the attention the last `w` prompt queries pay each of the first
+    `prompt_len - w` tokens, `[num_kv_heads, prompt_len - w]` (see `scoring.observation_scores`).
+    """
+
+    prompt_len: int
+    num_kv_heads: int
+    device: torch.device
+    scores: Callable[[int], torch.Tensor]
+
+    @classmethod
+    def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> PromptView:
+        """From prompt keys `[num_kv_heads, n, d]` and the last queries `[num_heads, >= window, d]`."""
+        return cls(keys.shape[1], keys.shape[0], keys.device, lambda w: observation_scores(keys, queries[:, -w:], scale))
 
 
 @dataclass(frozen=True)
@@ -66,9 +88,14 @@ class KVPolicy(ABC):
         """Layer whose plan `layer` reuses; itself unless the policy shares selections in groups."""
         return layer
 
+    @property
+    def observation_window(self) -> int:
+        """Prompt queries the policy scores with (0: it never calls `PromptView.scores`)."""
+        return 0
+
     @abstractmethod
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
-        """Plan for `layer` from its prompt keys and last-window queries."""
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        """Plan for `layer` of one request."""
 
 
 class RequestCompressor:
@@ -78,10 +105,10 @@ class RequestCompressor:
         self.policy = policy
         self._plans: dict[int, LayerPlan] = {}
 
-    def plan(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+    def plan(self, layer: int, prompt: PromptView) -> LayerPlan:
         src = self.policy.source_layer(layer)
         if src == layer:
-            self._plans[layer] = self.policy.select(layer, keys, queries, scale)
+            self._plans[layer] = self.policy.select(layer, prompt)
         elif src not in self._plans:
             raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
         return self._plans[src]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import KVPolicy, LayerPlan
+from .base import KVPolicy, LayerPlan, PromptView
 
 
 class FullPolicy(KVPolicy):
@@ -15,5 +13,5 @@ class FullPolicy(KVPolicy):
     def layer_budget(self, layer: int, prompt_len: int) -> int:
         return prompt_len
 
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         return LayerPlan(keep=None)

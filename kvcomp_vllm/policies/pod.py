@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVPolicy, LayerPlan
+from .base import KVPolicy, LayerPlan, PromptView
 
 
 class PoDPolicy(KVPolicy):
@@ -31,19 +31,24 @@ class PoDPolicy(KVPolicy):
         return min(prompt_len, self.config.sink + self.config.recent)
 
     def layer_slots(self, layer: int, prompt_len: int) -> int:
-        """Members hold proximal K/V plus distant values packed two per slot (see `pod_cache`)."""
+        """Members hold proximal K/V plus distant values packed two per slot (see `cache_layout`)."""
         proximal = self.layer_budget(layer, prompt_len)
         return proximal + -(-(prompt_len - proximal) // 2)
 
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
-        num_kv_heads, n, _ = keys.shape
+    def distant_span(self, prompt_len: int) -> tuple[int, int]:
+        """First distant position and the number of distant tokens: they form one contiguous run."""
+        sink = min(self.config.sink, prompt_len)
+        return sink, max(prompt_len - sink - self.config.recent, 0)
+
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        n = prompt.prompt_len
         if self.layer_budget(layer, n) >= n:
             return LayerPlan(keep=None)
-        sink, recent = self.config.sink, self.config.recent
-        positions = torch.arange(n, device=keys.device)
-        proximal = (positions < sink) | (positions >= n - recent)
+        start, count = self.distant_span(n)
+        positions = torch.arange(n, device=prompt.device)
+        proximal = torch.cat([positions[:start], positions[start + count :]])
         return LayerPlan(
-            keep=positions[proximal].expand(num_kv_heads, -1),
+            keep=proximal.expand(prompt.num_kv_heads, -1),
             key_owner=self.owner_layer(layer),
-            shared=positions[~proximal],
+            shared=positions[start : start + count],
         )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import KVPolicy, LayerPlan
-from .scoring import observation_scores, pool_scores, top_positions, with_window
+from .base import KVPolicy, LayerPlan, PromptView
+from .scoring import pool_scores, top_positions, with_window
 
 
 class SnapKVPolicy(KVPolicy):
@@ -13,12 +11,15 @@ class SnapKVPolicy(KVPolicy):
 
     name = "snapkv"
 
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
-        n = keys.shape[1]
+    @property
+    def observation_window(self) -> int:
+        return self.config.window
+
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        n = prompt.prompt_len
         budget = self.layer_budget(layer, n)
         if budget >= n:
             return LayerPlan(keep=None)
         w = min(self.config.window, n)
-        scores = observation_scores(keys, queries[:, -w:], scale)
-        scores = pool_scores(scores, self.config.kernel, self.config.pooling)
+        scores = pool_scores(prompt.scores(w), self.config.kernel, self.config.pooling)
         return LayerPlan(keep=with_window(top_positions(scores, budget - w), n - w, n))

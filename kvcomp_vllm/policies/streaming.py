@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVPolicy, LayerPlan
+from .base import KVPolicy, LayerPlan, PromptView
 
 
 class StreamingPolicy(KVPolicy):
@@ -12,13 +12,13 @@ class StreamingPolicy(KVPolicy):
 
     name = "streaming"
 
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
-        num_kv_heads, n, _ = keys.shape
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        n = prompt.prompt_len
         budget = self.layer_budget(layer, n)
         if budget >= n:
             return LayerPlan(keep=None)
         sink = min(self.config.sink, budget)
         positions = torch.cat(
             [torch.arange(sink), torch.arange(n - (budget - sink), n)]
-        ).to(keys.device)
-        return LayerPlan(keep=positions.expand(num_kv_heads, -1))
+        ).to(prompt.device)
+        return LayerPlan(keep=positions.expand(prompt.num_kv_heads, -1))

@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from .base import KVPolicy, LayerPlan
-from .scoring import observation_scores, top_positions, with_window
+from .base import KVPolicy, LayerPlan, PromptView
+from .scoring import top_positions, with_window
 
 TOP_SHARE = 0.05  # fraction of prefix tokens whose attention mass measures concentration
 
@@ -68,12 +68,16 @@ class WindowKVPolicy(KVPolicy):
             return concentrated
         return spread
 
-    def select(self, layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> LayerPlan:
-        n = keys.shape[1]
+    @property
+    def observation_window(self) -> int:
+        return self.config.window
+
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        n = prompt.prompt_len
         budget = self.layer_budget(layer, n)
         if budget >= n:
             return LayerPlan(keep=None)
         w = min(self.config.window, n)
-        scores = observation_scores(keys, queries[:, -w:], scale)
+        scores = prompt.scores(w)
         chosen = select_windows(scores, budget - w, self.window_size(scores))
         return LayerPlan(keep=with_window(chosen, n - w, n))

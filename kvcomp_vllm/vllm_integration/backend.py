@@ -2,10 +2,11 @@
 
 Prefill and decode attention stay the backend's own kernels. The builder mixin shortens each
 compressed request's `seq_lens` by the tokens its tier evicted, so the kernel reads exactly the
-compacted cache; the impl mixin, after a layer's attention over a chunk that ends a prompt, plans
-from the prompt keys in the paged cache and the observation-window queries and compacts the kept
-tokens in place. PoD member layers also replace their decode output with attention that reads
-distant keys from the owner layer (`pod_cache`).
+compacted cache. The impl mixin, after a layer's attention over a step in which prompts end, plans
+each such request (observation scores read from the paged cache, only for policies that score) and
+compacts all of them in one batched move. PoD member layers replace their decode output with
+attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
+member decode are the Triton kernels of `kvcomp_kernels`; elsewhere their torch references.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import dataclasses
 
 import torch
 
-from ..paged import compact_, read_tokens
-from ..pod_cache import member_attention, pack_member_
+from kvcomp_kernels import for_tensor, move_tokens_, paged_decode, window_scores
+
+from ..cache_layout import MemberLayout, move_sources
+from ..policies import PromptView
 from .compat import extract_layer_index, layer_context
 from .kv_spec import CompressedAttentionSpec
-from .worker import CompressedRequest, RowSpan, WorkerCompression, worker_state
+from .worker import RowSpan, WorkerCompression, worker_state
 
 
 class ShiftedSeqLens:
@@ -37,7 +40,7 @@ class ShiftedSeqLens:
 
 
 class CompressingAttention:
-    """Attention-impl mixin: compacts a request's cache in the forward that ends its prompt.
+    """Attention-impl mixin: compacts requests' caches in the forward that ends their prompts.
 
     Subclasses pair it with a vLLM attention impl and say how to view that backend's layer cache.
     """
@@ -52,71 +55,100 @@ class CompressingAttention:
         if state is None or attn_metadata is None or not state.rows:
             return output
         layer_idx = extract_layer_index(layer.layer_name)
-        starts = state.starts  # the host copy of query_start_loc: no device sync per layer
         for span in state.window_rows:
-            self._stash_window(state, span, layer_idx, query, starts)
-        for span in state.prefill_ends:
-            self._compact(state, span, layer, layer_idx, query, kv_cache, attn_metadata, starts)
-        for span in state.rows:
-            plan = state.requests[span.req_id].shared_keys.get(layer_idx)
-            if plan is not None and span.start >= state.requests[span.req_id].prompt_len:
-                self._attend_shared_keys(state, span, plan, layer, query, kv_cache, attn_metadata, output, starts)
+            self._stash_window(state, span, layer_idx, query)
+        if state.prefill_ends:
+            self._compact(state, layer, layer_idx, query, kv_cache, attn_metadata)
+        members = [s for s in state.rows if layer_idx in state.requests[s.req_id].members and
+                   s.start >= state.requests[s.req_id].prompt_len]
+        if members:
+            self._attend_members(state, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
         return output
 
     @staticmethod
-    def _window_part(request: CompressedRequest, span: RowSpan, window: int, query, starts):
-        """Queries of this chunk that fall in the observation window, `[tokens, heads, dim]`."""
-        first = max(span.start, request.prompt_len - window)
+    def _window_part(state: WorkerCompression, span: RowSpan, query):
+        """Queries of this chunk that fall in the request's observation window, `[tokens, heads, dim]`."""
+        request = state.requests[span.req_id]
+        first = max(span.start, request.prompt_len - request.compressor.policy.observation_window)
         last = min(span.end, request.prompt_len)
-        base = starts[span.row] - span.start
+        base = state.starts[span.row] - span.start  # the host copy of query_start_loc: no device sync
         return query[base + first : base + last]
 
-    def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query, starts) -> None:
+    def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query) -> None:
+        """Keep this chunk's window queries for the layer's scoring in a later chunk (scoring layers only)."""
         request = state.requests[span.req_id]
-        part = self._window_part(request, span, request.compressor.policy.config.window, query, starts)
-        request.window_queries.setdefault(layer_idx, []).append(part.clone())
+        if request.compressor.policy.source_layer(layer_idx) == layer_idx:
+            part = self._window_part(state, span, query)
+            request.window_queries.setdefault(layer_idx, []).append(part.clone())
 
-    def _compact(self, state: WorkerCompression, span: RowSpan, layer, layer_idx, query, kv_cache, metadata, starts):
+    def _prompt_view(self, state, span: RowSpan, layer_idx, query, key_cache, blocks) -> PromptView:
+        """The request's prompt in this layer; scores come from the paged cache when asked for."""
         request = state.requests[span.req_id]
-        if request.evicted[state.policy.budget_tier(layer_idx)] <= 0:
-            return
-        window = request.compressor.policy.config.window
-        parts = request.window_queries.pop(layer_idx, [])
-        parts.append(self._window_part(request, span, window, query, starts))
-        queries = torch.cat(parts).transpose(0, 1)  # [heads, window, dim]
-        key_cache, value_cache = self.kv_views(layer, kv_cache)
-        blocks = metadata.block_table[span.row]
         prompt_len = request.prompt_len
-        keys = read_tokens(key_cache, blocks, prompt_len)
-        plan = request.compressor.plan(layer_idx, keys, queries, self.scale)
-        if plan.keep is None:
-            return
-        # Tokens past the prompt (recompute after preemption) follow the kept ones verbatim.
-        later = torch.arange(prompt_len, span.end, device=keys.device)
-        if plan.shared is not None:
-            pack_member_(key_cache, value_cache, blocks, plan.keep[0], plan.shared, later)
-            request.shared_keys[layer_idx] = plan
-        else:
-            keep = torch.cat([plan.keep, later.expand(plan.keep.shape[0], -1)], dim=1)
-            compact_([key_cache, value_cache], blocks, keep)
-        request.compacted = True
 
-    def _attend_shared_keys(self, state, span: RowSpan, plan, layer, query, kv_cache, metadata, output, starts):
-        """Replace a row's output by attention that reads distant keys from the plan's owner layer."""
-        request = state.requests[span.req_id]
+        def scores(w: int) -> torch.Tensor:
+            parts = request.window_queries.pop(layer_idx, [])
+            window = torch.cat([*parts, self._window_part(state, span, query)])
+            window = window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1)
+            return for_tensor(window_scores, key_cache)(window[:, -w:], key_cache, blocks, prompt_len, self.scale)
+
+        return PromptView(prompt_len, key_cache.shape[1], key_cache.device, scores)
+
+    def _compact(self, state: WorkerCompression, layer, layer_idx, query, kv_cache, metadata) -> None:
+        """Plan every request whose prompt ends in this step, then move all their kept tokens at once."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
-        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, plan.key_owner)
-        rows = slice(starts[span.row], starts[span.row + 1])
-        result = member_attention(
-            query[rows].view(-1, self.num_heads, self.head_size),
+        tier = state.policy.budget_tier(layer_idx)
+        rows, sources = [], []
+        for span in state.prefill_ends:
+            request = state.requests[span.req_id]
+            plan = None
+            if request.evicted[tier] > 0:
+                view = self._prompt_view(state, span, layer_idx, query, key_cache, metadata.block_table[span.row])
+                plan = request.compressor.plan(layer_idx, view)
+            request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
+            if plan is None or plan.keep is None:
+                continue
+            # Tokens past the prompt (recompute after preemption) follow the kept ones verbatim.
+            sources.append(move_sources(plan, torch.arange(request.prompt_len, span.end, device=key_cache.device)))
+            rows.append(span.row)
+            if plan.shared is not None:
+                start, count = request.compressor.policy.distant_span(request.prompt_len)
+                request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
+            request.compacted = True
+        if rows:
+            width = max(s.shape[-1] for s in sources)
+            padded = torch.full((len(rows), *sources[0].shape[:2], width), -1, dtype=torch.int32, device=key_cache.device)
+            for i, s in enumerate(sources):
+                padded[i, ..., : s.shape[-1]] = s
+            lengths = torch.tensor([s.shape[-1] for s in sources], dtype=torch.int32).to(key_cache.device)
+            tables = metadata.block_table[torch.tensor(rows, device=metadata.block_table.device)]
+            for_tensor(move_tokens_, key_cache)(key_cache, value_cache, tables, padded, lengths)
+
+    def _attend_members(self, state, spans: list[RowSpan], layer, layer_idx, query, kv_cache, metadata, output) -> None:
+        """Overwrite PoD member rows' outputs with attention that reads distant keys from the owner layer."""
+        key_cache, value_cache = self.kv_views(layer, kv_cache)
+        owner = state.requests[spans[0].req_id].members[layer_idx].owner
+        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, owner)
+        token_rows, layout, batch_rows = [], [], []
+        for span in spans:
+            request = state.requests[span.req_id]
+            member = request.members[layer_idx]
+            for position in range(span.start, span.end):
+                token_rows.append(state.starts[span.row] + position - span.start)
+                layout.append(member.decode_row(position + 1 - request.prompt_len))
+                batch_rows.append(span.row)
+        device = query.device
+        tokens = torch.tensor(token_rows, device=device)
+        batch = torch.tensor(batch_rows, device=metadata.block_table.device)
+        result = for_tensor(paged_decode, query)(
+            query.view(-1, self.num_heads, self.head_size)[tokens],
             key_cache,
             value_cache,
-            metadata.block_table[span.row],
-            self.kv_views(layer, owner_kv_cache)[0],
-            owner_metadata.block_table[span.row],
-            plan.keep.shape[1],
-            plan.shared,
-            span.end - request.prompt_len,
+            metadata.block_table[batch],
+            torch.tensor(layout, dtype=torch.int32, device=device),
+            max(row[0] for row in layout),
             self.scale,
+            owner_key_cache=self.kv_views(layer, owner_kv_cache)[0],
+            owner_block_tables=owner_metadata.block_table[batch],
         )
-        output.view(output.shape[0], self.num_heads, self.head_size)[rows] = result.to(output.dtype)
+        output.view(output.shape[0], self.num_heads, self.head_size)[tokens] = result.to(output.dtype)

@@ -2,8 +2,8 @@
 
 Timeline of one compressed request on the worker:
 1. prefill chunks run through vLLM's attention unchanged (the backend stashes window queries);
-2. in the forward that processes the prompt's last token, each attention layer plans from its
-   prompt keys and compacts its kept tokens to cache positions `0..kept-1` (see `backend`);
+2. in the forward that processes the prompt's last token, each attention layer plans (scoring its
+   prompt keys in the paged cache) and moves its kept tokens to cache positions `0..kept-1` (see `backend`);
 3. at the next step the request's block-table rows are cut to the blocks the scheduler kept, and
    from then on each tier's cache position is `position - evicted`: slot mapping and `seq_lens`
    are shifted per request, while RoPE keeps the true positions.
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import KVPolicyConfig
-from ..policies import KVPolicy, LayerPlan, RequestCompressor, make_policy
+from ..cache_layout import MemberLayout
+from ..policies import KVPolicy, RequestCompressor, make_policy
 from .compat import (
     FullAttentionSpec,
     GPUModelRunner,
@@ -38,7 +39,7 @@ class CompressedRequest:
     evicted: dict[int, int]  # budget tier -> prompt tokens evicted
     compressor: RequestCompressor
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
-    shared_keys: dict[int, LayerPlan] = field(default_factory=dict)  # layer -> plan reading another layer's keys
+    members: dict[int, MemberLayout] = field(default_factory=dict)  # PoD member layer -> its compacted layout
     compacted: bool = False
     truncated: bool = False
 
@@ -116,7 +117,7 @@ class WorkerCompression:
         self.rows, self.prefill_ends, self.window_rows = [], [], []
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
-            window = state.compressor.policy.config.window
+            window = state.compressor.policy.observation_window
             if state.truncated:
                 for tier, evicted in state.evicted.items():
                     self.row_evicted[tier][row] = evicted
