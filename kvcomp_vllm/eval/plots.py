@@ -1,0 +1,84 @@
+"""PNG plots of an evaluation: score vs KV budget per policy, and needle heat maps per policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .runner import budget_label
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
+    """Two panels (ratio budgets, token budgets); one line per policy, full KV as a dashed line."""
+    plt = _pyplot()
+    rows = [r for r in summary if r["task"] == task]
+    full = next((r["score"] for r in rows if r["policy"] == "full"), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, kind, xlabel in ((axes[0], float, "KV budget (share of the prompt)"), (axes[1], int, "KV budget (tokens)")):
+        for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"):
+            points = sorted((r["budget"], r["score"]) for r in rows
+                            if r["policy"] == policy and type(r["budget"]) is kind)
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
+        if full is not None:
+            ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full KV")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        if kind is float:
+            ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x * 100:g}%"))
+    axes[0].set_ylabel(f"score ({task})")
+    axes[0].set_ylim(-0.02, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles2, labels2 = axes[1].get_legend_handles_labels()
+    merged = dict(zip(labels + labels2, handles + handles2))
+    fig.legend(merged.values(), merged.keys(), loc="upper center", ncol=len(merged), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def needle_heatmaps(rows: list[dict], out: Path) -> list[Path]:
+    """One PNG per policy: a panel per budget, context length (rows) x needle depth (columns), mean score."""
+    plt = _pyplot()
+    import numpy as np
+
+    needle = [r for r in rows if r["task"] == "needle"]
+    lengths = sorted({r["length"] for r in needle})
+    depths = sorted({r["depth"] for r in needle})
+    paths = []
+    for policy in dict.fromkeys(r["policy"] for r in needle):
+        budgets = sorted({r["budget"] for r in needle if r["policy"] == policy},
+                         key=lambda b: (b is not None and isinstance(b, int), b or 0))
+        fig, axes = plt.subplots(1, len(budgets), figsize=(2.2 + 2.4 * len(budgets), 0.9 + 0.45 * len(lengths)),
+                                 squeeze=False)
+        for ax, budget in zip(axes[0], budgets):
+            grid = np.full((len(lengths), len(depths)), np.nan)
+            for i, length in enumerate(lengths):
+                for j, depth in enumerate(depths):
+                    hits = [r["correct"] for r in needle if r["policy"] == policy and r["budget"] == budget
+                            and r["length"] == length and r["depth"] == depth]
+                    if hits:
+                        grid[i, j] = sum(hits) / len(hits)
+            ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
+            ax.set_yticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+            ax.set_title("full KV" if budget is None else budget_label(budget), fontsize=9)
+            ax.set_xlabel("needle depth", fontsize=8)
+        axes[0][0].set_ylabel("context length (tokens)", fontsize=8)
+        fig.suptitle(f"needle retrieval: {policy}", fontsize=10)
+        fig.tight_layout()
+        path = out / f"needle_{policy}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,167 @@
+"""Run a suite through vLLM for a grid of policies x budgets, with full KV as the reference.
+
+`grid` turns policy names and budgets into `Setting`s. `OfflineEngine` runs them in-process: one
+engine started with a pyramid policy serves every non-pod setting through per-request overrides
+(`SamplingParams(extra_args={"kvcomp": ...})`), batched in one `generate` call; PoD is engine-wide,
+so each PoD setting gets an engine of its own. `ServerEngine` sends the same requests to a running
+`vllm serve --kv-policy ...` with `kv_*` body fields. Both decode greedily.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from .tasks import Sample
+
+# Any non-pod policy can be served per request by an engine started with per-layer KV groups.
+SHARED_ENGINE_POLICY = {"policy": "pyramid", "budget": 0.1}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One policy at one budget (a token count or a ratio of the prompt); full has none."""
+
+    policy: str
+    budget: int | float | None = None
+    pod_group_size: int = 2
+
+    @property
+    def label(self) -> str:
+        return self.policy if self.budget is None else f"{self.policy}@{budget_label(self.budget)}"
+
+    def kvcomp(self) -> dict:
+        """The `kvcomp` settings of a request or engine. PoD's budget is its `recent` token count."""
+        if self.policy == "full":
+            return {"policy": "full"}
+        if self.policy == "pod":
+            return {"policy": "pod", "recent": int(self.budget), "group_size": self.pod_group_size}
+        return {"policy": self.policy, "budget": self.budget}
+
+
+def budget_label(budget: int | float) -> str:
+    return f"{budget * 100:g}%" if isinstance(budget, float) else f"{budget}tok"
+
+
+def parse_budget(text: str) -> int | float:
+    """'0.1' or '10%' -> 0.1 (ratio); '512' -> 512 (tokens)."""
+    text = text.strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def grid(policies: list[str], budgets: list[int | float], pod_group_size: int = 2) -> list[Setting]:
+    """Full once, then every other policy at every budget. PoD takes token budgets only (as `recent`):
+    its settings are engine-wide, and a ratio would need one engine per prompt length."""
+    settings = [Setting("full")]
+    for policy in policies:
+        if policy == "full":
+            continue
+        for budget in budgets:
+            if policy == "pod" and isinstance(budget, float):
+                continue
+            settings.append(Setting(policy, budget, pod_group_size))
+    return settings
+
+
+def _greedy(sample: Sample, kvcomp: dict | None):
+    from vllm import SamplingParams
+
+    extra = {"extra_args": {"kvcomp": kvcomp}} if kvcomp is not None else {}
+    return SamplingParams(max_tokens=sample.max_tokens, temperature=0.0, **extra)
+
+
+class OfflineEngine:
+    """In-process vLLM engines over `model`; `llm_args` go to `vllm.LLM` (dtype, max_model_len, ...)."""
+
+    def __init__(self, model: str, **llm_args):
+        self.model = str(model)
+        self.llm_args = {"enforce_eager": True, "seed": 0, **llm_args}
+
+    def _llm(self, kvcomp: dict):
+        from vllm import LLM
+
+        return LLM(model=self.model, additional_config={"kvcomp": kvcomp}, **self.llm_args)
+
+    @staticmethod
+    def _collect() -> None:
+        """Free a dropped engine before the next starts (its teardown resets vLLM's global state)."""
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def _generate(self, llm, samples: list[Sample], params: list, progress: bool) -> list[str]:
+        prompts = [{"prompt_token_ids": list(s.prompt_ids)} for s in samples]
+        outputs = llm.generate(prompts, sampling_params=params, use_tqdm=progress)
+        return [o.outputs[0].text for o in outputs]
+
+    def run(self, samples: list[Sample], settings: list[Setting], progress: bool = True) -> dict[str, list[str]]:
+        """Completions per setting label, in sample order."""
+        shared = [s for s in settings if s.policy != "pod"]
+        results: dict[str, list[str]] = {}
+        if shared:
+            llm = self._llm(SHARED_ENGINE_POLICY)
+            batch = [(setting, sample) for setting in shared for sample in samples]
+            texts = self._generate(
+                llm, [b[1] for b in batch], [_greedy(sample, st.kvcomp()) for st, sample in batch], progress
+            )
+            for i, setting in enumerate(shared):
+                results[setting.label] = texts[i * len(samples):(i + 1) * len(samples)]
+            del llm
+            self._collect()
+        for setting in settings:
+            if setting.policy == "pod":
+                llm = self._llm(setting.kvcomp())
+                results[setting.label] = self._generate(llm, samples, [_greedy(s, None) for s in samples], progress)
+                del llm
+                self._collect()
+        return results
+
+
+class ServerEngine:
+    """Requests to a running `vllm serve` at `url`: `kv_*` body fields carry each setting."""
+
+    def __init__(self, url: str, model: str | None = None, concurrency: int = 8, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.model = model or self._served_model()
+
+    def _served_model(self) -> str:
+        with urllib.request.urlopen(self.url + "/v1/models", timeout=30) as response:
+            return json.load(response)["data"][0]["id"]
+
+    def complete(self, sample: Sample, setting: Setting) -> str:
+        body = {
+            "model": self.model,
+            "prompt": list(sample.prompt_ids),
+            "max_tokens": sample.max_tokens,
+            "temperature": 0.0,
+            **{f"kv_{k}": v for k, v in setting.kvcomp().items()},
+        }
+        request = urllib.request.Request(
+            self.url + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.load(response)["choices"][0]["text"]
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"{setting.label}: server answered {err.code}: {err.read().decode()[:300]}") from None
+
+    def run(self, samples: list[Sample], settings: list[Setting], progress: bool = True) -> dict[str, list[str]]:
+        jobs = [(setting, sample) for setting in settings for sample in samples]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            texts = list(tqdm(pool.map(lambda job: self.complete(job[1], job[0]), jobs), total=len(jobs),
+                              disable=not progress, desc="requests"))
+        return {s.label: texts[i * len(samples):(i + 1) * len(samples)] for i, s in enumerate(settings)}

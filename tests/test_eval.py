@@ -1,0 +1,152 @@
+"""The evaluation harness: seeded exact-length tasks, the answer check, and a tiny suite through vLLM.
+
+`full` is checked against the reference generator (kvcomp_vllm/reference.py), a transformers greedy
+loop that shares no code with the harness's engine path: equal completions mean the prompts reach the
+engine intact and the per-request override really ran full KV, and float32 on CPU makes it exact
+(test_vllm_engine.py asserts the same token equality per policy).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from argparse import Namespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.eval import check_answer
+from kvcomp_vllm.eval.corpus import generated_paragraphs, load_corpus, read_paragraphs
+from kvcomp_vllm.eval.main import evaluate
+from kvcomp_vllm.eval.report import summarize
+from kvcomp_vllm.eval.runner import Setting, grid, parse_budget
+from kvcomp_vllm.eval.tasks import TASKS, PromptBuilder, TooShort, build_suite
+from kvcomp_vllm.reference import generate
+
+LENGTHS = [512, 1024]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama_dir):
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def builder(tokenizer):
+    return PromptBuilder(tokenizer, generated_paragraphs(300, 0))
+
+
+def test_check_answer_needs_the_value_first_and_whole():
+    assert check_answer(" 43936.", "43936")
+    assert check_answer("Marigold", "Marigold")
+    assert check_answer("\n 1903, in Lyon", "1903")
+    assert not check_answer(" 439361", "43936")  # a longer number
+    assert not check_answer(" Marigolds", "Marigold")
+    assert not check_answer(" it is 43936", "43936")
+    assert not check_answer(" marigold", "Marigold")
+    assert not check_answer("", "1")
+
+
+def test_every_task_has_the_exact_length_and_is_seeded(builder, tokenizer):
+    suite = build_suite(builder, LENGTHS, 2, depths=(0.0, 1.0), seed=3)
+    assert {s.task for s in suite} == set(TASKS)
+    assert len(suite) == (len(TASKS) + 1) * len(LENGTHS) * 2  # needle: two depths
+    for sample in suite:
+        assert len(sample.prompt_ids) == sample.length
+        text = tokenizer.decode(sample.prompt_ids)
+        if sample.task != "fewshot":
+            assert sample.answer in text  # the fact is in the context
+    again = build_suite(builder, LENGTHS, 2, depths=(0.0, 1.0), seed=3)
+    assert again == suite
+    other = build_suite(builder, LENGTHS, 2, depths=(0.0, 1.0), seed=4)
+    assert [s.prompt_ids for s in other] != [s.prompt_ids for s in suite]
+
+
+def test_needle_depth_places_the_fact(builder, tokenizer):
+    early, late = build_suite(builder, [1024], 1, ["needle"], depths=(0.0, 1.0))
+    def where(sample):
+        text = tokenizer.decode(sample.prompt_ids)
+        return text.index("By the way") / len(text)
+
+    assert where(early) < 0.1 and where(late) > 0.8
+
+
+def test_too_short_lengths_are_refused(builder):
+    with pytest.raises(TooShort):
+        build_suite(builder, [64], 1, ["multidoc"])
+    with pytest.raises(ValueError, match="unknown task"):
+        build_suite(builder, [512], 1, ["nope"])
+
+
+def test_corpus_reads_dictzip_paragraphs(tmp_path):
+    path = tmp_path / "book.dict.dz"
+    path.write_bytes(gzip.compress(b"TITLE\n\nFirst paragraph of the book, {long} enough\nto keep.\n\nx\n"))
+    assert read_paragraphs(path) == ["First paragraph of the book, long enough to keep."]
+    name, paragraphs = load_corpus(path)
+    assert name == "book.dict.dz" and len(paragraphs) == 1
+    assert len(set(generated_paragraphs(50, 1))) == 50  # varied, not one sentence repeated
+
+
+def test_grid_and_budgets():
+    assert parse_budget("10%") == 0.1 and parse_budget("0.025") == 0.025 and parse_budget("512") == 512
+    labels = [s.label for s in grid(["snapkv", "pod"], [0.1, 128])]
+    assert labels == ["full", "snapkv@10%", "snapkv@128tok", "pod@128tok"]
+    assert Setting("pod", 128, 2).kvcomp() == {"policy": "pod", "recent": 128, "group_size": 2}
+
+
+def test_summary_scores_relative_to_full():
+    rows = [dict(setting=s, policy=s.split("@")[0], budget=None if s == "full" else 0.1, task=t, correct=c)
+            for s, t, c in [("full", "a", True), ("full", "a", True), ("full", "b", True), ("full", "b", False),
+                            ("snapkv@10%", "a", True), ("snapkv@10%", "a", False), ("snapkv@10%", "b", False),
+                            ("snapkv@10%", "b", False)]]
+    got = {(r["setting"], r["task"]): (r["score"], r["relative"]) for r in summarize(rows)}
+    assert got[("full", "all")] == (0.75, 1.0)
+    assert got[("snapkv@10%", "a")] == (0.5, 0.5)
+    assert got[("snapkv@10%", "b")] == (0.0, 0.0)
+    assert got[("snapkv@10%", "all")] == (0.25, 0.25 / 0.75)
+
+
+def _args(model_dir, out, **kw):
+    base = dict(model=str(model_dir), out=out, policies=["snapkv", "pod"], budgets=[0.25, 64], lengths=[512],
+                tasks=["needle", "passkey", "multikey"], samples=1, depths=[0.0, 1.0], seed=0, corpus=None,
+                no_chat=False, server=None, concurrency=2, dtype="float32", max_model_len=1024, pod_group_size=2,
+                no_plots=False, quiet=True)
+    return Namespace(**{**base, **kw})
+
+
+@pytest.mark.vllm
+def test_tiny_suite_full_equals_reference_and_is_deterministic(tiny_llama_dir, tmp_path):
+    first = evaluate(_args(tiny_llama_dir, tmp_path / "a"))
+    second = evaluate(_args(tiny_llama_dir, tmp_path / "b", no_plots=True))
+    assert [r["output"] for r in first["rows"]] == [r["output"] for r in second["rows"]]
+    assert first["summary"] == second["summary"]
+
+    # full (and snapkv, through the per-request override) equal the reference generator's greedy text.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    suite = json.loads(first["paths"]["json"].read_text())["suite"]
+    builder = PromptBuilder(tokenizer, load_corpus(None, 0)[1])
+    samples = build_suite(builder, [512], 1, ["needle", "passkey", "multikey"], (0.0, 1.0), 0)
+    assert [s.answer for s in samples] == [s["answer"] for s in suite]
+    reference_rows = []
+    for setting in ("full", "snapkv@25%"):
+        config = KVPolicyConfig(policy="full") if setting == "full" else KVPolicyConfig(policy="snapkv", budget=0.25)
+        outputs = [r["output"] for r in first["rows"] if r["setting"] == setting]
+        for sample, output in zip(samples, outputs, strict=True):
+            ref = generate(model, list(sample.prompt_ids), config, sample.max_tokens, tokenizer.eos_token_id)
+            text = tokenizer.decode(ref.tokens, skip_special_tokens=True)
+            assert output == text, (setting, sample.task)
+            reference_rows.append(dict(setting=setting, policy=config.policy, budget=config.budget,
+                                       task=sample.task, correct=check_answer(text, sample.answer)))
+    assert summarize(reference_rows) == [r for r in first["summary"] if r["setting"] in ("full", "snapkv@25%")]
+
+    paths = first["paths"]
+    with paths["csv"].open() as f:
+        settings = {row["setting"] for row in csv.DictReader(f)}
+    assert settings == {"full", "snapkv@25%", "snapkv@64tok", "pod@64tok"}
+    for name in ("score_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| snapkv |" in paths["md"].read_text()
