@@ -1,8 +1,9 @@
-"""`kvcomp-vllm`: what is not `vllm serve` — `doctor`, `presets`, `bench`.
+"""`kvcomp-vllm`: what is not `vllm serve` — `doctor`, `presets`, `bench`, `eval`.
 
     kvcomp-vllm doctor [--kv-policy pyramid --kv-budget 0.1 | --kv-config configs/pyramid-10pct.yaml]
     kvcomp-vllm presets
     kvcomp-vllm bench [benchmark args, e.g. --preset h100-8b]
+    kvcomp-vllm eval --model DIR [--policies ... --budgets ... --lengths ...]   (kvcomp_vllm/eval/)
 """
 
 from __future__ import annotations
@@ -65,7 +66,18 @@ def bench(args: argparse.Namespace, rest: list[str]) -> int:
     return subprocess.call([sys.executable, str(BENCHMARK), *rest])
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Answer quality per policy and KV budget on long-context tasks; JSON/CSV and plots."""
+    from .eval.main import evaluate as run
+
+    result = run(args)
+    print(result["paths"]["md"].read_text())
+    print("wrote", ", ".join(str(p) for p in result["paths"].values()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .eval.main import add_arguments as add_eval_arguments
     from .vllm_integration.engine_args import add_kv_arguments
 
     parser = argparse.ArgumentParser(prog="kvcomp-vllm", description=__doc__.split("\n")[0])
@@ -73,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     add_kv_arguments(commands.add_parser("doctor", help=doctor.__doc__))
     commands.add_parser("presets", help=presets.__doc__)
     commands.add_parser("bench", help=bench.__doc__, add_help=False)
+    add_eval_arguments(commands.add_parser("eval", help=evaluate.__doc__))
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         return bench(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return {"doctor": doctor, "presets": presets}[args.command](args)
+        return {"doctor": doctor, "presets": presets, "eval": evaluate}[args.command](args)
     except ValueError as err:
         parser.exit(2, f"kvcomp-vllm {args.command}: {err}\n")
 
