@@ -21,13 +21,15 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
     plt = _pyplot()
     rows = [r for r in summary if r["task"] == task]
     full = next((r["score"] for r in rows if r["policy"] == "full"), None)
+    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"))
+    colours = {p: f"C{i}" for i, p in enumerate(policies)}  # one colour per policy in both panels
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind, xlabel in ((axes[0], float, "KV budget (share of the prompt)"), (axes[1], int, "KV budget (tokens)")):
-        for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"):
+        for policy in policies:
             points = sorted((r["budget"], r["score"]) for r in rows
                             if r["policy"] == policy and type(r["budget"]) is kind)
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy)
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy, color=colours[policy])
         if full is not None:
             ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full KV")
         ax.set_xscale("log")
