@@ -188,3 +188,20 @@ def _strides_from_probe(region: torch.Tensor, block_size: int, head_dim: int, is
     if not torch.equal(offset, strided):
         raise NotImplementedError(f"vLLM's CPU cache packing for ISA {isa!r} is not strided; kvcomp cannot address it")
     return token_stride, dim_stride
+
+
+__all__ += ["add_worker_method", "engine_client_of"]
+
+
+def add_worker_method(name: str, func) -> None:
+    """Make `func(worker)` callable by `name` through vLLM's collective RPC, on every executor."""
+    from vllm.v1.worker.worker_base import WorkerWrapperBase  # executors call methods on this wrapper
+
+    if not hasattr(WorkerWrapperBase, name):
+        setattr(WorkerWrapperBase, name, func)
+
+
+def engine_client_of(scope):
+    """The engine client of the vLLM API server handling an ASGI request, or None outside one."""
+    app = scope.get("app")
+    return getattr(getattr(app, "state", None), "engine_client", None)

@@ -1,16 +1,25 @@
-"""Prometheus metrics on vLLM's `/metrics`, recorded where each request enters the engine.
+"""Prometheus metrics on vLLM's `/metrics`, served by the API server.
 
-What a request keeps follows from its policy and its prompt length alone, so the front end can
-count it exactly as the engine will hold it: requests by policy, prompt tokens kept and evicted
-(per layer, summed), KV blocks saved (blocks of one layer) and the share of prompt KV kept.
+What a request keeps follows from its policy and its prompt length alone, so the front end counts
+it where it enters the engine, exactly as the engine will hold it: requests by policy, prompt tokens
+kept and evicted (per layer, summed), KV blocks saved (blocks of one layer) and the share of prompt
+KV kept. Scoring and compaction time are measured on the workers (`timing`) and pulled from them
+when `/metrics` is scraped.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Histogram
+import asyncio
 
-from .compat import InputProcessor, cdiv, patch
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from .compat import InputProcessor, cdiv, init_logger, patch
 from .settings import request_policy, server_policy
+from .timing import BUCKETS, RPC_METHOD, STAGES, install_timing_rpc
+
+logger = init_logger("vllm.kvcomp")
 
 
 class _Metrics:
@@ -29,12 +38,63 @@ class _Metrics:
             ["policy"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0),
         )
+        self.worker_timings = WorkerTimings()
 
     def registered(self) -> _Metrics:
-        for collector in (self.requests, self.prompt_tokens, self.blocks_saved, self.kept_ratio):
+        for collector in (self.requests, self.prompt_tokens, self.blocks_saved, self.kept_ratio, self.worker_timings):
             if collector not in REGISTRY._collector_to_names:
                 REGISTRY.register(collector)
         return self
+
+
+class WorkerTimings:
+    """Collector of `vllm:kvcomp_scoring_seconds` and `vllm:kvcomp_compaction_seconds` by policy:
+    the workers' histograms as last pulled, summed over workers."""
+
+    def __init__(self):
+        self.latest: dict[str, dict[str, list]] = {}
+
+    def update(self, snapshots: list[dict]) -> None:
+        """Replace the histograms by the sum of the workers' `timing.snapshot()`s."""
+        merged: dict[str, dict[str, list]] = {}
+        for snapshot in snapshots:
+            for stage, policies in snapshot.items():
+                for policy, (counts, total) in policies.items():
+                    into = merged.setdefault(stage, {}).setdefault(policy, [[0] * len(counts), 0.0])
+                    into[0] = [a + b for a, b in zip(into[0], counts)]
+                    into[1] += total
+        self.latest = merged
+
+    def describe(self):
+        return [self._family(stage) for stage in STAGES]
+
+    def collect(self):
+        families = []
+        for stage in STAGES:
+            family = self._family(stage)
+            for policy, (counts, total) in sorted(self.latest.get(stage, {}).items()):
+                cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
+                bounds = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+                family.add_metric([policy], list(zip(bounds, cumulative)), total)
+            families.append(family)
+        return families
+
+    @staticmethod
+    def _family(stage: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            f"vllm:kvcomp_{stage}_seconds", f"Time per KV {stage} call on the workers.", labels=["policy"]
+        )
+
+
+async def pull_worker_timings(engine_client, timeout: float = 5.0) -> None:
+    """Refresh the timing histograms from every worker; they answer between engine steps. A busy or
+    dead engine leaves the last values in place rather than failing `/metrics`."""
+    try:
+        snapshots = await asyncio.wait_for(engine_client.collective_rpc(RPC_METHOD), timeout)
+    except Exception as err:  # noqa: BLE001 - any failure here must not fail the scrape
+        logger.warning("kvcomp: worker timings not refreshed (%s: %s)", type(err).__name__, err)
+        return
+    metrics().worker_timings.update(snapshots)
 
 
 _METRICS: list[_Metrics] = []
@@ -75,5 +135,6 @@ def _process_inputs(original):
 
 
 def install_metrics_hooks() -> None:
-    """Count every request vLLM admits (idempotent)."""
+    """Count every request vLLM admits, and let the API server read the workers' timings (idempotent)."""
     patch(InputProcessor, "process_inputs", _process_inputs)
+    install_timing_rpc()

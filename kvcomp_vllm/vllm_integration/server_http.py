@@ -4,7 +4,7 @@ A completion or chat request may carry `kv_policy`, `kv_budget`, ... as top-leve
 OpenAI SDK's `extra_body`) or inside `vllm_xargs`. They become flat `kv_<field>` keys of the
 request's sampling params and are checked there, so a bad one is answered 400 before it reaches the
 engine. Every completion and chat response carries a `kvcomp-policy` header with the settings the
-request runs with.
+request runs with. A scrape of `/metrics` first pulls the workers' scoring and compaction times.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from types import SimpleNamespace
 
 from ..config import request_config
 from .admission import check_request
-from .compat import openai_request_classes, patch
-from .settings import FLAT_PREFIX, request_overrides, served_config, server_policy
+from .compat import engine_client_of, openai_request_classes, patch
+from .metrics import pull_worker_timings
+from .settings import FLAT_PREFIX, engine_policy, request_overrides, served_config, server_policy
 
 HEADER = b"kvcomp-policy"
 PATHS = ("/v1/completions", "/v1/chat/completions")
-MIDDLEWARE = f"{__name__}.PolicyHeaderMiddleware"
+MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerTimingsMiddleware")
 
 
 def _to_sampling_params(original):
@@ -72,10 +73,24 @@ class PolicyHeaderMiddleware:
         await self.app(scope, replay, send_with_header)
 
 
+class WorkerTimingsMiddleware:
+    """ASGI middleware that refreshes the workers' timing histograms before `/metrics` answers."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics" and engine_policy(served_config()):
+            client = engine_client_of(scope)
+            if client is not None:
+                await pull_worker_timings(client)
+        await self.app(scope, receive, send)
+
+
 def add_middleware(args) -> None:
-    """Have `vllm serve` install the header middleware (its parsed args list middlewares to load)."""
-    if hasattr(args, "middleware") and MIDDLEWARE not in args.middleware:
-        args.middleware = [*args.middleware, MIDDLEWARE]
+    """Have `vllm serve` install kvcomp's middlewares (its parsed args list middlewares to load)."""
+    if hasattr(args, "middleware"):
+        args.middleware = [*args.middleware, *(m for m in MIDDLEWARES if m not in args.middleware)]
 
 
 def install_http_hooks() -> None:
