@@ -24,10 +24,13 @@ def vllm_command() -> list[str]:
 
 
 @contextmanager
-def serve(model: str | Path, *args: str, timeout: float = 240.0, log: Path | None = None):
-    """Run `vllm serve MODEL ARGS` on a free loopback port; yields the base URL, stops it after."""
+def serve(model: str | Path, *args: str, timeout: float = 240.0, log: Path | None = None, env: dict | None = None):
+    """Run `vllm serve MODEL ARGS` on a free loopback port; yields the base URL, stops it after.
+
+    `env` adds to this process's environment for the server.
+    """
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
     cmd = [*vllm_command(), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *args]
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
