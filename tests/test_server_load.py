@@ -1,10 +1,11 @@
 """Load test of `vllm serve --kv-policy pyramid`: bounded concurrent mixed traffic over the OpenAI API.
 
 Good requests (completions and chat, streamed or not, per-request policies, prompts longer and shorter
-than the budget) all answer; bad ones (malformed JSON, bad overrides, an oversize prompt) get a 400
-naming the problem. Afterwards the server is still up, vLLM's gauges are back to idle (no KV block
-held), kvcomp's counters add up to the admitted requests, and a fixed prompt decoded under load equals
-the offline `LLM` path token for token.
+than the budget, n = 2) all answer; bad ones (malformed JSON, bad overrides, an oversize prompt) get a
+400 naming the problem; clients that hang up mid-stream are dropped. Afterwards the server is still
+up, vLLM's gauges are back to idle (no KV block held), kvcomp's counters add up to the admitted
+requests, the workers' scoring and compaction histograms are on `/metrics`, and a fixed prompt
+decoded under load equals the offline `LLM` path token for token.
 """
 
 from __future__ import annotations
