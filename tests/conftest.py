@@ -31,3 +31,14 @@ def tiny_model_dir(request, tmp_path_factory):
 def tiny_llama_dir(tmp_path_factory):
     """The tiny Llama-style model folder."""
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", TinyModelSpec(arch="llama"))
+
+
+@pytest.fixture(autouse=True)
+def release_gpu_memory():
+    """After each test, free what its engines and models held on the GPU, so the next engine's memory
+    profiling does not see memory released under it."""
+    yield
+    if torch.cuda.is_available():
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # drops vLLM's process-wide references, then collects and empties the cache

@@ -25,18 +25,31 @@ from .worker import RowSpan, WorkerCompression, worker_state
 
 
 class ShiftedSeqLens:
-    """Metadata-builder mixin: compressed requests' `seq_lens` become their compacted cache length."""
+    """Metadata-builder mixin: compressed requests' `seq_lens` become their compacted cache length.
+
+    The shifted lengths live in a buffer of the builder's own, allocated once: a full CUDA graph
+    captures the address the kernel reads, and each step rewrites it in place.
+    """
 
     def build(self, common_prefix_len, common_attn_metadata, *args, **kwargs):
-        state = worker_state()
-        spec = self.kv_cache_spec
-        if state is not None and isinstance(spec, CompressedAttentionSpec):
-            evicted = state.row_evicted.get(spec.tier)
-            if evicted is not None and bool(evicted.any()):
-                cm = common_attn_metadata
-                shift = evicted[: cm.num_reqs].to(cm.seq_lens.device, cm.seq_lens.dtype)
-                common_attn_metadata = dataclasses.replace(cm, seq_lens=cm.seq_lens - shift)
+        if isinstance(self.kv_cache_spec, CompressedAttentionSpec):
+            cm = common_attn_metadata
+            common_attn_metadata = dataclasses.replace(cm, seq_lens=self._shifted_seq_lens(cm.seq_lens))
         return super().build(common_prefix_len, common_attn_metadata, *args, **kwargs)
+
+    def _shifted_seq_lens(self, seq_lens: torch.Tensor) -> torch.Tensor:
+        rows = seq_lens.shape[0]
+        buffer = getattr(self, "_kvcomp_seq_lens", None)
+        if buffer is None or buffer.shape[0] < rows:
+            size = max(rows, self.vllm_config.scheduler_config.max_num_seqs)
+            buffer = self._kvcomp_seq_lens = torch.empty(size, dtype=seq_lens.dtype, device=seq_lens.device)
+        state = worker_state()
+        evicted = None if state is None else state.row_evicted.get(self.kv_cache_spec.tier)
+        if evicted is None or not bool(evicted.any()):
+            return buffer[:rows].copy_(seq_lens)
+        shift = torch.zeros(rows, dtype=seq_lens.dtype)  # rows past the batch (graph padding) keep theirs
+        shift[: min(rows, evicted.shape[0])] = evicted[:rows]
+        return torch.sub(seq_lens, shift.to(seq_lens.device, non_blocking=True), out=buffer[:rows])
 
 
 class CompressingAttention:

@@ -48,6 +48,7 @@ __all__ = [
     "cdiv",
     "extract_layer_index",
     "flash_attention_classes",
+    "without_full_cudagraphs",
     "init_logger",
     "inproc_scheduler",
     "layer_context",
@@ -60,6 +61,17 @@ __all__ = [
     "split_chunks_at",
     "cpu_kv_views",
 ]
+
+
+def without_full_cudagraphs(vllm_config) -> bool:
+    """Capture CUDA graphs piecewise only (attention runs eagerly between them); True if that changed."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    compilation = vllm_config.compilation_config
+    if compilation.cudagraph_mode is None or not compilation.cudagraph_mode.has_full_cudagraphs():
+        return False
+    compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
+    return True
 
 
 def flash_attention_classes():

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
-from .compat import EngineArgs, init_logger, patch, platform_name
+from .compat import EngineArgs, init_logger, patch, platform_name, without_full_cudagraphs
 from .settings import CONFIG_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
@@ -116,7 +116,11 @@ def check_engine_config(vllm_config) -> None:
 
 
 def check_device(config: KVPolicyConfig, vllm_config) -> None:
-    """Compression runs on vLLM's CPU attention and, on CUDA, FlashAttention with vLLM's V1 runner."""
+    """Compression runs on vLLM's CPU attention and, on CUDA, FlashAttention with vLLM's V1 runner.
+
+    CUDA graphs stay on: decode-only steps of compacted caches need nothing from kvcomp inside the
+    graph. PoD's member layers replace their decode attention, so PoD keeps graphs piecewise.
+    """
     device = platform_name()
     if device == "cpu":
         return
@@ -124,8 +128,8 @@ def check_device(config: KVPolicyConfig, vllm_config) -> None:
         raise ValueError(f"kv policy '{config.policy}' has no {device} backend (policy 'full' serves on any device)")
     if vllm_config.use_v2_model_runner:  # the hooks live in the V1 runner
         raise ValueError(f"kv policy '{config.policy}' needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0")
-    if not vllm_config.model_config.enforce_eager:
-        raise ValueError(f"kv policy '{config.policy}' on CUDA needs --enforce-eager in this release")
+    if config.policy == "pod" and without_full_cudagraphs(vllm_config):
+        logger.info("kvcomp: pod decodes member layers itself; CUDA graphs are captured piecewise only")
 
 
 def _add_cli_args(original):

@@ -166,6 +166,8 @@ def _make_policy(runner: GPUModelRunner, config: KVPolicyConfig) -> KVPolicy:
 
 def _get_kv_cache_spec(original):
     def get_kv_cache_spec(self: GPUModelRunner):
+        global _STATE
+        _STATE = None  # a new engine in this process: an earlier engine's state must not leak into its warm-up
         specs = original(self)
         config = engine_policy(self.vllm_config)
         if config is None:
