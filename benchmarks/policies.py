@@ -2,13 +2,16 @@
 
     python benchmarks/policies.py                      # cpu-tiny: tiny Llama on this CPU
     python benchmarks/policies.py --preset h100-8b     # Llama-3.1-8B shape, dummy weights, one GPU
+    python benchmarks/policies.py --preset h100-8b-decode --requests 144   # decode-heavy: 32k in, 1024 out
 
 Every configuration runs in a fresh process on a KV pool of the same bytes; vanilla vLLM runs
 without the plugin loaded and with its default settings. Reported, from vLLM's own block pool and
 scheduler: the pool's capacity in tokens (all layers), the KV memory a request holds after prefill
 (blocks of every KV group times their bytes), the requests of that size the pool holds (capacity),
 peak concurrently running requests in this run, prefill time (the
-batch with one output token), decode time (the rest of the full run) and output tokens per second.
+batch with one output token; presets without a prefill pass report 0), decode time (the rest of the
+full run), output tokens per second end to end, and output tokens per second over decode-only steps
+(every running request decodes, none prefills: the steady state whose batch size the KV pool limits).
 Results go to benchmarks/results/<preset>.{json,md}.
 """
 
@@ -51,14 +54,15 @@ class Preset:
     dtype: str
     engine: dict = field(default_factory=dict)
     pool_requests: int | None = None  # pool sized for this many uncompressed requests (else vLLM's default)
+    prefill_pass: bool = True  # time a max_tokens=1 pass first (prefill time); off where prefill is long
 
 
+_H100 = {"gpu_memory_utilization": 0.9, "load_format": "dummy", "skip_tokenizer_init": True}
 PRESETS = {
     "cpu-tiny": Preset(16, 1536, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=2),
-    "h100-8b": Preset(
-        24, 32000, 256, "bfloat16",
-        {"gpu_memory_utilization": 0.9, "load_format": "dummy", "skip_tokenizer_init": True},
-    ),
+    "h100-8b": Preset(24, 32000, 256, "bfloat16", _H100),
+    "h100-8b-decode": Preset(32, 32000, 1024, "bfloat16", _H100, prefill_pass=False),
+    "h100-8b-prefill": Preset(96, 8192, 256, "bfloat16", _H100),
 }
 
 
@@ -74,33 +78,66 @@ def model_dir(preset: str, root: Path) -> Path:
     return path
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    """Run one configuration in this process (called in a fresh subprocess)."""
+def start_engine(preset_name: str, settings: dict | None, model_root: str):
+    """An in-process LLM for the preset with kvcomp `settings` (None: vanilla); also the model config
+    and the KV bytes of one token over all layers."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from statistics import mean
-
     import torch
     from transformers import AutoConfig
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
+
+    preset = PRESETS[preset_name]
+    model = model_dir(preset_name, Path(model_root))
+    config = AutoConfig.from_pretrained(model)
+    dtype_bytes = torch.empty(0, dtype=getattr(torch, preset.dtype)).element_size()
+    token_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
+    engine = dict(preset.engine, max_model_len=preset.prompt_len + preset.output_len)
+    if preset.pool_requests:
+        engine["kv_cache_memory_bytes"] = preset.pool_requests * engine["max_model_len"] * token_bytes
+    llm = LLM(model=str(model), dtype=preset.dtype, seed=0, additional_config={"kvcomp": settings} if settings else {}, **engine)
+    return llm, config, token_bytes, engine
+
+
+def make_prompts(preset: Preset, requests: int, vocab_size: int) -> list[list[int]]:
+    """`requests` random prompts of the preset's length (seeded: every configuration gets the same)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(100, vocab_size - 100, (preset.prompt_len,), generator=g).tolist() for _ in range(requests)]
+
+
+def run_isolated(script: str, argv: list[str], name: str, settings: dict | None) -> dict:
+    """Run `script argv --one name` in a fresh process set up for kvcomp `settings` (None: vanilla vLLM,
+    plugins off); returns its result."""
+    env = dict(os.environ)
+    if settings is None:
+        env["VLLM_PLUGINS"] = ""
+    elif settings["policy"] != "full":
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # kvcomp's hooks live in vLLM's V1 runner
+    proc = subprocess.run([sys.executable, script, *argv, "--one", name], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    print(f"{name}: done", file=sys.stderr)
+    return json.loads(proc.stdout.split("RESULT")[-1])
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    """Run one configuration in this process (called in a fresh subprocess)."""
+    from statistics import mean
+
+    from vllm import SamplingParams
 
     from kvcomp_vllm.testing.engine import drive, scheduler_of
 
     preset = PRESETS[args.preset]
-    model = model_dir(args.preset, Path(args.model_root))
-    config = AutoConfig.from_pretrained(model)
-    dtype_bytes = torch.empty(0, dtype=getattr(torch, preset.dtype)).element_size()
-    token_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
     settings = POLICIES[name]
-    engine = dict(preset.engine, max_model_len=preset.prompt_len + preset.output_len)
-    if preset.pool_requests:
-        engine["kv_cache_memory_bytes"] = preset.pool_requests * engine["max_model_len"] * token_bytes
-    if settings and settings["policy"] != "full":
-        engine["enforce_eager"] = True  # compression runs eagerly in this release
-    llm = LLM(model=str(model), dtype=preset.dtype, seed=0, additional_config={"kvcomp": settings} if settings else {}, **engine)
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(100, config.vocab_size - 100, (preset.prompt_len,), generator=g).tolist() for _ in range(preset.requests)]
+    llm, config, token_bytes, engine = start_engine(args.preset, settings, args.model_root)
+    requests = args.requests or preset.requests
+    prompts = make_prompts(preset, requests, config.vocab_size)
     greedy = dict(temperature=0, ignore_eos=True)
-    prefill = drive(llm, prompts, SamplingParams(max_tokens=1, **greedy), progress=args.progress)
+    prefill_s = 0.0
+    if preset.prefill_pass:
+        prefill_s = drive(llm, prompts, SamplingParams(max_tokens=1, **greedy), progress=args.progress).seconds
     full = drive(llm, prompts, SamplingParams(max_tokens=preset.output_len, **greedy), progress=args.progress)
     scheduler = scheduler_of(llm)
     groups = scheduler.kv_cache_config.kv_cache_groups
@@ -118,10 +155,13 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         "kv_kib_per_request": mean(kib),
         "capacity_requests": pool_tokens * token_bytes / 1024 / mean(kib),
         "peak_running": full.peak_running,
-        "prefill_s": prefill.seconds,
-        "decode_s": full.seconds - prefill.seconds,
+        "requests": requests,
+        "prefill_s": prefill_s,
+        "decode_s": full.seconds - prefill_s,
         "total_s": full.seconds,
         "output_tok_s": out_tokens / full.seconds,
+        "decode_only_tok_s": full.decode_tok_s,
+        "decode_only_batch": full.decode_tokens / max(full.decode_steps, 1),
         "preemptions": full.preemptions,
         "blocks_leaked": full.free_blocks_before - full.free_blocks_after,
     }
@@ -130,14 +170,15 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 def table(rows: list[dict]) -> str:
     head = (
         "| config | pool tokens | KV MiB / request | capacity (requests) | peak running | prefill s | decode s "
-        "| output tok/s | preemptions |"
+        "| output tok/s | decode-only tok/s (mean batch) | preemptions |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} | "
             f"{r['capacity_requests']:.1f} | {r['peak_running']} | "
-            f"{r['prefill_s']:.2f} | {r['decode_s']:.2f} | {r['output_tok_s']:.1f} | {r['preemptions']} |"
+            f"{r['prefill_s']:.2f} | {r['decode_s']:.2f} | {r['output_tok_s']:.1f} | "
+            f"{r['decode_only_tok_s']:.1f} ({r['decode_only_batch']:.1f}) | {r['preemptions']} |"
         )
     return "\n".join(lines)
 
@@ -149,30 +190,20 @@ def main() -> None:
     parser.add_argument("--model-root", default=".cache")
     parser.add_argument("--out", default=str(RESULTS), help="folder for <preset>.json and <preset>.md")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    parser.add_argument("--requests", type=int, help="requests in the batch (default: the preset's)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print("RESULT" + json.dumps(run_one(args.one, args)))
         return
-    rows = []
-    for name in args.configs.split(","):
-        env = dict(os.environ)
-        if name == "vanilla":
-            env["VLLM_PLUGINS"] = ""
-        elif POLICIES[name]["policy"] != "full":
-            env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # kvcomp's hooks live in vLLM's V1 runner
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", name], env=env, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.split("RESULT")[-1]))
-        print(f"{name}: done", file=sys.stderr)
+    rows = [run_isolated(__file__, sys.argv[1:], name, POLICIES[name]) for name in args.configs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/policies.py " + " ".join(sys.argv[1:])
     (out / f"{args.preset}.json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=2))
     p = PRESETS[args.preset]
     text = (
-        f"{table(rows)}\n\nCommand: `{command.strip()}`; {p.requests} requests x ({p.prompt_len} in, {p.output_len} out), "
+        f"{table(rows)}\n\nCommand: `{command.strip()}`; {args.requests or p.requests} requests x ({p.prompt_len} in, {p.output_len} out), "
         f"{p.dtype}.\n"
     )
     (out / f"{args.preset}.md").write_text(text)

@@ -24,6 +24,14 @@ class EngineRun:
     free_blocks_after: int = 0
     preemptions: int = 0
     seconds: float = 0.0
+    decode_steps: int = 0  # steps that scheduled one token for each request and no prompt tokens
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Output tokens per second over decode-only steps (the steady state that KV size limits)."""
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
 def scheduler_of(llm):
@@ -59,7 +67,18 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> Engi
         run.preemptions += 1
         return preempt(*args, **kwargs)
 
+    schedule = scheduler.schedule
+    last = {}
+
+    def recording_schedule(*args, **kwargs):
+        out = schedule(*args, **kwargs)
+        one_each = out.total_num_scheduled_tokens == len(out.num_scheduled_tokens)
+        last["decode_only"] = bool(out.num_scheduled_tokens) and one_each and not out.scheduled_new_reqs
+        last["tokens"] = out.total_num_scheduled_tokens
+        return out
+
     scheduler._preempt_request = counting_preempt
+    scheduler.schedule = recording_schedule
     ids = [f"req-{i}" for i in range(len(prompts))]
     start = time.perf_counter()
     try:
@@ -68,7 +87,13 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> Engi
             engine.add_request(req_id, {"prompt_token_ids": prompt}, sampling)
         bar = tqdm(total=len(ids), disable=not progress, desc="requests")
         while engine.has_unfinished_requests():
-            for out in engine.step():
+            step_start = time.perf_counter()
+            outputs = engine.step()
+            if last.pop("decode_only", False):
+                run.decode_steps += 1
+                run.decode_tokens += last["tokens"]
+                run.decode_seconds += time.perf_counter() - step_start
+            for out in outputs:
                 if out.finished:
                     completion = out.outputs[0]
                     run.tokens[out.request_id] = list(completion.token_ids)
@@ -84,7 +109,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> Engi
                     run.first_decode_blocks[req_id] = blocks_held(scheduler, request.request_id)
         bar.close()
     finally:
-        del scheduler._preempt_request
+        del scheduler._preempt_request, scheduler.schedule
     run.seconds = time.perf_counter() - start
     run.free_blocks_after = pool.get_num_free_blocks()
     run.tokens = {i: run.tokens[i] for i in ids}
