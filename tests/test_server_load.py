@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import random
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -157,50 +155,10 @@ class Load:
         return [(job, reply) for job, reply in self.replies if job.kind == kind]
 
 
-# Stand-in for backend.py's timing call sites until it has them (delete it then): a vLLM general
-# plugin, found on PYTHONPATH, that times planning as scoring and each layer's compaction call.
-TIMING_PROBE = """
-from kvcomp_vllm.vllm_integration.timing import timed
-
-
-def register():
-    from kvcomp_vllm.policies import RequestCompressor
-    from kvcomp_vllm.vllm_integration.backend import CompressingAttention
-    from kvcomp_vllm.vllm_integration.compat import patch
-    from kvcomp_vllm.vllm_integration.worker import worker_state
-
-    def plan(original):
-        def timed_plan(self, *args, **kwargs):
-            with timed("scoring", self.policy.name):
-                return original(self, *args, **kwargs)
-        return timed_plan
-
-    def compact(original):
-        def timed_compact(self, *args, **kwargs):
-            with timed("compaction", worker_state().policy.name):
-                return original(self, *args, **kwargs)
-        return timed_compact
-
-    patch(RequestCompressor, "plan", plan)
-    patch(CompressingAttention, "_compact", compact)
-"""
-
-
-def timing_probe(folder: Path) -> Path:
-    """A folder holding the probe as an installed vLLM general plugin."""
-    (folder / "kvcomp_timing_probe.py").write_text(TIMING_PROBE)
-    info = folder / "kvcomp_timing_probe-0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kvcomp-timing-probe\nVersion: 0.0\n")
-    (info / "entry_points.txt").write_text("[vllm.general_plugins]\nkvcomp_timing_probe = kvcomp_timing_probe:register\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("load")
-    path = os.pathsep.join(p for p in (str(timing_probe(folder)), os.environ.get("PYTHONPATH")) if p)
-    with serve(tiny_llama_dir, *ARGS, log=folder / "serve.log", env={"PYTHONPATH": path}) as url:
+    with serve(tiny_llama_dir, *ARGS, log=folder / "serve.log") as url:
         yield url, folder / "serve.log"
 
 

@@ -21,6 +21,7 @@ from ..cache_layout import MemberLayout, move_sources
 from ..policies import PromptView
 from .compat import extract_layer_index, layer_context
 from .kv_spec import CompressedAttentionSpec
+from .timing import timed
 from .worker import RowSpan, WorkerCompression, worker_state
 
 
@@ -117,7 +118,8 @@ class CompressingAttention:
             plan = None
             if request.evicted[tier] > 0:
                 view = self._prompt_view(state, span, layer_idx, query, key_cache, metadata.block_table[span.row])
-                plan = request.compressor.plan(layer_idx, view)
+                with timed("scoring", request.compressor.policy.name, key_cache.device):
+                    plan = request.compressor.plan(layer_idx, view)
             request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
             if plan is None or plan.keep is None:
                 continue
@@ -128,7 +130,9 @@ class CompressingAttention:
                 start, count = request.compressor.policy.distant_span(request.prompt_len)
                 request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
             request.compacted = True
-        if rows:
+        if not rows:
+            return
+        with timed("compaction", state.policy.name, key_cache.device):  # one move for requests of any policy
             width = max(s.shape[-1] for s in sources)
             padded = torch.full((len(rows), *sources[0].shape[:2], width), -1, dtype=torch.int32, device=key_cache.device)
             for i, s in enumerate(sources):
