@@ -37,6 +37,7 @@ def run_engine(name: str, args: argparse.Namespace) -> dict:
         for budget in budgets if ENGINES[name] else [1.0]:
             extra = {} if policy == "vanilla" else {"extra_args": {"kvcomp": {"policy": policy, "budget": budget}}}
             params = SamplingParams(max_tokens=preset.output_len, temperature=0, ignore_eos=True, **extra)
+            drive(llm, prompts[:2], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True, **extra))  # warm-up: JIT
             run = drive(llm, prompts, params)
             out_tokens = sum(len(t) for t in run.tokens.values())
             points.append({"policy": policy, "budget": budget, "output_tok_s": out_tokens / run.seconds,
@@ -63,6 +64,9 @@ def plot(points: list[dict], path: Path, title: str) -> None:
             else:
                 ax.plot(*zip(*mine), marker="o", label=policy)
         ax.set_xscale("log")
+        ticks = sorted({p["budget"] * 100 for p in points if p["policy"] != "vanilla"})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("KV budget (% of the prompt)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
