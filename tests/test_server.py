@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from kvcomp_vllm.testing.server import serve, vllm_command
+from kvcomp_vllm.testing.server import metric_samples, serve, vllm_command
 
 pytestmark = pytest.mark.vllm
 
@@ -77,21 +77,10 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
         ok, _, applied = post_status(url + "/v1/chat/completions", chat)  # no override: the server's settings
         assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32"
-        with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-            metrics = metric_values(response.read().decode())
+        metrics = metric_samples(url)
     assert metrics['vllm:kvcomp_requests_total{policy="snapkv"}'] == 1
     assert metrics['vllm:kvcomp_requests_total{policy="pyramid"}'] == 2
     snap_kept = metrics['vllm:kvcomp_prompt_tokens_total{outcome="kept",policy="snapkv"}']
     snap_evicted = metrics['vllm:kvcomp_prompt_tokens_total{outcome="evicted",policy="snapkv"}']
     assert snap_kept == 4 * 64 and snap_kept + snap_evicted == 4 * prompt_len
     assert metrics['vllm:kvcomp_kv_blocks_saved_total{policy="snapkv"}'] > 0
-
-
-def metric_values(text: str) -> dict[str, float]:
-    """Sample lines of a Prometheus text exposition, keyed by name and labels as written."""
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values

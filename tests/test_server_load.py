@@ -24,7 +24,7 @@ import pytest
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.config import request_config
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.server import serve
+from kvcomp_vllm.testing.server import metric_samples, serve
 
 pytestmark = pytest.mark.vllm
 
@@ -214,18 +214,6 @@ def test_every_bad_request_gets_400_naming_the_problem(load):
     for job, reply in bad:
         assert reply.status == 400, (job.expect, reply.body)
         assert job.expect in reply.body["error"]["message"], reply.body
-
-
-def metric_samples(url: str) -> dict[str, float]:
-    """/metrics samples keyed by name and labels as written."""
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -58,3 +58,15 @@ def serve(model: str | Path, *args: str, timeout: float = 240.0, log: Path | Non
             proc.kill()
         if log:
             out.close()
+
+
+def metric_samples(url: str) -> dict[str, float]:
+    """The server's /metrics samples, keyed by name and labels as written."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
