@@ -41,7 +41,7 @@ RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir --no-deps 
     && python3 -c "import importlib.metadata as m; \
 assert 'kvcomp' in {e.name for e in m.entry_points(group='vllm.general_plugins')}"
 RUN useradd --create-home --uid 10001 --user-group kvcomp
-# kvcomp's CUDA hooks live in vLLM's V1 model runner; the entrypoint adds --enforce-eager.
+# kvcomp's CUDA hooks live in vLLM's V1 model runner (CUDA graphs stay on; ENFORCE_EAGER=1 turns them off).
 ENV HOME=/home/kvcomp \
     HF_HOME=/home/kvcomp/.cache/huggingface \
     PORT=8000 \

@@ -8,8 +8,9 @@
 #   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE
 #                   the matching --kv-* policy parameters
 #   HOST, PORT      where the server listens (0.0.0.0, 8000); the health check reads PORT too
-#   ENFORCE_EAGER   1 (default) adds --enforce-eager, which compressing policies need on CUDA;
-#                   0 leaves it out (e.g. policy full with CUDA graphs)
+#   ENFORCE_EAGER   1 adds --enforce-eager (CUDA graphs off); unset or 0 (default) leaves vLLM's
+#                   CUDA graphs on, which every policy runs with. A --enforce-eager or
+#                   --no-enforce-eager among the arguments wins and is passed through once.
 #
 # Arguments after the model pass through to `vllm serve` unchanged; as later flags they win.
 set -euo pipefail
@@ -41,11 +42,16 @@ for name in POLICY BUDGET WINDOW KERNEL POOLING BETA SINK RECENT GROUP_SIZE WIND
   fi
 done
 
-if [[ "${ENFORCE_EAGER:-1}" == 1 ]]; then
-  case " $* " in
-    *" --enforce-eager "* | *" --no-enforce-eager "*) ;;  # the caller decided
-    *) args+=(--enforce-eager) ;;
-  esac
+if [[ "${ENFORCE_EAGER:-0}" == 1 ]]; then
+  eager=1
+  for arg in "$@"; do
+    if [[ "$arg" == --enforce-eager || "$arg" == --no-enforce-eager ]]; then
+      eager=0  # the caller decided; their flag passes through as it is
+    fi
+  done
+  if [[ $eager == 1 ]]; then
+    args+=(--enforce-eager)
+  fi
 fi
 
 exec vllm "${args[@]}" "$@"

@@ -61,8 +61,7 @@ def test_entrypoint_turns_env_into_serve_args(tmp_path):
         "pyramid",
         "--kv-budget",
         "0.1",
-        "--enforce-eager",
-    ]
+    ]  # no --enforce-eager: CUDA graphs stay on by default
 
 
 def test_entrypoint_covers_every_kv_flag_of_the_plugin(tmp_path, engine_args):
@@ -104,11 +103,15 @@ def test_model_argument_comes_first_and_extra_args_pass_through_last(tmp_path):
     assert got[-2:] == ["--max-model-len", "4096"] and got.index("--kv-policy") < got.index("--max-model-len")
 
 
-def test_enforce_eager_is_added_unless_the_caller_decides(tmp_path):
-    assert "--enforce-eager" not in argv(tmp_path, MODEL="m", ENFORCE_EAGER="0")
-    got = argv(tmp_path, "m", "--no-enforce-eager")
-    assert got.count("--no-enforce-eager") == 1 and "--enforce-eager" not in got
+def test_enforce_eager_is_opt_in_and_the_callers_flag_wins(tmp_path):
+    for default in (argv(tmp_path, MODEL="m", KV_POLICY="snapkv"), argv(tmp_path, MODEL="m", ENFORCE_EAGER="0")):
+        assert "--enforce-eager" not in default and "--no-enforce-eager" not in default
+    assert argv(tmp_path, MODEL="m", KV_POLICY="pod", ENFORCE_EAGER="1").count("--enforce-eager") == 1
     assert argv(tmp_path, "m", "--enforce-eager").count("--enforce-eager") == 1
+    both = argv(tmp_path, "m", "--enforce-eager", ENFORCE_EAGER="1")
+    assert both.count("--enforce-eager") == 1 and both[-1] == "--enforce-eager"
+    got = argv(tmp_path, "m", "--no-enforce-eager", ENFORCE_EAGER="1")
+    assert got.count("--no-enforce-eager") == 1 and "--enforce-eager" not in got
 
 
 def test_entrypoint_without_a_model_stops_with_a_message(tmp_path):

@@ -93,7 +93,8 @@ def test_serve_args_carry_the_model_and_the_policy(tmp_path):
     assert flag(args, "--kv-policy") == "pyramid" and flag(args, "--kv-budget") == "0.1"
     assert flag(args, "--kv-window") == "16" and flag(args, "--kv-beta") == "10"
     assert flag(args, "--kv-pooling") == "max" and flag(args, "--max-model-len") == "32768"
-    assert "--enforce-eager" in args and env(m)["VLLM_USE_V2_MODEL_RUNNER"]["value"] == "0"
+    assert env(m)["VLLM_USE_V2_MODEL_RUNNER"]["value"] == "0"  # kvcomp's CUDA hooks are in the V1 runner
+    assert "--enforce-eager" not in args and "--no-enforce-eager" not in args  # CUDA graphs stay on
     assert container(m)["image"] == "kvcomp-vllm:0.1.0"
 
 
@@ -242,7 +243,7 @@ def test_gpus_tensor_parallelism_and_scheduling(tmp_path):
             "tensorParallelSize: 4 workers need 4 GPUs per pod, but gpu.count is 2",
         ),
         ({"tensorParallelSize": 0}, "tensorParallelSize: must be an integer >= 1, got 0"),
-        ({"enforceEager": False}, "enforceEager: kv policy 'snapkv' on CUDA needs --enforce-eager"),
+        ({"extraArgs": ["--enforce-eager"]}, "extraArgs: --enforce-eager is set by the chart: use enforceEager"),
         ({"model": ""}, "model: set the model to serve"),
         ({"extraArgs": ["--kv-budget", "9"]}, "extraArgs: --kv-budget is set by the chart, which checks it"),
         ({"extraArgs": ["--port=1"]}, "extraArgs: --port is set by the chart: use containerPort"),
@@ -262,9 +263,19 @@ def test_values_vllm_would_refuse_fail_with_a_clear_message(tmp_path, values, me
 
 
 def test_what_vllm_accepts_renders(tmp_path):
-    render(tmp_path, {"enforceEager": False, "kvPolicy": "full", "kvBudget": None})  # CUDA graphs for full
-    render(tmp_path, {"enforceEager": False, "gpu": {"count": 0}})  # the CPU image needs no eager mode
+    render(tmp_path, {"enforceEager": False, "kvPolicy": "full", "kvBudget": None})
+    render(tmp_path, {"enforceEager": False, "gpu": {"count": 0}})  # the CPU image
     render(tmp_path, {"kvPolicy": "", "kvBudget": None, "kvPreset": "pod-35pct"})
+
+
+@pytest.mark.parametrize("policy, budget", [("snapkv", 0.25), ("pod", None)])
+def test_compressing_policies_run_with_cuda_graphs_unless_enforce_eager(tmp_path, policy, budget):
+    values = {"kvPolicy": policy, "kvBudget": budget, "gpu": {"count": 1}}
+    graphs = container(render(tmp_path, values))["args"]  # no template-time rule demands eager mode
+    assert "--enforce-eager" not in graphs and "--no-enforce-eager" not in graphs
+    eager = container(render(tmp_path, {**values, "enforceEager": True}))["args"]
+    assert eager.count("--enforce-eager") == 1 and "--no-enforce-eager" not in eager
+    assert eager.index("--enforce-eager") > eager.index("--kv-policy")
 
 
 # ---- the chart's kvcomp rules against KVPolicyConfig ------------------------------------------------

@@ -106,10 +106,6 @@ left to values.schema.json.
 {{- if gt (int64 $tp) (max $gpus 1) -}}
   {{- fail (printf "tensorParallelSize: %d workers need %d GPUs per pod, but gpu.count is %d" (int64 $tp) (int64 $tp) $gpus) -}}
 {{- end -}}
-{{- $policy := (include "kvcomp-vllm.kv" . | fromJson).settings.policy | default "full" -}}
-{{- if and (gt $gpus 0) (ne $policy "full") (not $v.enforceEager) -}}
-  {{- fail (printf "enforceEager: kv policy '%s' on CUDA needs --enforce-eager in this release (set enforceEager: true, or kvPolicy: full)" $policy) -}}
-{{- end -}}
 {{- $owned := dict "--port" "containerPort" "--host" "the image (0.0.0.0)" "--api-key" "apiKey.existingSecret"
     "--kv-config" "kvPreset" "--tensor-parallel-size" "tensorParallelSize" "-tp" "tensorParallelSize"
     "--enforce-eager" "enforceEager" "--no-enforce-eager" "enforceEager" "--max-model-len" "maxModelLen"
