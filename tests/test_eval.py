@@ -138,7 +138,8 @@ def test_tiny_suite_full_equals_reference_and_is_deterministic(tiny_llama_dir, t
         for sample, output in zip(samples, outputs, strict=True):
             ref = generate(model, list(sample.prompt_ids), config, sample.max_tokens, tokenizer.eos_token_id)
             text = tokenizer.decode(ref.tokens, skip_special_tokens=True)
-            assert output == text, (setting, sample.task)
+            # vLLM's detokenizer holds back a trailing incomplete UTF-8 sequence that decode() shows as U+FFFD.
+            assert output == text.removesuffix("\ufffd"), (setting, sample.task)
             reference_rows.append(dict(setting=setting, policy=config.policy, budget=config.budget,
                                        task=sample.task, correct=check_answer(text, sample.answer)))
     assert summarize(reference_rows) == [r for r in first["summary"] if r["setting"] in ("full", "snapkv@25%")]
