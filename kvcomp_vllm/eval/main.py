@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--concurrency", type=int, default=8, help="server mode: requests in flight")
     a("--dtype", default="auto")
     a("--max-model-len", type=int, default=None, help="default: the longest prompt plus 64")
+    a("--kv-cache-gib", type=float, default=None,
+      help="fixed KV cache size (vLLM's kv_cache_memory_bytes) instead of a memory share; on CPU this also "
+           "skips vLLM's start-up check that 92%% of RAM is free, which fails on a shared machine")
     a("--pod-group-size", type=int, default=2, help="pod: layers sharing one key (must divide the layer count)")
     a("--no-plots", action="store_true")
     a("--quiet", action="store_true", help="no progress bars")
@@ -62,7 +65,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         engine = ServerEngine(args.server, concurrency=args.concurrency)
     else:
         max_len = args.max_model_len or max(args.lengths) + 64
-        engine = OfflineEngine(args.model, dtype=args.dtype, max_model_len=max_len)
+        gib = getattr(args, "kv_cache_gib", None)  # callers may build the Namespace themselves
+        extra = {} if gib is None else {"kv_cache_memory_bytes": int(gib * 2**30)}
+        engine = OfflineEngine(args.model, dtype=args.dtype, max_model_len=max_len, **extra)
     texts = engine.run(samples, settings, progress=not args.quiet)
     rows = report.records(samples, settings, texts)
     summary = report.summarize(rows)
