@@ -18,11 +18,11 @@ POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
 
 # Which parameters each policy reads. Setting one a policy does not read is an error rather than a
 # silent no-op, so a request is never served with different settings than it asked for.
-_SELECTION = {"budget", "window"}
+_SELECTION = {"budget", "window", "prefill_chunk"}
 _POOLED = _SELECTION | {"kernel", "pooling"}
 POLICY_FIELDS: dict[str, frozenset[str]] = {
     "full": frozenset(),
-    "streaming": frozenset({"budget", "sink"}),
+    "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
     "snapkv": frozenset(_POOLED),
     "pyramid": frozenset(_POOLED | {"beta"}),
     "windowkv": frozenset(
@@ -57,6 +57,12 @@ class KVPolicyConfig(BaseModel):
     window_sizes: tuple[int, int] = Field(
         (8, 32), description="windowkv auto: (size for spread attention, size for concentrated attention)"
     )
+    prefill_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="compress every this many prompt tokens during prefill (peak cache: budget + "
+        "prefill_chunk per layer), so prompts longer than the KV pool fit; unset: once, after the prompt",
+    )
     concentration_threshold: float = Field(
         0.5, gt=0.0, lt=1.0, description="windowkv auto: attention mass in the top 5% tokens that counts as concentrated"
     )
@@ -77,6 +83,11 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(f"kernel: must be odd so pooling keeps positions centred, got {self.kernel}")
         if isinstance(self.window_size, int) and self.window_size < 1:
             raise ValueError(f"window_size: must be 'auto' or an integer >= 1, got {self.window_size}")
+        if self.prefill_chunk is not None and "window" in POLICY_FIELDS[self.policy] and self.prefill_chunk < self.window:
+            raise ValueError(
+                f"prefill_chunk: {self.prefill_chunk} tokens is less than window ({self.window}); each "
+                "chunk's last queries score its compression"
+            )
         if min(self.window_sizes) < 1:
             raise ValueError(f"window_sizes: both sizes must be >= 1, got {self.window_sizes}")
         return self
@@ -119,7 +130,7 @@ class KVPolicyConfig(BaseModel):
 
     def describe(self) -> str:
         """One line naming the policy and the parameters it reads, for logs and responses."""
-        params = {k: getattr(self, k) for k in sorted(POLICY_FIELDS[self.policy])}
+        params = {k: getattr(self, k) for k in sorted(POLICY_FIELDS[self.policy]) if getattr(self, k) is not None}
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 

@@ -2,9 +2,10 @@
 
 It is the oracle the vLLM integration must match token for token, so it favours obviousness over
 speed: batch size one, eager attention written out below, and compaction through
-`policies.apply_plan`. Prefill attends over the whole prompt; at the end of prefill every layer
-plans from its prompt keys and last-window queries and its cache is replaced by what it keeps.
-Decode steps then attend over the compacted cache, with new tokens at their true positions.
+`policies.apply_plan`. Prefill runs up to each compression point (the prompt's end, and every
+`prefill_chunk` tokens when set); there every layer plans from its cached keys and the segment's
+last-window queries, and its cache is replaced by what it keeps. Decode steps then attend over the
+compacted cache, with new tokens at their true positions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class _Run:
 
     compressor: RequestCompressor
     cache: object
+    prompt_len: int
     compress: bool = True
     kept: dict[int, int] = field(default_factory=dict)
 
@@ -42,7 +44,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     out = causal_attention(query, key, value, scale)
     if run.compress:
         layer = module.layer_idx
-        plan = run.compressor.plan(layer, PromptView.dense(key[0], query[0], scale))
+        plan = run.compressor.plan(layer, PromptView.dense(key[0], query[0], scale, context_len=run.prompt_len))
         owner = None if plan.key_owner is None else run.cache.layers[plan.key_owner].keys[0]
         k, v = apply_plan(plan, key[0], value[0], owner_keys=owner)
         run.cache.layers[layer].keys, run.cache.layers[layer].values = k[None], v[None]
@@ -72,7 +74,7 @@ def generate(
     eos_token_id: int | None = None,
     forced: list[int] | None = None,
 ) -> ReferenceOutput:
-    """Greedy-decode `max_new_tokens` after `prompt` with `config`'s policy applied after prefill.
+    """Greedy-decode `max_new_tokens` after `prompt` with `config`'s policy applied during prefill.
 
     With `forced`, those tokens are fed instead of the argmax (teacher forcing), so another
     engine's output can be scored step by step against this reference's distribution.
@@ -82,15 +84,26 @@ def generate(
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     num_layers = model.config.num_hidden_layers
     cache = DynamicCache(config=model.config)
-    run = _Run(RequestCompressor(make_policy(config, num_layers)), cache)
+    policy = make_policy(config, num_layers)
+    run = _Run(RequestCompressor(policy), cache, len(prompt))
     token = _ACTIVE.set(run)
+
+    def forward(ids: list[int], start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + len(ids), device=model.device)[None]
+        ids = torch.tensor([ids], device=model.device)
+        return model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
+
     try:
-        ids = torch.tensor([prompt], device=model.device)
-        positions = torch.arange(len(prompt), device=model.device)[None]
+        start = 0
+        while start < len(prompt):
+            end = policy.next_compression_point(len(prompt), start)
+            logits = forward(prompt[start:end], start)
+            start = end
+        run.compress = False
         tokens, logprobs, best = [], [], []
         for step in range(len(forced) if forced is not None else max_new_tokens):
-            logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
-            run.compress = False
+            if step:
+                logits = forward([tokens[-1]], len(prompt) + step - 1)
             logp = logits[0, -1].float().log_softmax(-1)
             nxt = int(logp.argmax()) if forced is None else forced[step]
             tokens.append(nxt)
@@ -98,8 +111,6 @@ def generate(
             best.append(float(logp.max()))
             if nxt == eos_token_id:
                 break
-            ids = torch.tensor([[nxt]], device=model.device)
-            positions = torch.tensor([[len(prompt) + step]], device=model.device)
     finally:
         _ACTIVE.reset(token)
     return ReferenceOutput(tokens, logprobs, best, [run.kept[layer] for layer in range(num_layers)])

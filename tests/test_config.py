@@ -45,7 +45,7 @@ def test_budget_required_for_selection_policies():
 def test_parameter_of_another_policy_is_rejected():
     text = error_text(policy="snapkv", budget=64, beta=10)
     assert "beta: not a parameter of policy 'snapkv'" in text
-    assert "budget, kernel, pooling, window" in text
+    assert "budget, kernel, pooling, prefill_chunk, window" in text
     assert "budget: not a parameter of policy 'full'" in error_text(policy="full", budget=0.1)
 
 

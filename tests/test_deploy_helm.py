@@ -289,6 +289,7 @@ PARAMS = {
     "recent": 64,
     "group_size": 2,
     "window_size": 16,
+    "prefill_chunk": 512,
 }
 BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5}
 # Each case: KVPolicyConfig fields, plus "preset" for --kv-config. One fault at most per case.
@@ -327,6 +328,12 @@ CASES = [
     {"policy": "windowkv", "budget": 0.1, "window_size": 0},
     {"policy": "windowkv", "budget": 0.1, "window_size": "auto"},
     {"policy": "windowkv", "budget": 0.1, "window_size": "big"},
+    {"policy": "snapkv", "budget": 64, "prefill_chunk": 31},
+    {"policy": "snapkv", "budget": 64, "prefill_chunk": 32},
+    {"policy": "pyramid", "budget": 0.1, "window": 8, "prefill_chunk": 8},
+    {"policy": "streaming", "budget": 64, "prefill_chunk": 1},
+    {"policy": "streaming", "budget": 64, "prefill_chunk": 0},
+    {"policy": "pod", "prefill_chunk": 256},
     *({"preset": p.stem} for p in sorted((ROOT / "configs").glob("*.yaml"))),
     {"preset": "pyramid-10pct", "budget": 16},
     {"preset": "pyramid-10pct", "budget": 16, "window": 8},

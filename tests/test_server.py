@@ -84,3 +84,19 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
     snap_evicted = metrics['vllm:kvcomp_prompt_tokens_total{outcome="evicted",policy="snapkv"}']
     assert snap_kept == 4 * 64 and snap_kept + snap_evicted == 4 * prompt_len
     assert metrics['vllm:kvcomp_kv_blocks_saved_total{policy="snapkv"}'] > 0
+
+
+def test_server_with_prefill_chunk_serves_prompts_longer_than_its_kv_pool(tiny_llama_dir):
+    # 24 usable blocks of 32 tokens: 768 per layer, against a max_model_len of 4096.
+    args = ("--kv-policy", "snapkv", "--kv-budget", "64", "--kv-prefill-chunk", "96", "--dtype", "float32",
+            "--max-model-len", "4096", "--num-gpu-blocks-override", "25", "--block-size", "32", "--enforce-eager")
+    prompt = [5 + (i * 7919) % 900 for i in range(3000)]
+    with serve(tiny_llama_dir, *args) as url:
+        base = {"model": str(tiny_llama_dir), "prompt": prompt, "temperature": 0}
+        status, body, _ = post_status(url + "/v1/completions", {**base, "max_tokens": 8})
+        assert status == 200 and body["usage"] == {**body["usage"], "prompt_tokens": 3000, "completion_tokens": 8}
+        status, body, _ = post_status(url + "/v1/completions", {**base, "max_tokens": 800})
+        assert status == 400 and "needs 27 KV cache blocks at its peak" in body["error"]["message"]
+        chat = {"model": base["model"], "messages": [{"role": "user", "content": "hi " * 300}], "temperature": 0}
+        status, body, _ = post_status(url + "/v1/chat/completions", chat)  # default max_tokens: the rest of the context
+        assert status == 400 and "more than the 24 blocks of the KV pool" in body["error"]["message"]

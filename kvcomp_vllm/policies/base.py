@@ -2,6 +2,9 @@
 
 Policies are pure torch. They see one request's layer at a time through a `PromptView`: its prompt
 length and, on demand, the observation-window scores of its prompt keys (RoPE applied, as cached).
+With `prefill_chunk` set, the cache is compressed every that many prompt tokens and at the prompt's
+end; each view then holds what the cache kept so far plus the new tokens, and budgets stay those
+of the whole prompt (`PromptView.context_len`), so the cache never outgrows budget + chunk.
 The reference generator computes those from dense tensors; the vLLM backend from the paged cache
 (a Triton kernel on GPU), and only for policies that ask. Callers go through `RequestCompressor`,
 which also handles layers that reuse another layer's plan.
@@ -25,17 +28,25 @@ class PromptView:
 
     `scores(w)` gives the attention the last `w` prompt queries pay each of the first
     `prompt_len - w` tokens, `[num_kv_heads, prompt_len - w]` (see `scoring.observation_scores`).
+    `context_len` is the whole prompt's length when the view is a compression round inside it.
     """
 
     prompt_len: int
     num_kv_heads: int
     device: torch.device
     scores: Callable[[int], torch.Tensor]
+    context_len: int | None = None
+
+    @property
+    def budget_len(self) -> int:
+        """Prompt length the layer budgets are computed for."""
+        return self.prompt_len if self.context_len is None else self.context_len
 
     @classmethod
-    def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float) -> PromptView:
+    def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float, context_len: int | None = None) -> PromptView:
         """From prompt keys `[num_kv_heads, n, d]` and the last queries `[num_heads, >= window, d]`."""
-        return cls(keys.shape[1], keys.shape[0], keys.device, lambda w: observation_scores(keys, queries[:, -w:], scale))
+        scores = lambda w: observation_scores(keys, queries[:, -w:], scale)  # noqa: E731
+        return cls(keys.shape[1], keys.shape[0], keys.device, scores, context_len)
 
 
 @dataclass(frozen=True)
@@ -76,9 +87,39 @@ class KVPolicy(ABC):
         floor = self.config.window if "window" in POLICY_FIELDS[self.name] else 1
         return min(prompt_len, max(self.config.resolve_budget(prompt_len), floor))
 
+    def view_budget(self, layer: int, prompt: PromptView) -> int:
+        """Tokens `layer` keeps of those in `prompt`: its budget for the whole prompt, at most all of them."""
+        return min(prompt.prompt_len, self.layer_budget(layer, prompt.budget_len))
+
     def layer_slots(self, layer: int, prompt_len: int) -> int:
         """Cache positions `layer` holds for the prompt after compaction (what its blocks must cover)."""
         return self.layer_budget(layer, prompt_len)
+
+    def next_compression_point(self, prompt_len: int, position: int) -> int:
+        """First prompt position after `position` at which the cache is compressed.
+
+        Points lie every `prefill_chunk` tokens (when set) and at the prompt's end.
+        """
+        chunk = self.config.prefill_chunk
+        return prompt_len if not chunk else min(prompt_len, (position // chunk + 1) * chunk)
+
+    def evicted_after(self, layer: int, prompt_len: int, processed: int) -> int:
+        """Prompt tokens `layer`'s cache has dropped once the first `processed` tokens are processed."""
+        chunk = self.config.prefill_chunk
+        point = prompt_len if processed >= prompt_len else (processed // chunk * chunk if chunk else 0)
+        return point - min(point, self.layer_slots(layer, prompt_len))
+
+    def peak_slots(self, layer: int, prompt_len: int, max_tokens: int) -> int:
+        """Most cache positions `layer` holds at once for this prompt and `max_tokens` generated tokens."""
+        slots = self.layer_slots(layer, prompt_len)
+        decode = slots + max(max_tokens - 1, 0)  # the last token is sampled, never cached
+        chunk = self.config.prefill_chunk
+        if not chunk or prompt_len <= chunk:
+            return max(prompt_len, decode)
+        chunks = -(-prompt_len // chunk)
+        interior = min((chunks - 2) * chunk, slots) + chunk
+        last = min((chunks - 1) * chunk, slots) + prompt_len - (chunks - 1) * chunk
+        return max(interior, last, decode)
 
     def budget_tier(self, layer: int) -> int:
         """Layers of one tier keep the same number of tokens for every prompt (one KV cache group)."""

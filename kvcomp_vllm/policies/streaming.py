@@ -14,7 +14,7 @@ class StreamingPolicy(KVPolicy):
 
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         n = prompt.prompt_len
-        budget = self.layer_budget(layer, n)
+        budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
         sink = min(self.config.sink, budget)

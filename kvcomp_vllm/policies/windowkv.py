@@ -74,7 +74,7 @@ class WindowKVPolicy(KVPolicy):
 
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         n = prompt.prompt_len
-        budget = self.layer_budget(layer, n)
+        budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
         w = min(self.config.window, n)

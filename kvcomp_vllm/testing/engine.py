@@ -20,6 +20,7 @@ class EngineRun:
     logprobs: dict[str, list[float]] = field(default_factory=dict)
     peak_running: int = 0
     first_decode_blocks: dict[str, list[int]] = field(default_factory=dict)  # request -> blocks per KV group
+    peak_blocks: dict[str, int] = field(default_factory=dict)  # request -> most blocks held at once, all groups
     free_blocks_before: int = 0
     free_blocks_after: int = 0
     preemptions: int = 0
@@ -105,6 +106,8 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False) -> Engi
             for request in scheduler.running:
                 # After the first decode step the prompt is compacted and one token appended.
                 req_id = _external_id(request.request_id, ids)
+                held = sum(blocks_held(scheduler, request.request_id))
+                run.peak_blocks[req_id] = max(run.peak_blocks.get(req_id, 0), held)
                 if request.num_output_tokens == 2 and req_id not in run.first_decode_blocks:
                     run.first_decode_blocks[req_id] = blocks_held(scheduler, request.request_id)
         bar.close()

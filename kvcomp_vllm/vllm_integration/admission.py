@@ -4,17 +4,22 @@ A request may carry its own settings in `SamplingParams.extra_args` (`{"kvcomp":
 `kv_<field>` keys; `server_http` puts HTTP body fields there). They are validated against the server's policy and model where vLLM validates
 every request, so a bad override fails that request alone with a clear message, and no request is
 served with other settings than it asked for.
+
+A compressing server may have a `max_model_len` longer than its KV pool holds uncompressed (start-up
+only asks the pool to hold one compressed prompt of that length). Each request's peak footprint
+(prompt, budget, `prefill_chunk` and `max_tokens`) is therefore checked against the pool here, so
+a request that could never fit fails at once rather than waiting forever.
 """
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from ..config import request_config
-from ..policies import incompatibility, make_policy
-from .compat import InputProcessor, patch
+from ..config import POLICY_FIELDS, request_config
+from ..policies import KVPolicy, incompatibility, make_policy
+from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
 from .engine_args import settings_error
-from .settings import request_overrides, server_policy
+from .settings import request_overrides, request_policy, server_policy
 
 
 def check_request(vllm_config, sampling_params) -> None:
@@ -37,6 +42,49 @@ def check_request(vllm_config, sampling_params) -> None:
         raise ValueError(f"kvcomp: {reason}")
 
 
+def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
+    """Blocks a request holds at its peak: each KV group (per tier of the server's policy) has its own."""
+    tiers: dict[int, list[int]] = {}
+    for layer in range(server.num_layers):
+        tiers.setdefault(server.budget_tier(layer), []).append(layer)
+    groups = kv_cache_group_sizes([len(layers) for layers in tiers.values()])
+    return sum(
+        count * cdiv(policy.peak_slots(layers[0], prompt_len, max_tokens), block_size)
+        for count, layers in zip(groups, tiers.values())
+    )
+
+
+def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
+    """Raise `RequestRejected` (a ValueError) where a request's peak KV footprint exceeds the whole pool."""
+    pool = pool_blocks(vllm_config)
+    server = server_policy(vllm_config)
+    if pool is None or server.name == "full" or sampling_params is None:
+        return
+    policy = request_policy(server, sampling_params)
+    max_tokens = sampling_params.max_tokens or 1
+    need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
+    if need <= pool:
+        return
+    hint = "lower max_tokens or the budget"
+    if policy.config.prefill_chunk is None and "prefill_chunk" in POLICY_FIELDS[policy.name]:
+        hint += ", or set prefill_chunk (--kv-prefill-chunk) to compress the prompt while it is read"
+    raise RequestRejected(
+        f"kvcomp: this request needs {need} KV cache blocks at its peak ({prompt_len} prompt tokens under "
+        f"{policy.config.describe()}, max_tokens={max_tokens}), more than the {pool} blocks of the KV pool; {hint}"
+    )
+
+
+def _process_inputs(original):
+    def process_inputs(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        prompt = request.prompt_token_ids
+        if prompt is not None:
+            check_footprint(self.vllm_config, len(prompt), request.sampling_params)
+        return request
+
+    return process_inputs
+
+
 def _validate_params(original):
     def validate_params(self, params, *args, **kwargs):
         result = original(self, params, *args, **kwargs)
@@ -47,5 +95,6 @@ def _validate_params(original):
 
 
 def install_admission_hooks() -> None:
-    """Check per-request settings where vLLM validates every request (idempotent)."""
+    """Check per-request settings and footprints where vLLM validates every request (idempotent)."""
     patch(InputProcessor, "_validate_params", _validate_params)
+    patch(InputProcessor, "process_inputs", _process_inputs)

@@ -1,10 +1,11 @@
-"""Backend-independent parts of kvcomp's attention: shifted `seq_lens`, and compaction at prompt end.
+"""Backend-independent parts of kvcomp's attention: shifted `seq_lens`, and compaction at compression points.
 
 Prefill and decode attention stay the backend's own kernels. The builder mixin shortens each
 compressed request's `seq_lens` by the tokens its tier evicted, so the kernel reads exactly the
-compacted cache. The impl mixin, after a layer's attention over a step in which prompts end, plans
-each such request (observation scores read from the paged cache, only for policies that score) and
-compacts all of them in one batched move. PoD member layers replace their decode output with
+compacted cache. The impl mixin, after a layer's attention over a step in which requests reach a
+compression point (the prompt's end, or every `prefill_chunk` tokens), plans each such request
+(observation scores read from the paged cache, only for policies that score) and compacts all of
+them in one batched move. PoD member layers replace their decode output with
 attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
 member decode are the Triton kernels of `kvcomp_kernels`; elsewhere their torch references.
 """
@@ -71,7 +72,7 @@ class CompressingAttention:
         layer_idx = extract_layer_index(layer.layer_name)
         for span in state.window_rows:
             self._stash_window(state, span, layer_idx, query)
-        if state.prefill_ends:
+        if state.compress_rows:
             self._compact(state, layer, layer_idx, query, kv_cache, attn_metadata)
         members = [s for s in state.rows if layer_idx in state.requests[s.req_id].members and
                    s.start >= state.requests[s.req_id].prompt_len]
@@ -81,10 +82,10 @@ class CompressingAttention:
 
     @staticmethod
     def _window_part(state: WorkerCompression, span: RowSpan, query):
-        """Queries of this chunk that fall in the request's observation window, `[tokens, heads, dim]`."""
+        """Queries of this chunk in the observation window of its compression point, `[tokens, heads, dim]`."""
         request = state.requests[span.req_id]
-        first = max(span.start, request.prompt_len - request.compressor.policy.observation_window)
-        last = min(span.end, request.prompt_len)
+        first = max(span.start, span.point - request.compressor.policy.observation_window)
+        last = min(span.end, span.point)
         base = state.starts[span.row] - span.start  # the host copy of query_start_loc: no device sync
         return query[base + first : base + last]
 
@@ -95,41 +96,42 @@ class CompressingAttention:
             part = self._window_part(state, span, query)
             request.window_queries.setdefault(layer_idx, []).append(part.clone())
 
-    def _prompt_view(self, state, span: RowSpan, layer_idx, query, key_cache, blocks) -> PromptView:
-        """The request's prompt in this layer; scores come from the paged cache when asked for."""
+    def _prompt_view(self, state, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
+        """The `held` prompt tokens this layer's cache holds at the point; scores come from the paged cache."""
         request = state.requests[span.req_id]
-        prompt_len = request.prompt_len
 
         def scores(w: int) -> torch.Tensor:
             parts = request.window_queries.pop(layer_idx, [])
             window = torch.cat([*parts, self._window_part(state, span, query)])
             window = window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1)
-            return for_tensor(window_scores, key_cache)(window[:, -w:], key_cache, blocks, prompt_len, self.scale)
+            return for_tensor(window_scores, key_cache)(window[:, -w:], key_cache, blocks, held, self.scale)
 
-        return PromptView(prompt_len, key_cache.shape[1], key_cache.device, scores)
+        return PromptView(held, key_cache.shape[1], key_cache.device, scores, context_len=request.prompt_len)
 
     def _compact(self, state: WorkerCompression, layer, layer_idx, query, kv_cache, metadata) -> None:
-        """Plan every request whose prompt ends in this step, then move all their kept tokens at once."""
+        """Plan every request reaching a compression point in this step, then move all their kept tokens at once."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         tier = state.policy.budget_tier(layer_idx)
         rows, sources = [], []
-        for span in state.prefill_ends:
+        for span in state.compress_rows:
             request = state.requests[span.req_id]
+            before = request.evicted[tier]
             plan = None
-            if request.evicted[tier] > 0:
-                view = self._prompt_view(state, span, layer_idx, query, key_cache, metadata.block_table[span.row])
+            if request.evicted_after(span.point)[tier] > before:
+                held = span.point - before
+                view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
                 with timed("scoring", request.compressor.policy.name, key_cache.device):
                     plan = request.compressor.plan(layer_idx, view)
             request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
+            request.compacted_at = span.point
             if plan is None or plan.keep is None:
                 continue
-            # Tokens past the prompt (recompute after preemption) follow the kept ones verbatim.
-            sources.append(move_sources(plan, torch.arange(request.prompt_len, span.end, device=key_cache.device)))
+            # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
+            sources.append(move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before))
             rows.append(span.row)
             if plan.shared is not None:
                 start, count = request.compressor.policy.distant_span(request.prompt_len)
                 request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
-            request.compacted = True
         if not rows:
             return
         with timed("compaction", state.policy.name, key_cache.device):  # one move for requests of any policy

@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 from vllm import _custom_ops as ops
 from vllm.engine.arg_utils import EngineArgs
+from vllm.exceptions import VLLMValidationError
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention.attention import get_attention_context
 from vllm.model_executor.models.utils import extract_layer_index
@@ -102,17 +103,20 @@ def layer_context(layer_name: str, layer_idx: int):
 
 
 def patch(owner: type, name: str, make_wrapper) -> None:
-    """Replace `owner.name` by `make_wrapper(original)`, once per process.
+    """Replace `owner.name` by `make_wrapper(original)`, once per process and wrapper.
 
-    Works for plain, static and class methods; the wrapper receives the underlying function.
+    Works for plain, static and class methods; the wrapper receives the underlying function. Distinct
+    wrappers of one method stack, the later outermost.
     """
     current = owner.__dict__[name]
     kind = type(current) if isinstance(current, (staticmethod, classmethod)) else None
     func = current.__func__ if kind else current
-    if getattr(func, "_kvcomp", False):
+    key = f"{make_wrapper.__module__}.{make_wrapper.__qualname__}"
+    applied = getattr(func, "_kvcomp", frozenset())
+    if key in applied:
         return
     wrapped = make_wrapper(func)
-    wrapped._kvcomp = True
+    wrapped._kvcomp = applied | {key}
     setattr(owner, name, kind(wrapped) if kind else wrapped)
 
 
@@ -202,7 +206,30 @@ def _strides_from_probe(region: torch.Tensor, block_size: int, head_dim: int, is
     return token_stride, dim_stride
 
 
-__all__ += ["add_worker_method", "engine_client_of"]
+__all__ += ["RequestRejected", "add_worker_method", "engine_client_of", "kv_cache_group_sizes", "pool_blocks"]
+
+
+class RequestRejected(VLLMValidationError, ValueError):
+    """A request kvcomp cannot serve, raised inside the engine client: the server answers it 400
+    (vLLM 0.32's validation errors are no ValueError, 0.26's are), Python callers catch a ValueError."""
+
+
+def kv_cache_group_sizes(layers_per_tier: list[int]) -> list[int]:
+    """KV groups vLLM's hybrid allocator makes per budget tier, from each tier's layer count.
+
+    It splits every kind of spec into groups of one size: the smallest kind's layer count, or the
+    largest's when that is under 1.5x the smallest (`_get_kv_cache_groups_uniform_page_size`).
+    The front end needs this before any engine config exists there; a test compares it with the engine's.
+    """
+    smallest, largest = min(layers_per_tier), max(layers_per_tier)
+    size = largest if largest < smallest * 1.5 else smallest
+    return [cdiv(count, size) for count in layers_per_tier]
+
+
+def pool_blocks(vllm_config) -> int | None:
+    """Usable blocks of the engine's KV pool (vLLM holds one back), or None before the engine reports it."""
+    blocks = vllm_config.cache_config.num_gpu_blocks
+    return blocks - 1 if blocks else None
 
 
 def add_worker_method(name: str, func) -> None:

@@ -42,6 +42,7 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-recent": ("recent", int, "pod: last prompt tokens with per-layer keys"),
     "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv) or keys (pod)"),
     "--kv-window-size": ("window_size", str, "windowkv: tokens per window, or auto"),
+    "--kv-prefill-chunk": ("prefill_chunk", int, "compress every N prompt tokens during prefill, so prompts longer than the KV pool fit"),
 }
 
 

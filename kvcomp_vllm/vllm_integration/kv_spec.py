@@ -1,11 +1,13 @@
-"""Scheduler-side block accounting: one KV cache group per budget tier, blocks freed after prefill.
+"""Scheduler-side block accounting: one KV cache group per budget tier, blocks freed as prompts compress.
 
 Each decoder layer's spec becomes a `CompressedAttentionSpec` carrying its budget tier; specs of
 different tiers never merge, so vLLM's hybrid allocator gives every tier its own block table, all
 drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
-prompt is compressed, only the blocks its kept tokens and decoded tokens need: once the prompt is
-processed it drops the blocks past `cdiv(kept + generated, block_size)` back to the pool, and from
-then on counts slots as `num_tokens - (prompt_len - kept)`.
+prompt is compressed, only the blocks its kept tokens and later tokens need: once the prompt is
+processed up to a compression point it drops the blocks past `cdiv(processed - evicted, block_size)`
+back to the pool, and from then on counts slots as `num_tokens - evicted`
+(`KVPolicy.evicted_after`). Admission reserves a request's peak (`KVPolicy.peak_slots`), not its
+raw length, and start-up asks the pool to hold one compressed prompt of `max_model_len` tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class CompressedAttentionSpec(FullAttentionSpec):
     def policy(self) -> KVPolicy:
         return make_policy(KVPolicyConfig.model_validate_json(self.policy_json), self.num_layers)
 
+    def max_memory_usage_bytes(self, vllm_config) -> int:
+        """Peak of one `max_model_len` prompt: with `prefill_chunk`, budget + chunk rather than the prompt."""
+        slots = self.policy().peak_slots(self.layer, vllm_config.model_config.max_model_len, 1)
+        return cdiv(slots, self.block_size) * self.page_size_bytes
+
     @classmethod
     def merge(cls, specs: list[CompressedAttentionSpec]) -> CompressedAttentionSpec:
         tiers = {spec.tier for spec in specs}
@@ -58,7 +65,7 @@ class CompressedAttentionSpec(FullAttentionSpec):
 
 
 class CompressedAttentionManager(FullAttentionManager):
-    """Frees a compressed request's evicted blocks once its prompt is processed."""
+    """Frees a compressed request's evicted blocks at each compression point of its prompt."""
 
     def __init__(self, kv_cache_spec: CompressedAttentionSpec, **kwargs):
         super().__init__(kv_cache_spec, **kwargs)
@@ -66,15 +73,24 @@ class CompressedAttentionManager(FullAttentionManager):
         self.layer = kv_cache_spec.layer
         self.evicted: dict[str, int] = {}  # request id -> prompt tokens evicted in this tier
         self.requests: dict = {}  # the scheduler's requests (set by its hook), for per-request settings
+        self.request_policies: dict[str, KVPolicy] = {}
+
+    def _policy(self, request_id: str) -> KVPolicy:
+        """The request's own policy, resolved once per request (overrides are parsed only here)."""
+        policy = self.request_policies.get(request_id)
+        if policy is None:
+            request = self.requests.get(request_id)
+            if request is None:
+                return self.policy
+            policy = self.request_policies[request_id] = request_policy(self.policy, request.sampling_params)
+        return policy
 
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
-        if request_id in self.evicted or num_prompt_tokens is None or processed_computed_tokens < num_prompt_tokens:
+        if num_prompt_tokens is None:
             return
-        request = self.requests.get(request_id)
-        policy = request_policy(self.policy, request.sampling_params) if request is not None else self.policy
-        evicted = num_prompt_tokens - policy.layer_slots(self.layer, num_prompt_tokens)
-        self.evicted[request_id] = evicted
-        if evicted > 0:
+        evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, processed_computed_tokens)
+        if evicted > self.evicted.get(request_id, 0):
+            self.evicted[request_id] = evicted
             blocks = self.req_to_blocks[request_id]
             keep = cdiv(processed_computed_tokens - evicted, self.block_size)
             freed = blocks[keep:]
@@ -83,6 +99,12 @@ class CompressedAttentionManager(FullAttentionManager):
 
     def get_num_blocks_to_allocate(self, request_id: str, num_tokens: int, *args, **kwargs) -> int:
         evicted = self.evicted.get(request_id, 0)
+        if kwargs.get("apply_admission_cap"):  # admission reserves the request's peak, not its raw length
+            request = self.requests.get(request_id)
+            if request is not None:
+                generated = max(num_tokens - request.num_prompt_tokens, 0) + 1
+                peak = self._policy(request_id).peak_slots(self.layer, request.num_prompt_tokens, generated)
+                return super().get_num_blocks_to_allocate(request_id, min(num_tokens, peak + evicted) - evicted, *args, **kwargs)
         return super().get_num_blocks_to_allocate(request_id, num_tokens - evicted, *args, **kwargs)
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int):
@@ -91,6 +113,7 @@ class CompressedAttentionManager(FullAttentionManager):
 
     def pop_blocks_for_free(self, request_id: str):
         self.evicted.pop(request_id, None)
+        self.request_policies.pop(request_id, None)
         return super().pop_blocks_for_free(request_id)
 
     def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:

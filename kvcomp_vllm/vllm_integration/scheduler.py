@@ -1,29 +1,33 @@
-"""Scheduler hooks: a prefill chunk never runs past the prompt's end; managers see the requests.
+"""Scheduler hooks: a prefill chunk never runs past a compression point; managers see the requests.
 
-New requests never cross it anyway. A request recomputed after preemption has generated tokens
-after its prompt; stopping its first pass at the prompt makes the prompt compact exactly as the
-first time, and the generated tokens are then replayed over the compacted cache, as they were
-decoded originally.
+Compression points are the prompt's end and, with `prefill_chunk`, every that many prompt tokens
+(`KVPolicy.next_compression_point`). Stopping chunks there makes every compression round see
+exactly the tokens the reference generator sees, whatever token budget the scheduler had. A
+request recomputed after preemption compresses its prompt exactly as the first time; its
+generated tokens are then replayed over the compacted cache, as they were decoded originally.
 """
 
 from __future__ import annotations
 
 from .compat import Scheduler, patch, split_chunks_at
 from .kv_spec import CompressedAttentionManager
-from .settings import engine_policy
+from .settings import request_policy, server_policy
 
 
-def stop_at_prompt_end(request, num_new_tokens: int, start: int) -> int:
-    """Chunk size clipped so that a chunk starting before the prompt's end stops there."""
-    end = request.num_prompt_tokens
-    return end - start if start < end < start + num_new_tokens else num_new_tokens
+def stop_at_compression_point(policy, request, num_new_tokens: int, start: int) -> int:
+    """Chunk size clipped so that a prompt chunk stops at the request's next compression point."""
+    if start >= request.num_prompt_tokens:
+        return num_new_tokens
+    point = request_policy(policy, request.sampling_params).next_compression_point(request.num_prompt_tokens, start)
+    return min(num_new_tokens, point - start)
 
 
 def _init(original):
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        if engine_policy(self.vllm_config) is not None:
-            split_chunks_at(self, stop_at_prompt_end)
+        policy = server_policy(self.vllm_config)
+        if policy.name != "full":
+            split_chunks_at(self, lambda request, n, start: stop_at_compression_point(policy, request, n, start))
             for manager in self.kv_cache_manager.coordinator.single_type_managers:
                 if isinstance(manager, CompressedAttentionManager):
                     manager.requests = self.requests

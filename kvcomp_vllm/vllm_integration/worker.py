@@ -2,11 +2,12 @@
 
 Timeline of one compressed request on the worker:
 1. prefill chunks run through vLLM's attention unchanged (the backend stashes window queries);
-2. in the forward that processes the prompt's last token, each attention layer plans (scoring its
-   prompt keys in the paged cache) and moves its kept tokens to cache positions `0..kept-1` (see `backend`);
+2. in the forward that reaches a compression point (the prompt's end, or with `prefill_chunk` every
+   that many tokens), each attention layer plans (scoring the tokens its cache holds) and moves its
+   kept tokens to cache positions `0..kept-1` (see `backend`);
 3. at the next step the request's block-table rows are cut to the blocks the scheduler kept, and
    from then on each tier's cache position is `position - evicted`: slot mapping and `seq_lens`
-   are shifted per request, while RoPE keeps the true positions.
+   are shifted per request, while RoPE keeps the true positions. Later rounds repeat 1-3.
 """
 
 from __future__ import annotations
@@ -36,22 +37,35 @@ class CompressedRequest:
     """One request's compression state on this worker."""
 
     prompt_len: int
-    evicted: dict[int, int]  # budget tier -> prompt tokens evicted
     compressor: RequestCompressor
+    tier_layers: dict[int, int]  # budget tier -> a layer of it
+    evicted: dict[int, int] = field(default_factory=dict)  # tier -> tokens evicted as the block rows stand
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
     members: dict[int, MemberLayout] = field(default_factory=dict)  # PoD member layer -> its compacted layout
-    compacted: bool = False
-    truncated: bool = False
+    compacted_at: int = 0  # compression point of the latest compaction
+    truncated_at: int = 0  # compression point the block rows are cut for
+    evicts: bool = False  # whether any tier evicts any prompt token
+
+    def evicted_after(self, point: int) -> dict[int, int]:
+        """Tokens each tier has evicted once the prompt is compressed at `point`."""
+        policy = self.compressor.policy
+        return {t: policy.evicted_after(layer, self.prompt_len, point) for t, layer in self.tier_layers.items()}
+
+    def compresses_at(self, point: int) -> bool:
+        """Whether some tier evicts tokens at this compression point."""
+        return any(after > self.evicted.get(t, 0) for t, after in self.evicted_after(point).items())
 
 
 @dataclass(frozen=True)
 class RowSpan:
-    """A batch row of this step: its request and the positions `[start, end)` it processes."""
+    """A batch row of this step: its request, the positions `[start, end)` it processes, and the
+    compression point its prompt chunk leads up to (0 past the prompt)."""
 
     row: int
     req_id: str
     start: int
     end: int
+    point: int = 0
 
 
 class WorkerCompression:
@@ -69,14 +83,15 @@ class WorkerCompression:
         self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
         self.starts: list[int] = [0]  # each row's first token in the step's flattened batch (host copy)
         self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
-        self.prefill_ends: list[RowSpan] = []  # rows whose chunk reaches the prompt's last token
-        self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the observation window
+        self.compress_rows: list[RowSpan] = []  # rows whose chunk reaches a compression point
+        self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the next point's observation window
 
     def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
         """Start following a request under its own policy (the server's unless it overrides it)."""
         policy = request_policy(self.policy, sampling_params)
-        evicted = {t: prompt_len - policy.layer_slots(layer, prompt_len) for t, layer in self.tier_layers.items()}
-        state = CompressedRequest(prompt_len, evicted, RequestCompressor(policy))
+        state = CompressedRequest(prompt_len, RequestCompressor(policy), self.tier_layers)
+        state.evicted = dict.fromkeys(self.tier_layers, 0)
+        state.evicts = state.compresses_at(prompt_len)
         self.requests[req_id] = state
         return state
 
@@ -92,20 +107,22 @@ class WorkerCompression:
             if state is None:  # resumed after preemption: prefilled (and compressed) again
                 resumed = runner.requests[req_id]
                 state = self.track(req_id, resumed.num_prompt_tokens, resumed.sampling_params)
-            if state.compacted and not state.truncated:
+            if state.compacted_at > state.truncated_at:
                 self._truncate(runner, req_id, state, cached.num_computed_tokens[i])
 
     def _truncate(self, runner: GPUModelRunner, req_id: str, state: CompressedRequest, num_computed: int) -> None:
+        """Cut the request's block rows to what the scheduler kept after its latest compaction."""
         row = runner.input_batch.req_id_to_index.get(req_id)
         block_ids = runner.requests[req_id].block_ids
+        after = state.evicted_after(state.compacted_at)
         for group, tier in enumerate(self.group_tiers):
-            evicted = state.evicted.get(tier, 0) if tier is not None else 0
-            if evicted > 0:
-                keep = cdiv(num_computed - evicted, runner.input_batch.block_table[group].block_size)
+            if tier is not None and after[tier] > state.evicted[tier]:
+                keep = cdiv(num_computed - after[tier], runner.input_batch.block_table[group].block_size)
                 del block_ids[group][keep:]
                 if row is not None:
                     set_row_num_blocks(runner.input_batch.block_table[group], row, keep)
-        state.truncated = True
+        state.evicted = after
+        state.truncated_at = state.compacted_at
 
     def after_update(self, runner: GPUModelRunner, out) -> None:
         """Per-row offsets and prefill ends for this step, in the batch's final row order."""
@@ -114,22 +131,24 @@ class WorkerCompression:
         self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
         self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
         self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
-        self.rows, self.prefill_ends, self.window_rows = [], [], []
+        self.rows, self.compress_rows, self.window_rows = [], [], []
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
-            window = state.compressor.policy.observation_window
-            if state.truncated:
-                for tier, evicted in state.evicted.items():
-                    self.row_evicted[tier][row] = evicted
-            if not any(state.evicted.values()):
+            for tier, evicted in state.evicted.items():
+                self.row_evicted[tier][row] = evicted
+            if not state.evicts:
                 continue
             start = int(batch.num_computed_tokens_cpu[row])
             end = start + out.num_scheduled_tokens.get(req_id, 0)
-            span = RowSpan(row, req_id, start, end)
+            policy = state.compressor.policy
+            point = policy.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
+            span = RowSpan(row, req_id, start, end, point)
             self.rows.append(span)
-            if start < state.prompt_len <= end:
-                self.prefill_ends.append(span)
-            elif end < state.prompt_len and end > state.prompt_len - window:
+            if not point or not state.compresses_at(point):
+                continue
+            if point <= end:
+                self.compress_rows.append(span)
+            elif end > point - policy.observation_window:
                 self.window_rows.append(span)
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:

@@ -24,10 +24,10 @@ left to values.schema.json.
 {{- if $s -}}
 {{- $fields := dict
     "full" (list)
-    "streaming" (list "budget" "sink")
-    "snapkv" (list "budget" "kernel" "pooling" "window")
-    "pyramid" (list "beta" "budget" "kernel" "pooling" "window")
-    "windowkv" (list "budget" "concentration_threshold" "group_size" "window" "window_size" "window_sizes")
+    "streaming" (list "budget" "prefill_chunk" "sink")
+    "snapkv" (list "budget" "kernel" "pooling" "prefill_chunk" "window")
+    "pyramid" (list "beta" "budget" "kernel" "pooling" "prefill_chunk" "window")
+    "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
     "pod" (list "group_size" "recent" "sink") -}}
 {{- $policy := $s.policy | default "full" -}}
 {{- if not (hasKey $fields $policy) -}}
@@ -45,7 +45,7 @@ left to values.schema.json.
   {{- end -}}
   {{- include "kvcomp-vllm.kvFail" (printf "%s: not a parameter of policy '%s' (its parameters: %s)%s" (sortAlpha $extra | join ", ") $policy (join ", " $allowed | default "none") $hint) -}}
 {{- end -}}
-{{- range $k, $min := dict "window" 1 "kernel" 1 "sink" 0 "recent" 1 "group_size" 1 -}}
+{{- range $k, $min := dict "window" 1 "kernel" 1 "sink" 0 "recent" 1 "group_size" 1 "prefill_chunk" 1 -}}
   {{- if and (hasKey $s $k) (not (include "kvcomp-vllm.intAtLeast" (list (get $s $k) $min))) -}}
     {{- include "kvcomp-vllm.kvFail" (printf "%s: must be an integer >= %d, got %v (values: kvParams.%s)" $k $min (get $s $k) (camelcase $k | untitle)) -}}
   {{- end -}}
@@ -61,6 +61,12 @@ left to values.schema.json.
 {{- end -}}
 {{- if and (hasKey $s "window_size") (ne (toString $s.window_size) "auto") (not (include "kvcomp-vllm.intAtLeast" (list $s.window_size 1))) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "window_size: must be 'auto' or an integer >= 1, got %v (values: kvParams.windowSize)" $s.window_size) -}}
+{{- end -}}
+{{- if and (hasKey $s "prefill_chunk") (has $policy (list "snapkv" "pyramid" "windowkv")) -}}
+  {{- $window := int64 (hasKey $s "window" | ternary $s.window 32) -}}
+  {{- if lt (int64 $s.prefill_chunk) $window -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "prefill_chunk: %d tokens is less than window (%d); each chunk's last queries score its compression (values: kvParams.prefillChunk)" (int64 $s.prefill_chunk) $window) -}}
+  {{- end -}}
 {{- end -}}
 {{- if and (has $policy (list "streaming" "snapkv" "pyramid" "windowkv")) (not (hasKey $s "budget")) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "budget: policy '%s' needs a budget (token count or ratio in (0, 1]) (values: kvBudget)" $policy) -}}
