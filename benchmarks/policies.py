@@ -3,16 +3,18 @@
     python benchmarks/policies.py                      # cpu-tiny: tiny Llama on this CPU
     python benchmarks/policies.py --preset h100-8b     # Llama-3.1-8B shape, dummy weights, one GPU
     python benchmarks/policies.py --preset h100-8b-decode --requests 144   # decode-heavy: 32k in, 1024 out
+    python benchmarks/policies.py --preset cpu-long    # prompts twice the KV pool, with prefill_chunk
 
 Every configuration runs in a fresh process on a KV pool of the same bytes; vanilla vLLM runs
 without the plugin loaded and with its default settings. Reported, from vLLM's own block pool and
 scheduler: the pool's capacity in tokens (all layers), the KV memory a request holds after prefill
-(blocks of every KV group times their bytes), the requests of that size the pool holds (capacity),
+(blocks of every KV group times their bytes) and at its peak, the requests of that size the pool holds (capacity),
 peak concurrently running requests in this run, prefill time (the
 batch with one output token; presets without a prefill pass report 0), decode time (the rest of the
 full run), output tokens per second end to end, and output tokens per second over decode-only steps
 (every running request decodes, none prefills: the steady state whose batch size the KV pool limits).
-Results go to benchmarks/results/<preset>.{json,md}.
+A configuration vLLM refuses to start (a prompt longer than the pool, without `prefill_chunk`) is
+reported with vLLM's reason. Results go to benchmarks/results/<preset>.{json,md}.
 """
 
 from __future__ import annotations
@@ -53,13 +55,16 @@ class Preset:
     output_len: int
     dtype: str
     engine: dict = field(default_factory=dict)
-    pool_requests: int | None = None  # pool sized for this many uncompressed requests (else vLLM's default)
+    pool_requests: float | None = None  # pool sized for this many uncompressed requests (else vLLM's default)
     prefill_pass: bool = True  # time a max_tokens=1 pass first (prefill time); off where prefill is long
+    kv_extra: dict = field(default_factory=dict)  # added to every policy that takes these fields
 
 
 _H100 = {"gpu_memory_utilization": 0.9, "load_format": "dummy", "skip_tokenizer_init": True}
 PRESETS = {
     "cpu-tiny": Preset(16, 1536, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=2),
+    "cpu-long": Preset(8, 6144, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=0.5,
+                       kv_extra={"prefill_chunk": 512}),
     "h100-8b": Preset(24, 32000, 256, "bfloat16", _H100),
     "h100-8b-decode": Preset(32, 32000, 1024, "bfloat16", _H100, prefill_pass=False),
     "h100-8b-prefill": Preset(96, 8192, 256, "bfloat16", _H100),
@@ -68,7 +73,7 @@ PRESETS = {
 
 def model_dir(preset: str, root: Path) -> Path:
     """The model folder: the tiny local model, or an 8B-shaped config for dummy weights."""
-    if preset == "cpu-tiny":
+    if preset.startswith("cpu-"):
         from kvcomp_vllm.testing import build_tiny_model
 
         return build_tiny_model(root / "tiny-llama")
@@ -93,7 +98,7 @@ def start_engine(preset_name: str, settings: dict | None, model_root: str):
     token_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
     engine = dict(preset.engine, max_model_len=preset.prompt_len + preset.output_len)
     if preset.pool_requests:
-        engine["kv_cache_memory_bytes"] = preset.pool_requests * engine["max_model_len"] * token_bytes
+        engine["kv_cache_memory_bytes"] = int(preset.pool_requests * engine["max_model_len"] * token_bytes)
     llm = LLM(model=str(model), dtype=preset.dtype, seed=0, additional_config={"kvcomp": settings} if settings else {}, **engine)
     return llm, config, token_bytes, engine
 
@@ -106,9 +111,19 @@ def make_prompts(preset: Preset, requests: int, vocab_size: int) -> list[list[in
     return [torch.randint(100, vocab_size - 100, (preset.prompt_len,), generator=g).tolist() for _ in range(requests)]
 
 
+def policy_settings(name: str, preset: Preset) -> dict | None:
+    """kvcomp settings of configuration `name` under `preset` (its `kv_extra` where the policy takes it)."""
+    from kvcomp_vllm.config import POLICY_FIELDS
+
+    settings = POLICIES[name]
+    if settings is None:
+        return None
+    return {**settings, **{k: v for k, v in preset.kv_extra.items() if k in POLICY_FIELDS[settings["policy"]]}}
+
+
 def run_isolated(script: str, argv: list[str], name: str, settings: dict | None) -> dict:
     """Run `script argv --one name` in a fresh process set up for kvcomp `settings` (None: vanilla vLLM,
-    plugins off); returns its result."""
+    plugins off); returns its result, or the reason vLLM gave for not starting."""
     env = dict(os.environ)
     if settings is None:
         env["VLLM_PLUGINS"] = ""
@@ -116,7 +131,12 @@ def run_isolated(script: str, argv: list[str], name: str, settings: dict | None)
         env["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # kvcomp's hooks live in vLLM's V1 runner
     proc = subprocess.run([sys.executable, script, *argv, "--one", name], env=env, capture_output=True, text=True)
     if proc.returncode:
-        sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        refused = [line for line in proc.stderr.splitlines() if "ValueError: To serve at least one request" in line]
+        if not refused:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        print(f"{name}: vLLM refuses to start", file=sys.stderr)
+        reason = refused[-1].split("ValueError: ")[-1].split(" Based on")[0]  # vLLM's first two sentences
+        return {"config": name, "settings": settings, "refused": reason}
     print(f"{name}: done", file=sys.stderr)
     return json.loads(proc.stdout.split("RESULT")[-1])
 
@@ -130,7 +150,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     from kvcomp_vllm.testing.engine import drive, scheduler_of
 
     preset = PRESETS[args.preset]
-    settings = POLICIES[name]
+    settings = policy_settings(name, preset)
     llm, config, token_bytes, engine = start_engine(args.preset, settings, args.model_root)
     requests = args.requests or preset.requests
     prompts = make_prompts(preset, requests, config.vocab_size)
@@ -145,6 +165,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     block_size = groups[0].kv_cache_spec.block_size
     layer_token_bytes = token_bytes // config.num_hidden_layers
     kib = [sum(n * block_size * k * layer_token_bytes for n, k in zip(b, layers)) / 1024 for b in full.first_decode_blocks.values()]
+    peak_kib = max(full.peak_blocks.values()) * block_size * layers[0] * layer_token_bytes / 1024  # groups: equal layers
     pool_tokens = scheduler.kv_cache_config.num_blocks * block_size * layers[0] // config.num_hidden_layers
     out_tokens = sum(len(t) for t in full.tokens.values())
     return {
@@ -153,6 +174,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         "engine": {k: v for k, v in engine.items() if k not in ("load_format", "skip_tokenizer_init")},
         "pool_tokens": pool_tokens,
         "kv_kib_per_request": mean(kib),
+        "peak_kv_kib_per_request": peak_kib,
         "capacity_requests": pool_tokens * token_bytes / 1024 / mean(kib),
         "peak_running": full.peak_running,
         "requests": requests,
@@ -169,13 +191,17 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| config | pool tokens | KV MiB / request | capacity (requests) | peak running | prefill s | decode s "
+        "| config | pool tokens | KV MiB / request (peak) | capacity (requests) | peak running | prefill s | decode s "
         "| output tok/s | decode-only tok/s (mean batch) | preemptions |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['config']} | does not start: {r['refused']} |" + " |" * 8)
+            continue
         lines.append(
-            f"| {r['config']} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} | "
+            f"| {r['config']} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} "
+            f"({r.get('peak_kv_kib_per_request', 0) / 1024:.1f}) | "
             f"{r['capacity_requests']:.1f} | {r['peak_running']} | "
             f"{r['prefill_s']:.2f} | {r['decode_s']:.2f} | {r['output_tok_s']:.1f} | "
             f"{r['decode_only_tok_s']:.1f} ({r['decode_only_batch']:.1f}) | {r['preemptions']} |"
@@ -196,15 +222,15 @@ def main() -> None:
     if args.one:
         print("RESULT" + json.dumps(run_one(args.one, args)))
         return
-    rows = [run_isolated(__file__, sys.argv[1:], name, POLICIES[name]) for name in args.configs.split(",")]
+    preset = PRESETS[args.preset]
+    rows = [run_isolated(__file__, sys.argv[1:], name, policy_settings(name, preset)) for name in args.configs.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/policies.py " + " ".join(sys.argv[1:])
     (out / f"{args.preset}.json").write_text(json.dumps({"command": command.strip(), "rows": rows}, indent=2))
-    p = PRESETS[args.preset]
     text = (
-        f"{table(rows)}\n\nCommand: `{command.strip()}`; {args.requests or p.requests} requests x ({p.prompt_len} in, {p.output_len} out), "
-        f"{p.dtype}.\n"
+        f"{table(rows)}\n\nCommand: `{command.strip()}`; {args.requests or preset.requests} requests x "
+        f"({preset.prompt_len} in, {preset.output_len} out), {preset.dtype}.\n"
     )
     (out / f"{args.preset}.md").write_text(text)
     print(text)

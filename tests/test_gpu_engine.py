@@ -28,12 +28,18 @@ POLICIES = [
     dict(policy="pyramid", budget=0.12),
     dict(policy="windowkv", budget=100, group_size=2),
     dict(policy="pod", recent=48, group_size=2),
+    dict(policy="snapkv", budget=96, prefill_chunk=128),  # compression rounds while the prompt is read
+    dict(policy="pyramid", budget=0.12, prefill_chunk=128),
 ]
 NEW_TOKENS = 16
 LOGPROB_TOLERANCE = 0.05
 
 
-@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
+def setting_id(settings: dict) -> str:
+    return settings["policy"] + ("-chunked" if "prefill_chunk" in settings else "")
+
+
+@pytest.mark.parametrize("settings", POLICIES, ids=setting_id)
 def test_policy_on_flash_attention_matches_reference(tiny_llama_dir, settings):
     from vllm import LLM, SamplingParams
 
