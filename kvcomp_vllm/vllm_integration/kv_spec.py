@@ -74,6 +74,7 @@ class CompressedAttentionManager(FullAttentionManager):
         self.evicted: dict[str, int] = {}  # request id -> prompt tokens evicted in this tier
         self.requests: dict = {}  # the scheduler's requests (set by its hook), for per-request settings
         self.request_policies: dict[str, KVPolicy] = {}
+        self.settled: set[str] = set()  # requests whose whole prompt is accounted: nothing more to free
 
     def _policy(self, request_id: str) -> KVPolicy:
         """The request's own policy, resolved once per request (overrides are parsed only here)."""
@@ -86,8 +87,10 @@ class CompressedAttentionManager(FullAttentionManager):
         return policy
 
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
-        if num_prompt_tokens is None:
+        if num_prompt_tokens is None or request_id in self.settled:
             return
+        if processed_computed_tokens >= num_prompt_tokens:
+            self.settled.add(request_id)  # decode steps skip the policy from here on
         evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, processed_computed_tokens)
         if evicted > self.evicted.get(request_id, 0):
             self.evicted[request_id] = evicted
@@ -114,6 +117,7 @@ class CompressedAttentionManager(FullAttentionManager):
     def pop_blocks_for_free(self, request_id: str):
         self.evicted.pop(request_id, None)
         self.request_policies.pop(request_id, None)
+        self.settled.discard(request_id)
         return super().pop_blocks_for_free(request_id)
 
     def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
