@@ -17,14 +17,19 @@ def _pyplot():
 
 
 def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
-    """Two panels (ratio budgets, token budgets); one line per policy, full KV as a dashed line."""
+    """A panel per budget kind present (ratios, token counts); one line per policy, full KV dashed.
+
+    The x axis is logarithmic with ticks at the budgets evaluated, labelled as the CLI writes them.
+    """
     plt = _pyplot()
     rows = [r for r in summary if r["task"] == task]
     full = next((r["score"] for r in rows if r["policy"] == "full"), None)
     policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"))
-    colours = {p: f"C{i}" for i, p in enumerate(policies)}  # one colour per policy in both panels
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind, xlabel in ((axes[0], float, "KV budget (share of the prompt)"), (axes[1], int, "KV budget (tokens)")):
+    colours = {p: f"C{i}" for i, p in enumerate(policies)}  # one colour per policy in every panel
+    kinds = [(kind, xlabel) for kind, xlabel in ((float, "KV budget (share of the prompt)"), (int, "KV budget (tokens)"))
+             if any(type(r["budget"]) is kind for r in rows)] or [(float, "KV budget (share of the prompt)")]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), sharey=True, squeeze=False)
+    for ax, (kind, xlabel) in zip(axes[0], kinds):
         for policy in policies:
             points = sorted((r["budget"], r["score"]) for r in rows
                             if r["policy"] == policy and type(r["budget"]) is kind)
@@ -33,17 +38,22 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
         if full is not None:
             ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full KV")
         ax.set_xscale("log")
+        budgets = sorted({r["budget"] for r in rows if type(r["budget"]) is kind})
+        if budgets:
+            ax.set_xticks(budgets, [budget_label(b).removesuffix("tok") for b in budgets])
+            ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
-        if kind is float:
-            ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x * 100:g}%"))
-    axes[0].set_ylabel(f"score ({task})")
-    axes[0].set_ylim(-0.02, 1.02)
-    handles, labels = axes[0].get_legend_handles_labels()
-    handles2, labels2 = axes[1].get_legend_handles_labels()
-    merged = dict(zip(labels + labels2, handles + handles2))
-    fig.legend(merged.values(), merged.keys(), loc="upper center", ncol=len(merged), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    axes[0][0].set_ylabel(f"score ({task})")
+    axes[0][0].set_ylim(-0.02, 1.02)
+    merged = {}
+    for ax in axes[0]:
+        handles, labels = ax.get_legend_handles_labels()
+        merged.update(zip(labels, handles))
+    ncol = min(len(merged), 3 * len(kinds))  # entries per legend row that fit the figure's width
+    legend_rows = -(-len(merged) // ncol) if merged else 0
+    fig.legend(merged.values(), merged.keys(), loc="upper center", ncol=max(ncol, 1), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * legend_rows))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
