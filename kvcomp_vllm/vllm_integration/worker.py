@@ -128,14 +128,14 @@ class WorkerCompression:
         """Per-row offsets and prefill ends for this step, in the batch's final row order."""
         batch = runner.input_batch
         num_reqs = batch.num_reqs
-        self.row_evicted = {t: torch.zeros(num_reqs, dtype=torch.int64) for t in self.tier_layers}
+        row_evicted = {t: [0] * num_reqs for t in self.tier_layers}  # lists: per-element tensor writes are slow
         self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
         self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
         self.rows, self.compress_rows, self.window_rows = [], [], []
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
-                self.row_evicted[tier][row] = evicted
+                row_evicted[tier][row] = evicted
             if not state.evicts:
                 continue
             start = int(batch.num_computed_tokens_cpu[row])
@@ -150,6 +150,7 @@ class WorkerCompression:
                 self.compress_rows.append(span)
             elif end > point - policy.observation_window:
                 self.window_rows.append(span)
+        self.row_evicted = {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
