@@ -174,8 +174,14 @@ def test_windowkv_adapts_window_size_to_attention_pattern():
     peaked[:, 100] = 1.0
     assert attention_concentration(spread) == pytest.approx(20 / 400)
     assert attention_concentration(peaked) > 0.9
-    assert policy.window_size(spread) == 4
-    assert policy.window_size(peaked) == 16
+    assert policy.window_size(spread, 48) == 4
+    assert policy.window_size(peaked, 48) == 16
+    # Too few selectable tokens for three runs of concentrated windows: the size shrinks so that three fit.
+    assert policy.window_size(peaked, 20) == 9  # two windows of 9 and a run of 2
+    assert policy.window_size(peaked, 33) == 16  # two windows of 16 and a run of 1
+    assert policy.window_size(peaked, 1) == 1
+    fixed = make_policy(KVPolicyConfig(policy="windowkv", budget=64, window_size=16), 2)
+    assert fixed.window_size(peaked, 20) == 16  # a configured size is used as given
 
 
 def test_windowkv_group_layers_share_the_first_layers_selection():
