@@ -10,11 +10,17 @@ Shapes are Llama-3.1-8B's (32 query heads, 8 KV heads, head_dim 128, bf16, block
 - scoring: `window_scores` for one 32k prompt and window 32 vs the torch reference, time and the
   peak extra memory each allocates;
 - compaction: `move_tokens_` moving 3,200 of 32k tokens for a batch of requests, bytes moved / time.
+
+    python benchmarks/kernels.py --tiles      # sweep the decode kernel's launch shape (`Tile`) instead
+
+writes <device>-decode-tiles.{json,md}: GB/s per tile and batch, each tile's output checked against
+the default tile's.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import torch
 from triton.testing import do_bench
 
 from kvcomp_kernels import move_tokens_, paged_decode, window_scores, window_scores_reference
+from kvcomp_kernels.decode import TILE, Tile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HEADS, KV_HEADS, DIM, BLOCK, DTYPE = 32, 8, 128, 16, torch.bfloat16
@@ -43,8 +50,9 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / ms / 1e6  # GB/s
 
 
-def decode_bandwidth(requests: int, kept: int, pod: bool = False) -> tuple[float, float]:
-    """(GB/s, ms) of one decode step over `requests` caches of `kept` tokens."""
+def decode_bandwidth(requests: int, kept: int, pod: bool = False, tile: Tile = TILE, check: bool = False):
+    """(GB/s, ms) of one decode step over `requests` caches of `kept` tokens; with `check`, also the
+    largest relative difference of `tile`'s output from the default tile's."""
     k, v, tables = paged_cache(kept, requests)
     query = torch.randn(requests, HEADS, DIM, device="cuda", dtype=DTYPE)
     if pod:  # proximal 1,028 own tokens; the rest distant: keys from the owner, values packed two per slot
@@ -57,8 +65,39 @@ def decode_bandwidth(requests: int, kept: int, pod: bool = False) -> tuple[float
     else:
         layout = torch.tensor([[kept, kept, 0, 0]] * requests, dtype=torch.int32, device="cuda")
         bytes_read, kwargs, length = requests * kept * KV_HEADS * DIM * ELEM * 2, {}, kept
-    ms = do_bench(lambda: paged_decode(query, k, v, tables, layout, length, DIM**-0.5, **kwargs))
-    return bytes_read / ms / 1e6, ms
+    step = lambda t: paged_decode(query, k, v, tables, layout, length, DIM**-0.5, tile=t, **kwargs)  # noqa: E731
+    ms = do_bench(lambda: step(tile), return_mode="median")
+    if not check:
+        return bytes_read / ms / 1e6, ms
+    want = step(TILE).float()
+    return bytes_read / ms / 1e6, ms, ((step(tile).float() - want).abs().max() / want.abs().max()).item()
+
+
+def tile_sweep(copy: float, batches=(64, 138)) -> list[dict]:
+    """Every tile of a small grid at each batch: KV read GB/s, share of copy bandwidth, error vs the default."""
+    rows = []
+    for block_n, warps, stages, target in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (264, 1056)):
+        tile = Tile(block_n, warps, stages, target)
+        for requests in batches:
+            try:
+                gbs, ms, err = decode_bandwidth(requests, 3200, tile=tile, check=True)
+            except Exception as exc:  # noqa: BLE001 - a shape Triton cannot build (shared memory) is a result too
+                rows.append({"tile": tile._asdict(), "requests": requests, "error": str(exc).splitlines()[0][:120]})
+                continue
+            rows.append({"tile": tile._asdict(), "requests": requests, "GB_s": gbs, "ms": ms, "of_copy": gbs / copy,
+                         "max_rel_diff": err})
+    return rows
+
+
+def tile_table(rows: list[dict]) -> str:
+    lines = ["| block_n | warps | stages | target programs | batch | step ms | KV read GB/s | of copy | max rel. diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["requests"], -r.get("GB_s", 0))):
+        t = r["tile"]
+        head = f"| {t['block_n']} | {t['num_warps']} | {t['num_stages']} | {t['target_programs']} | {r['requests']} |"
+        lines.append(head + (f" failed: {r['error']} | | | |" if "error" in r else
+                             f" {r['ms']:.3f} | {r['GB_s']:.0f} | {100 * r['of_copy']:.0f}% | {r['max_rel_diff']:.1e} |"))
+    return "\n".join(lines)
 
 
 def scoring(prompt_len: int = 32000, window: int = 32) -> dict:
@@ -90,15 +129,28 @@ def compaction(requests: int = 8, prompt_len: int = 32000, kept: int = 3200) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--tiles", action="store_true", help="sweep the decode kernel's launch shape")
     args = parser.parse_args()
     copy = copy_bandwidth()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name()
+    if args.tiles:
+        rows = tile_sweep(copy)
+        stem = device.split()[1].lower() if len(device.split()) > 1 else "gpu"
+        (out / f"{stem}-decode-tiles.json").write_text(json.dumps({"device": device, "copy_GB_s": copy, "rows": rows}, indent=2))
+        text = (f"Device: {device}; copy bandwidth {copy:.0f} GB/s (read + write); default tile {tuple(TILE)}.\n\n"
+                f"{tile_table(rows)}\n\nCommand: `python benchmarks/kernels.py --tiles`\n")
+        (out / f"{stem}-decode-tiles.md").write_text(text)
+        print(text)
+        return
     rows = []
     for requests in (16, 64, 138):
         for pod in (False, True):
             gbs, ms = decode_bandwidth(requests, 3200, pod)
             rows.append({"requests": requests, "layout": "pod member" if pod else "compacted", "GB_s": gbs, "ms": ms,
                          "of_copy": gbs / copy})
-    result = {"device": torch.cuda.get_device_name(), "copy_GB_s": copy, "decode": rows,
+    result = {"device": device, "copy_GB_s": copy, "decode": rows,
               "scoring": scoring(), "compaction": compaction()}
     lines = [f"Device: {result['device']}; copy bandwidth {copy:.0f} GB/s (read + write).", "",
              "| decode batch | layout | step ms (one layer) | KV read GB/s | of copy bandwidth |", "|---|---|---|---|---|"]
@@ -109,8 +161,6 @@ def main() -> None:
     c = result["compaction"]
     lines += ["", f"Compaction, 8 requests x 3,200 of 32,000 tokens, one layer: {c['ms']:.3f} ms ({c['GB_s']:.0f} GB/s of traffic)."]
     text = "\n".join(lines) + "\n\nCommand: `python benchmarks/kernels.py`\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "h100-kernels.json").write_text(json.dumps(result, indent=2))
     (out / "h100-kernels.md").write_text(text)
     print(text)

@@ -68,6 +68,9 @@ PRESETS = {
     "h100-8b": Preset(24, 32000, 256, "bfloat16", _H100),
     "h100-8b-decode": Preset(32, 32000, 1024, "bfloat16", _H100, prefill_pass=False),
     "h100-8b-prefill": Preset(96, 8192, 256, "bfloat16", _H100),
+    # Saturation sweep: 4k prompts, so hundreds of requests prefill within a point; the pool holds
+    # about 100 uncompressed ones, 190 at a 50% budget, all 256 at 20% and below.
+    "h100-8b-sweep": Preset(256, 4096, 256, "bfloat16", _H100),
 }
 
 
@@ -83,9 +86,10 @@ def model_dir(preset: str, root: Path) -> Path:
     return path
 
 
-def start_engine(preset_name: str, settings: dict | None, model_root: str):
+def start_engine(preset_name: str, settings: dict | None, model_root: str, max_model_len: int | None = None, **extra):
     """An in-process LLM for the preset with kvcomp `settings` (None: vanilla); also the model config
-    and the KV bytes of one token over all layers."""
+    and the KV bytes of one token over all layers. `max_model_len` defaults to the preset's prompt + output;
+    `extra` engine arguments override the preset's."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import torch
     from transformers import AutoConfig
@@ -96,19 +100,20 @@ def start_engine(preset_name: str, settings: dict | None, model_root: str):
     config = AutoConfig.from_pretrained(model)
     dtype_bytes = torch.empty(0, dtype=getattr(torch, preset.dtype)).element_size()
     token_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * dtype_bytes
-    engine = dict(preset.engine, max_model_len=preset.prompt_len + preset.output_len)
+    engine = dict(preset.engine, max_model_len=max_model_len or preset.prompt_len + preset.output_len, **extra)
     if preset.pool_requests:
         engine["kv_cache_memory_bytes"] = int(preset.pool_requests * engine["max_model_len"] * token_bytes)
     llm = LLM(model=str(model), dtype=preset.dtype, seed=0, additional_config={"kvcomp": settings} if settings else {}, **engine)
     return llm, config, token_bytes, engine
 
 
-def make_prompts(preset: Preset, requests: int, vocab_size: int) -> list[list[int]]:
-    """`requests` random prompts of the preset's length (seeded: every configuration gets the same)."""
+def make_prompts(preset: Preset, requests: int, vocab_size: int, length: int | None = None) -> list[list[int]]:
+    """`requests` random prompts of the preset's length, or `length` (seeded: every configuration gets the same)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(100, vocab_size - 100, (preset.prompt_len,), generator=g).tolist() for _ in range(requests)]
+    size = (length or preset.prompt_len,)
+    return [torch.randint(100, vocab_size - 100, size, generator=g).tolist() for _ in range(requests)]
 
 
 def policy_settings(name: str, preset: Preset) -> dict | None:

@@ -6,6 +6,7 @@
 from .compaction import move_tokens_, move_tokens_reference_
 from .decode import paged_decode, paged_decode_reference
 from .scoring import window_scores, window_scores_reference
+from .warmup import warm_up
 
 REFERENCES = {
     window_scores: window_scores_reference,
@@ -19,4 +20,4 @@ def for_tensor(kernel, tensor):
     return kernel if tensor.is_cuda else REFERENCES[kernel]
 
 
-__all__ = ["for_tensor", "move_tokens_", "paged_decode", "window_scores", *(f.__name__ for f in REFERENCES.values())]
+__all__ = ["for_tensor", "move_tokens_", "paged_decode", "warm_up", "window_scores", *(f.__name__ for f in REFERENCES.values())]

@@ -16,12 +16,12 @@ import triton.language as tl
 
 from kvcomp_vllm.paged import gather, scatter_, span
 
-from .paged import token_offsets
+from .paged import jit, token_offsets
 
 BLOCK_L = 32
 
 
-@triton.jit
+@jit(varying=["L", "stride_tr"], unaligned=["table_ptr"])
 def _move_kernel(
     k_ptr, v_ptr, table_ptr, src_ptr, len_ptr, buf_ptr, L, H,
     stride_kb, stride_kh, stride_kt, stride_tr,

@@ -19,16 +19,28 @@ import torch
 import triton
 import triton.language as tl
 
+from typing import NamedTuple
+
 from kvcomp_vllm.attention import causal_attention
 from kvcomp_vllm.paged import gather
 
-from .paged import dot_precision, token_offsets
-
-BLOCK_N = 64
-TARGET_PROGRAMS = 264  # about two waves of an H100's 132 SMs
+from .paged import dot_precision, jit, token_offsets
 
 
-@triton.jit
+class Tile(NamedTuple):
+    """Launch shape: keys per loop step, warps and pipeline stages per program, and how many programs
+    (rows x KV heads x key splits) to aim for when splitting long rows."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    target_programs: int = 264  # about two waves of an H100's 132 SMs
+
+
+TILE = Tile()
+
+
+@jit(varying=["split_len", "stride_tr", "stride_otr"], unaligned=["table_ptr", "otable_ptr"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, ok_ptr, table_ptr, otable_ptr, layout_ptr, m_ptr, l_ptr, acc_ptr,
     split_len, scale,
@@ -87,19 +99,20 @@ def _decode_kernel(
     tl.store(acc_ptr + (part * G_PAD + g)[:, None] * HEAD_DIM + dims[None, :], acc)
 
 
-def num_splits(rows: int, kv_heads: int, max_len: int) -> int:
+def num_splits(rows: int, kv_heads: int, max_len: int, tile: Tile = TILE) -> int:
     """Key splits per (row, KV head): enough programs to fill the GPU, never an empty tile's worth more."""
-    return max(1, min(triton.cdiv(TARGET_PROGRAMS, max(rows * kv_heads, 1)), triton.cdiv(max_len, BLOCK_N)))
+    return max(1, min(triton.cdiv(tile.target_programs, max(rows * kv_heads, 1)), triton.cdiv(max_len, tile.block_n)))
 
 
 def paged_decode(
     query, key_cache, value_cache, block_tables, layout, max_len: int, scale: float,
-    owner_key_cache=None, owner_block_tables=None, splits: int | None = None,
+    owner_key_cache=None, owner_block_tables=None, splits: int | None = None, tile: Tile = TILE,
 ) -> torch.Tensor:
     """Attention output `[rows, heads, dim]` of `query` `[rows, heads, dim]` (module docstring).
 
     block_tables `[rows, max_blocks]` int32; layout `[rows, 4]` int32; `max_len` bounds every row's
     length (a host int, so the grid is static). PoD rows read distant keys from `owner_key_cache`.
+    `tile` sets the launch shape (benchmarks/kernels.py --tiles sweeps it).
     """
     rows, heads, head_dim = query.shape
     kv_heads, block_size = key_cache.shape[1], key_cache.shape[2]
@@ -108,8 +121,8 @@ def paged_decode(
         owner_key_cache, owner_block_tables = key_cache, block_tables
     group = heads // kv_heads
     g_pad = max(16, triton.next_power_of_2(group))
-    splits = splits or num_splits(rows, kv_heads, max_len)
-    split_len = BLOCK_N * triton.cdiv(triton.cdiv(max_len, splits), BLOCK_N)
+    splits = splits or num_splits(rows, kv_heads, max_len, tile)
+    split_len = tile.block_n * triton.cdiv(triton.cdiv(max_len, splits), tile.block_n)
     f32 = dict(dtype=torch.float32, device=query.device)
     m = torch.empty(rows, kv_heads, splits, g_pad, **f32)
     total = torch.empty(rows, kv_heads, splits, g_pad, **f32)
@@ -121,8 +134,8 @@ def paged_decode(
             query.stride(0), query.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
             owner_key_cache.stride(0), owner_key_cache.stride(1), owner_key_cache.stride(2),
             block_tables.stride(0), owner_block_tables.stride(0),
-            GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N,
-            PRECISION=dot_precision(query.dtype),
+            GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, BLOCK_N=tile.block_n,
+            PRECISION=dot_precision(query.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages,
         )
     weight = torch.exp(m - m.amax(dim=2, keepdim=True))  # empty splits hold -inf: weight 0
     out = (acc * weight[..., None]).sum(2) / (total * weight).sum(2)[..., None]

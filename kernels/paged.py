@@ -6,8 +6,22 @@ Any strides work (vLLM's FlashAttention cache is token-major with K and V in one
 
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
+
+# Triton 3.2+ can skip the 16-byte alignment specialisation of chosen pointer arguments.
+_ALIGNMENT_OPTION = "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters
+
+
+def jit(varying=(), unaligned=()):
+    """`triton.jit` with per-request integers (`varying`) and pointers into a larger tensor (`unaligned`)
+    kept out of the specialisation key, so one compiled variant serves every request after warm-up."""
+    options = {"do_not_specialize": list(varying)}
+    if _ALIGNMENT_OPTION:
+        options["do_not_specialize_on_alignment"] = list(unaligned)
+    return triton.jit(**options)
 
 
 @triton.jit

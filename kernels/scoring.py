@@ -15,13 +15,13 @@ import triton.language as tl
 from kvcomp_vllm.paged import read_tokens
 from kvcomp_vllm.policies.scoring import observation_scores
 
-from .paged import dot_precision, token_offsets
+from .paged import dot_precision, jit, token_offsets
 
 BLOCK_W = 16
 BLOCK_N = 64
 
 
-@triton.jit
+@jit(varying=["n", "w"], unaligned=["table_ptr"])
 def _window_lse_kernel(
     q_ptr, k_ptr, table_ptr, lse_ptr, n, w, scale,
     stride_qh, stride_qw, stride_kb, stride_kh, stride_kt,
@@ -48,7 +48,7 @@ def _window_lse_kernel(
     tl.store(lse_ptr + head * w + rows, m + tl.log(total), mask=rows < w)
 
 
-@triton.jit
+@jit(varying=["n", "w"], unaligned=["table_ptr"])
 def _window_columns_kernel(
     q_ptr, k_ptr, table_ptr, lse_ptr, out_ptr, n, w, scale,
     stride_qh, stride_qw, stride_kb, stride_kh, stride_kt,

@@ -59,6 +59,24 @@ def test_policy_on_flash_attention_matches_reference(tiny_llama_dir, settings):
     assert run.free_blocks_after == run.free_blocks_before
 
 
+def test_engine_start_compiles_the_kernels_so_requests_compile_nothing(tiny_llama_dir):
+    """The KV-cache hook warms the Triton kernels up; prompts of any length then reuse them (a first-call
+    compile costs about a second inside a prefill)."""
+    from vllm import LLM, SamplingParams
+
+    from kvcomp_kernels.warmup import compiled_variants, kernels
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    llm = LLM(model=str(tiny_llama_dir), dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.05,
+              max_model_len=4096, block_size=32, additional_config={"kvcomp": dict(policy="snapkv", budget=0.3)})
+    compiled = [compiled_variants(kernel) for kernel in kernels()]
+    assert min(compiled) >= 1
+    prompts = [tokenizer(" ".join(synthetic_text(n, seed))).input_ids for n, seed in [(40, 1), (7, 2), (95, 3), (61, 4)]]
+    assert len({len(p) % 16 for p in prompts}) > 1
+    drive(llm, prompts, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    assert [compiled_variants(kernel) for kernel in kernels()] == compiled
+
+
 @pytest.mark.parametrize("settings", POLICIES[2:4], ids=lambda s: s["policy"])
 def test_decode_in_full_cuda_graphs_equals_piecewise(tiny_llama_dir, settings):
     """Decode-only steps replay full CUDA graphs over the compacted cache (shifted `seq_lens` in the

@@ -14,9 +14,11 @@ from kvcomp_kernels import (
     move_tokens_reference_,
     paged_decode,
     paged_decode_reference,
+    warm_up,
     window_scores,
     window_scores_reference,
 )
+from kvcomp_kernels.decode import Tile
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -112,6 +114,8 @@ def test_paged_decode_matches_reference_for_mixed_rows(dtype, head_dim, heads, k
     assert_close(got, want, dtype)
     for splits in (1, 3):  # the split-K merge does not change the result
         assert_close(paged_decode(*args, owner_key_cache=owner_k, owner_block_tables=owner_tables, splits=splits), want, dtype)
+    for tile in (Tile(32, 2, 1, 64), Tile(128, 8, 4, 2048)):  # launch shapes the tile sweep tries
+        assert_close(paged_decode(*args, owner_key_cache=owner_k, owner_block_tables=owner_tables, tile=tile), want, dtype)
 
 
 @pytest.mark.gpu
@@ -130,3 +134,39 @@ def test_paged_decode_replays_in_a_cuda_graph_with_new_inputs():
     layout[:, :2] = torch.tensor([[256, 256], [5, 5], [131, 131]], device=DEVICE)
     graph.replay()
     assert_close(out, paged_decode_reference(query, k, v, tables, layout, 256, 0.1), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_warm_up_leaves_the_cache_unchanged(dtype):
+    g = torch.Generator().manual_seed(5)
+    raw, (k, v) = flash_layout_cache(8, 2, 64, dtype, g)
+    before = raw.clone()
+    warm_up(k, v, 8, 0.125)
+    assert torch.equal(raw, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_after_warm_up_requests_of_any_length_compile_nothing():
+    """Prompt lengths, windows, move widths, block-table rows and strides vary per request: none may
+    trigger a new Triton specialisation (each costs about a second inside a prefill)."""
+    from kvcomp_kernels.warmup import compiled_variants, kernels
+
+    g = torch.Generator().manual_seed(6)
+    heads, kv_heads, head_dim = 8, 2, 128
+    _, (k, v) = flash_layout_cache(256, kv_heads, head_dim, torch.bfloat16, g)
+    warm_up(k, v, heads, head_dim**-0.5)
+    compiled = [compiled_variants(kernel) for kernel in kernels()]
+    assert min(compiled) >= 1
+    tables = block_tables(5, 51, 256, g)  # rows of 51 ids: 204 bytes apart, most rows not 16-byte aligned
+    for row, (prompt_len, window) in enumerate([(333, 32), (512, 16), (800, 7), (97, 8), (640, 64)]):
+        query = torch.randn(heads, window, head_dim, generator=g).to(DEVICE, torch.bfloat16)
+        window_scores(query, k, tables[row], prompt_len, head_dim**-0.5)
+        keep = torch.arange(0, prompt_len, 3, device=DEVICE, dtype=torch.int32)[None, None].expand(1, kv_heads, -1)
+        move_tokens_(k, v, tables[row : row + 1], torch.stack([2 * keep, 2 * keep + 1], 1),
+                     torch.tensor([keep.shape[-1]], dtype=torch.int32, device=DEVICE))
+        layout = torch.tensor([[prompt_len, prompt_len, 0, 0]] * (row + 1), dtype=torch.int32, device=DEVICE)
+        paged_decode(torch.randn(row + 1, heads, head_dim, generator=g).to(DEVICE, torch.bfloat16), k, v,
+                     tables[: row + 1], layout, prompt_len, head_dim**-0.5)
+    torch.cuda.synchronize()
+    assert [compiled_variants(kernel) for kernel in kernels()] == compiled

@@ -7,7 +7,8 @@ compression point (the prompt's end, or every `prefill_chunk` tokens), plans eac
 (observation scores read from the paged cache, only for policies that score) and compacts all of
 them in one batched move. PoD member layers replace their decode output with
 attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
-member decode are the Triton kernels of `kvcomp_kernels`; elsewhere their torch references.
+member decode are the Triton kernels of `kvcomp_kernels`, compiled when the KV cache is allocated
+(`warm_up_kernels`); elsewhere their torch references.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 
 import torch
 
-from kvcomp_kernels import for_tensor, move_tokens_, paged_decode, window_scores
+from kvcomp_kernels import for_tensor, move_tokens_, paged_decode, warm_up, window_scores
 
 from ..cache_layout import MemberLayout, move_sources
 from ..policies import PromptView
@@ -171,3 +172,21 @@ class CompressingAttention:
             owner_block_tables=owner_metadata.block_table[batch],
         )
         output.view(output.shape[0], self.num_heads, self.head_size)[tokens] = result.to(output.dtype)
+
+
+def warm_up_kernels(forward_context: dict, kv_caches: dict) -> list[str]:
+    """Compile the Triton kernels once per distinct CUDA layer-cache layout, before any request
+    (first launches would otherwise compile inside the first prefills). Returns the layers used."""
+    seen, used = set(), []
+    for name, cache in kv_caches.items():
+        layer = forward_context.get(name)
+        impl = getattr(layer, "impl", None)
+        if not isinstance(impl, CompressingAttention) or not cache.is_cuda:
+            continue
+        key, value = impl.kv_views(layer, cache)
+        layout = (key.dtype, tuple(key.shape[1:]), key.stride(), impl.num_heads)
+        if layout not in seen:
+            seen.add(layout)
+            warm_up(key, value, impl.num_heads, impl.scale)
+            used.append(name)
+    return used

@@ -230,8 +230,21 @@ def _compute_slot_mapping(original):
     return compute_slot_mapping
 
 
+def _initialize_kv_cache_tensors(original):
+    def initialize_kv_cache_tensors(self: GPUModelRunner, *args, **kwargs):
+        kv_caches = original(self, *args, **kwargs)
+        if engine_policy(self.vllm_config) is not None:
+            from .backend import warm_up_kernels  # the backend imports this module
+
+            warm_up_kernels(self.compilation_config.static_forward_context, kv_caches)
+        return kv_caches
+
+    return initialize_kv_cache_tensors
+
+
 def install_runner_hooks() -> None:
-    """Wrap the three runner methods the integration needs (idempotent)."""
+    """Wrap the runner methods the integration needs (idempotent)."""
     patch(GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec)
+    patch(GPUModelRunner, "initialize_kv_cache_tensors", _initialize_kv_cache_tensors)
     patch(GPUModelRunner, "_update_states", _update_states)
     patch(MultiGroupBlockTable, "compute_slot_mapping", _compute_slot_mapping)
