@@ -24,7 +24,7 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "full": frozenset(),
     "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
     "snapkv": frozenset(_POOLED),
-    "pyramid": frozenset(_POOLED | {"beta"}),
+    "pyramid": frozenset(_POOLED | {"beta", "tiers"}),
     "windowkv": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
@@ -48,6 +48,12 @@ class KVPolicyConfig(BaseModel):
     kernel: int = Field(7, ge=1, description="1-D pooling kernel over token scores (odd)")
     pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
     beta: float = Field(20.0, ge=1.0, description="pyramid steepness: top layer keeps 1/beta of the bottom's share")
+    tiers: int | None = Field(
+        None,
+        ge=1,
+        description="pyramid: budget steps, each one KV cache group (fewer steps: less work per decode step); "
+        "unset: one step per layer, as in PyramidKV",
+    )
     sink: int = Field(4, ge=0, description="first tokens always kept (streaming, pod)")
     recent: int = Field(256, ge=1, description="pod: last prompt tokens that keep per-layer keys")
     group_size: int = Field(2, ge=1, description="consecutive layers sharing indices (windowkv) or keys (pod)")
@@ -123,6 +129,8 @@ class KVPolicyConfig(BaseModel):
                     f"group_size: {self.group_size} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
+        if self.tiers is not None and self.tiers > num_layers:
+            raise ValueError(f"tiers: {self.tiers} budget steps for a model of {num_layers} layers; use at most {num_layers}")
         if max_model_len is not None and isinstance(self.budget, int) and self.budget > max_model_len:
             raise ValueError(
                 f"budget: {self.budget} tokens is larger than the model's context ({max_model_len} tokens)"

@@ -3,7 +3,7 @@
 import pytest
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.policies import make_policy, pyramid_budgets
+from kvcomp_vllm.policies import make_policy, pyramid_budgets, staircase
 
 
 def test_pyramid_hand_case():
@@ -28,6 +28,28 @@ def test_pyramid_beta_one_is_uniform_and_steepness_grows_with_beta():
     assert steep[0] > gentle[0] and steep[-1] < gentle[-1]
 
 
+def test_staircase_hand_case():
+    # Runs {0,1} {2,3} {4,5} of (165, 146, 128, 109, 91, 72): means 155.5, 118.5, 81.5. The first
+    # run's floored half token lifts the second to 119; the top run's half is lost.
+    assert staircase((165, 146, 128, 109, 91, 72), 3) == (155, 155, 119, 119, 81, 81)
+
+
+@pytest.mark.parametrize("budget", [32, 100, 517, 2048])
+@pytest.mark.parametrize("num_layers", [2, 7, 30, 32])
+@pytest.mark.parametrize("tiers", [1, 2, 3, 4, 8])
+def test_staircase_keeps_steps_order_and_mean(budget, num_layers, tiers):
+    if tiers > num_layers:
+        return
+    schedule = pyramid_budgets(budget, num_layers, 32, 20.0)
+    steps = staircase(schedule, tiers)
+    runs = [[b for layer, b in enumerate(steps) if layer * tiers // num_layers == t] for t in range(tiers)]
+    assert all(len(set(run)) == 1 for run in runs) and len({run[0] for run in runs}) <= tiers
+    assert all(a >= b for a, b in zip(steps, steps[1:]))
+    assert 0 <= sum(schedule) - sum(steps) < max(len(run) for run in runs)  # mean short by under a token
+    assert min(steps) >= 32
+    assert staircase(schedule, num_layers) == schedule
+
+
 def test_layer_budgets_of_each_policy():
     n = 1000
     assert [make_policy(KVPolicyConfig(policy="full"), 4).layer_budget(i, n) for i in range(4)] == [n] * 4
@@ -48,7 +70,8 @@ def test_prompt_within_budget_is_kept_whole_in_every_layer():
 
 @pytest.mark.parametrize(
     "params",
-    [dict(policy="snapkv", budget=0.1), dict(policy="pyramid", budget=0.1, beta=3), dict(policy="windowkv", budget=0.2),
+    [dict(policy="snapkv", budget=0.1), dict(policy="pyramid", budget=0.1, beta=3),
+     dict(policy="pyramid", budget=0.1, tiers=3), dict(policy="windowkv", budget=0.2),
      dict(policy="streaming", budget=50), dict(policy="pod", recent=40, group_size=2)],
     ids=lambda p: p["policy"],
 )

@@ -61,6 +61,14 @@ def test_group_size_must_divide_layers():
     config.check_model(num_layers=6)
 
 
+def test_pyramid_tiers_cannot_outnumber_layers():
+    config = KVPolicyConfig(policy="pyramid", budget=0.1, tiers=6)
+    with pytest.raises(ValueError, match=r"tiers: 6 budget steps for a model of 4 layers; use at most 4"):
+        config.check_model(num_layers=4)
+    config.check_model(num_layers=6)
+    assert "tiers: not a parameter of policy 'snapkv'" in error_text(policy="snapkv", budget=64, tiers=2)
+
+
 def test_budget_larger_than_context_is_rejected():
     config = KVPolicyConfig(policy="snapkv", budget=8192)
     with pytest.raises(ValueError, match=r"budget: 8192 tokens is larger than the model's context \(4096 tokens\)"):
@@ -114,6 +122,11 @@ def test_which_request_policies_a_server_can_hold():
     assert incompatibility(pyramid, policy(policy="full")) is None
     assert "needs per-layer budgets that this server's KV groups (policy 'snapkv') cannot hold" in incompatibility(
         snapkv, pyramid
+    )
+    stepped = policy(policy="pyramid", budget=0.1, tiers=2)
+    assert incompatibility(pyramid, stepped) is None  # per-layer groups hold two steps too
+    assert "policy 'pyramid' needs per-layer budgets that this server's KV groups (policy 'pyramid')" in (
+        incompatibility(stepped, pyramid)
     )
     assert "engine-wide only; this server runs 'snapkv'" in incompatibility(snapkv, policy(policy="pod"))
     assert "engine-wide only; this server runs 'pod'" in incompatibility(policy(policy="pod"), snapkv)

@@ -73,12 +73,13 @@ def test_policy_matches_reference_generator(tiny_model_dir, hf_model, settings, 
     assert run.free_blocks_after == run.free_blocks_before
 
 
-def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, release):
-    settings = dict(policy="pyramid", budget=0.1)
+@pytest.mark.parametrize("tiers", [None, 2], ids=["per-layer", "two-steps"])
+def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, tiers, release):
+    settings = dict(policy="pyramid", budget=0.1, **({} if tiers is None else {"tiers": tiers}))
     prompts = [prompt_ids(tiny_llama_dir, 60, 5, length=1000), prompt_ids(tiny_llama_dir, 40, 6, length=700)]
     llm = make_llm(tiny_llama_dir, settings)
     groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
-    assert len(groups) == 4  # one KV group per pyramid layer
+    assert len(groups) == (tiers or 4)  # one KV group per budget step (per layer by default)
     run = drive(llm, prompts, greedy(4))
     policy = make_policy(KVPolicyConfig(**settings), 4)
     for req_id, prompt in zip(run.tokens, prompts):

@@ -6,7 +6,7 @@ from ..config import KVPolicyConfig
 from .base import KVPolicy, LayerPlan, PromptView, RequestCompressor, apply_plan
 from .full import FullPolicy
 from .pod import PoDPolicy
-from .pyramid import PyramidPolicy, pyramid_budgets
+from .pyramid import PyramidPolicy, pyramid_budgets, staircase
 from .snapkv import SnapKVPolicy
 from .streaming import StreamingPolicy
 from .windowkv import WindowKVPolicy
@@ -50,4 +50,5 @@ __all__ = [
     "incompatibility",
     "make_policy",
     "pyramid_budgets",
+    "staircase",
 ]

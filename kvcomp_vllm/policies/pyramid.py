@@ -30,13 +30,43 @@ def pyramid_budgets(budget: int, num_layers: int, window: int, beta: float) -> t
     return tuple(window + share for share in shares)
 
 
+def tier_of(layer: int, num_layers: int, tiers: int | None) -> int:
+    """Budget step of `layer`: consecutive runs of near-equal size, or one per layer when `tiers` is unset."""
+    return layer if tiers is None else layer * tiers // num_layers
+
+
+@lru_cache(maxsize=256)
+def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
+    """`schedule` flattened to `tiers` steps: each run of layers keeps the mean of its budgets.
+
+    Means are floored from the bottom up, each run's remainder carried to the run above, so the
+    result stays non-increasing and its total falls short of `schedule`'s by less than one run.
+    """
+    runs: dict[int, list[int]] = {}
+    for layer, budget in enumerate(schedule):
+        runs.setdefault(tier_of(layer, len(schedule), tiers), []).append(budget)
+    steps, carry = [], 0
+    for budgets in runs.values():
+        total = sum(budgets) + carry
+        step = total // len(budgets)
+        if steps and step > steps[-1][0]:  # a carried remainder never lifts a step above the one below
+            step = steps[-1][0]
+        carry = total - step * len(budgets)
+        steps.append((step, len(budgets)))
+    return tuple(step for step, count in steps for _ in range(count))
+
+
 class PyramidPolicy(SnapKVPolicy):
-    """Lower layers keep more tokens, upper layers fewer; the mean over layers is the budget."""
+    """Lower layers keep more tokens, upper layers fewer; the mean over layers is the budget.
+
+    Every distinct budget is one KV cache group in vLLM, with its own block table and attention
+    metadata per step; `tiers` flattens the pyramid to that many steps to cut this per-step cost.
+    """
 
     name = "pyramid"
 
     def budget_tier(self, layer: int) -> int:
-        return layer
+        return tier_of(layer, self.num_layers, self.config.tiers)
 
     def layer_budget(self, layer: int, prompt_len: int) -> int:
         budget = super().layer_budget(layer, prompt_len)
@@ -44,4 +74,6 @@ class PyramidPolicy(SnapKVPolicy):
             return prompt_len
         window = min(self.config.window, prompt_len)
         schedule = pyramid_budgets(budget, self.num_layers, window, self.config.beta)
+        if self.config.tiers is not None:
+            schedule = staircase(schedule, self.config.tiers)
         return min(prompt_len, schedule[layer])

@@ -38,6 +38,7 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-kernel": ("kernel", int, "odd 1-D pooling kernel over token scores"),
     "--kv-pooling": ("pooling", str, "pooling of token scores: avg or max"),
     "--kv-beta": ("beta", float, "pyramid steepness"),
+    "--kv-tiers": ("tiers", int, "pyramid: budget steps (KV cache groups); default one per layer"),
     "--kv-sink": ("sink", int, "first tokens always kept (streaming, pod)"),
     "--kv-recent": ("recent", int, "pod: last prompt tokens with per-layer keys"),
     "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv) or keys (pod)"),

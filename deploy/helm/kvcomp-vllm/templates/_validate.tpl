@@ -26,7 +26,7 @@ left to values.schema.json.
     "full" (list)
     "streaming" (list "budget" "prefill_chunk" "sink")
     "snapkv" (list "budget" "kernel" "pooling" "prefill_chunk" "window")
-    "pyramid" (list "beta" "budget" "kernel" "pooling" "prefill_chunk" "window")
+    "pyramid" (list "beta" "budget" "kernel" "pooling" "prefill_chunk" "tiers" "window")
     "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
     "pod" (list "group_size" "recent" "sink") -}}
 {{- $policy := $s.policy | default "full" -}}
@@ -45,7 +45,7 @@ left to values.schema.json.
   {{- end -}}
   {{- include "kvcomp-vllm.kvFail" (printf "%s: not a parameter of policy '%s' (its parameters: %s)%s" (sortAlpha $extra | join ", ") $policy (join ", " $allowed | default "none") $hint) -}}
 {{- end -}}
-{{- range $k, $min := dict "window" 1 "kernel" 1 "sink" 0 "recent" 1 "group_size" 1 "prefill_chunk" 1 -}}
+{{- range $k, $min := dict "window" 1 "kernel" 1 "tiers" 1 "sink" 0 "recent" 1 "group_size" 1 "prefill_chunk" 1 -}}
   {{- if and (hasKey $s $k) (not (include "kvcomp-vllm.intAtLeast" (list (get $s $k) $min))) -}}
     {{- include "kvcomp-vllm.kvFail" (printf "%s: must be an integer >= %d, got %v (values: kvParams.%s)" $k $min (get $s $k) (camelcase $k | untitle)) -}}
   {{- end -}}
