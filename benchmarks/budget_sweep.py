@@ -40,6 +40,11 @@ def parse_points(text: str) -> dict[str, list[float]]:
     return points
 
 
+def engine_params(policy: str, args: argparse.Namespace) -> dict:
+    """Engine-wide parameters a policy's line runs with (requests inherit them from the engine)."""
+    return {"tiers": args.pyramid_tiers} if policy == "pyramid" and args.pyramid_tiers else {}
+
+
 def run_engine(engine: str, args: argparse.Namespace) -> dict:
     """Prefill passes and budget points of every policy `engine` serves, in this process."""
     from vllm import SamplingParams
@@ -49,7 +54,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
     preset = PRESETS[args.preset]
     points = {p: b for p, b in parse_points(args.points).items() if ENGINE_OF[p] == engine}
     first = next(iter(points))
-    settings = None if engine == "vanilla" else {"policy": engine, "budget": points[first][0]}
+    settings = None if engine == "vanilla" else {"policy": engine, "budget": points[first][0], **engine_params(engine, args)}
     prefill_count, prefill_len = (int(x) for x in args.prefill.split("x"))
     # Prompts repeat across passes and points: vanilla's prefix cache would skip their prefill (kvcomp turns it off).
     llm, config, _, _ = start_engine(args.preset, settings, args.model_root, enable_prefix_caching=False,
@@ -62,17 +67,19 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
         extra = {} if policy == "vanilla" else {"extra_args": {"kvcomp": {"policy": policy, "budget": budget}}}
         return SamplingParams(max_tokens=max_tokens, **greedy, **extra)
 
+    label = lambda policy: policy + "".join(f" {k}={v}" for k, v in engine_params(policy, args).items())  # noqa: E731
     prefill, rows = [], []
     for policy, budgets in points.items():
         passes = [drive(llm, prefill_prompts, params(policy, budgets[0], 1), record_blocks=False).seconds
                   for _ in range(2)]
-        prefill.append({"policy": policy, "budget": budgets[0], "first_s": passes[0], "second_s": passes[1]})
+        prefill.append({"policy": label(policy), "budget": budgets[0], "prompts": args.prefill,
+                        "first_s": passes[0], "second_s": passes[1]})
         print(f"{policy} prefill passes: {passes[0]:.2f} s, {passes[1]:.2f} s", file=sys.stderr)
     for policy, budgets in points.items():
         for budget in budgets if args.sweep is None or policy in args.sweep.split(",") else ():
             run = drive(llm, prompts, params(policy, budget, preset.output_len), record_blocks=False)
             out_tokens = sum(len(t) for t in run.tokens.values())
-            rows.append({"policy": policy, "budget": budget, "requests": len(prompts), "seconds": run.seconds,
+            rows.append({"policy": label(policy), "budget": budget, "requests": len(prompts), "seconds": run.seconds,
                          "output_tok_s": out_tokens / run.seconds, "decode_only_tok_s": run.decode_tok_s,
                          "decode_only_batch": run.decode_tokens / max(run.decode_steps, 1),
                          "peak_running": run.peak_running, "preemptions": run.preemptions})
@@ -115,7 +122,7 @@ def report(runs: list[dict], out: Path, stem: str, title: str, commands: list[st
     (out / f"{stem}.json").write_text(json.dumps({"commands": commands, "title": title, "runs": runs}, indent=2))
     plot(points, out / f"{stem}.png", title)
     vanilla = {p["policy"]: p for p in points}.get("vanilla")
-    base = {p["policy"]: p for p in prefill}.get("vanilla")
+    base = {p["prompts"]: p for p in prefill if p["policy"] == "vanilla"}  # overhead only against the same prompts
     lines = ["| policy | budget | requests | peak running | output tok/s | decode-only tok/s (mean batch) | preemptions |",
              "|---|---|---|---|---|---|---|"]
     for q in points:
@@ -123,10 +130,12 @@ def report(runs: list[dict], out: Path, stem: str, title: str, commands: list[st
         d_ratio = "" if vanilla is None or q is vanilla else f" ({q['decode_only_tok_s'] / vanilla['decode_only_tok_s']:.2f}x)"
         lines.append(f"| {q['policy']} | {q['budget']:g} | {q['requests']} | {q['peak_running']} | {q['output_tok_s']:.1f}{ratio} | "
                      f"{q['decode_only_tok_s']:.1f} ({q['decode_only_batch']:.1f}){d_ratio} | {q['preemptions']} |")
-    lines += ["", "| policy | budget | prefill pass 1 s | prefill pass 2 s | overhead vs vanilla (pass 2) |", "|---|---|---|---|---|"]
+    lines += ["", "| policy | budget | prompts | prefill pass 1 s | prefill pass 2 s | overhead vs vanilla (pass 2) |",
+              "|---|---|---|---|---|---|"]
     for q in prefill:
-        over = "" if base is None or q is base else f"{100 * (q['second_s'] / base['second_s'] - 1):+.1f}%"
-        lines.append(f"| {q['policy']} | {q['budget']:g} | {q['first_s']:.2f} | {q['second_s']:.2f} | {over} |")
+        ref = base.get(q["prompts"])
+        over = "" if ref is None or q is ref else f"{100 * (q['second_s'] / ref['second_s'] - 1):+.1f}%"
+        lines.append(f"| {q['policy']} | {q['budget']:g} | {q['prompts']} | {q['first_s']:.2f} | {q['second_s']:.2f} | {over} |")
     text = "\n".join(lines) + "\n\nCommands:\n\n" + "\n".join(f"    {c}" for c in commands) + f"\n\n{title}\n"
     (out / f"{stem}.md").write_text(text)
     return text
@@ -140,6 +149,7 @@ def main() -> None:
     parser.add_argument("--prefill", default="4x1024", help="prefill-pass prompts, COUNTxLENGTH")
     parser.add_argument("--sweep", help="comma list of the policies whose budget points run (default: all; "
                                          "the others get their prefill passes only)")
+    parser.add_argument("--pyramid-tiers", type=int, help="pyramid's budget steps (KV groups); default one per layer")
     parser.add_argument("--requests", type=int, help="requests per point (default: the preset's)")
     parser.add_argument("--model-root", default=".cache")
     parser.add_argument("--out", default=str(RESULTS))
@@ -156,6 +166,9 @@ def main() -> None:
              f"{p.dtype}; prefill passes {args.prefill}")
     if args.combine:
         parts = [json.loads(path.read_text()) for path in args.combine]
+        for part in parts:  # runs from before prefill entries named their prompts: the title does
+            for entry in (e for r in part["runs"] for e in r["prefill"]):
+                entry.setdefault("prompts", part["title"].rsplit("prefill passes ", 1)[1])
         runs = [r for part in parts for r in part["runs"]]
         print(report(runs, out, f"{args.preset}-budgets", parts[0]["title"], [c for part in parts for c in part["commands"]]))
         return
