@@ -5,7 +5,7 @@
 #   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, pod
 #   KV_BUDGET       --kv-budget: a token count (2048) or a ratio of the prompt (0.1)
 #   KV_CONFIG       --kv-config: a YAML path, or the name of a preset in $KVCOMP_HOME/configs
-#   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE KV_PREFILL_CHUNK
+#   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_TIERS KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE KV_PREFILL_CHUNK
 #                   the matching --kv-* policy parameters
 #   HOST, PORT      where the server listens (0.0.0.0, 8000); the health check reads PORT too
 #   ENFORCE_EAGER   1 adds --enforce-eager (CUDA graphs off); unset or 0 (default) leaves vLLM's
@@ -34,7 +34,7 @@ if [[ -n "${KV_CONFIG:-}" ]]; then
   fi
   args+=(--kv-config "$config")
 fi
-for name in POLICY BUDGET WINDOW KERNEL POOLING BETA SINK RECENT GROUP_SIZE WINDOW_SIZE PREFILL_CHUNK; do
+for name in POLICY BUDGET WINDOW KERNEL POOLING BETA TIERS SINK RECENT GROUP_SIZE WINDOW_SIZE PREFILL_CHUNK; do
   var="KV_$name"
   if [[ -n "${!var:-}" ]]; then
     flag="--kv-${name,,}"
