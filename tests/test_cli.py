@@ -16,7 +16,7 @@ def test_doctor_reports_registration_and_effective_config(capsys):
 
 def test_doctor_with_a_preset_and_an_override(capsys):
     assert main(["doctor", "--kv-config", str(PRESETS / "snapkv-2k.yaml"), "--kv-budget", "1024"]) == 0
-    assert "effective config: snapkv budget=1024 kernel=7 pooling=avg window=32" in capsys.readouterr().out
+    assert "effective config: snapkv budget=1024 kernel=15 pooling=avg window=32" in capsys.readouterr().out
 
 
 def test_doctor_rejects_bad_values_with_the_validation_message(capsys):
