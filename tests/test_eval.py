@@ -94,7 +94,20 @@ def test_grid_and_budgets():
     assert parse_budget("10%") == 0.1 and parse_budget("0.025") == 0.025 and parse_budget("512") == 512
     labels = [s.label for s in grid(["snapkv", "pod"], [0.1, 128])]
     assert labels == ["full", "snapkv@10%", "snapkv@128tok", "pod@128tok"]
-    assert Setting("pod", 128, 2).kvcomp() == {"policy": "pod", "recent": 128, "group_size": 2}
+    assert Setting("pod", 128, (("group_size", 2),)).kvcomp() == {"policy": "pod", "recent": 128, "group_size": 2}
+
+
+def test_grid_params_reach_the_requests_and_are_checked_first():
+    settings = grid(["snapkv", "pyramid"], [0.1], {"pyramid": {"kernel": 15, "beta": 4.0}})
+    assert [s.kvcomp() for s in settings] == [
+        {"policy": "full"},
+        {"policy": "snapkv", "budget": 0.1},
+        {"policy": "pyramid", "budget": 0.1, "beta": 4.0, "kernel": 15},
+    ]
+    with pytest.raises(ValueError, match=r"params for windowkv: not among the evaluated policies \(snapkv\)"):
+        grid(["snapkv"], [0.1], {"windowkv": {"window_size": 8}})
+    with pytest.raises(ValueError, match="kernel: must be odd"):
+        grid(["snapkv"], [0.1], {"snapkv": {"kernel": 4}})
 
 
 def test_summary_scores_relative_to_full():

@@ -3,11 +3,13 @@
     kvcomp-vllm eval --model MODEL_DIR --out results/eval \
         [--policies streaming,snapkv,pyramid,windowkv,pod] [--budgets 0.025,0.05,0.1,0.2,0.5,128,512,2048]
         [--lengths 2048,4096,8192] [--tasks needle,passkey,...] [--samples 4] [--server URL]
+        [--params '{"pyramid": {"kernel": 15}}']
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -45,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="fixed KV cache size (vLLM's kv_cache_memory_bytes) instead of a memory share; on CPU this also "
            "skips vLLM's start-up check that 92%% of RAM is free, which fails on a shared machine")
     a("--pod-group-size", type=int, default=2, help="pod: layers sharing one key (must divide the layer count)")
+    a("--params", type=json.loads, default={},
+      help='per-policy parameters on top of the defaults, JSON: \'{"snapkv": {"kernel": 15}, "pyramid": {"kernel": 15}}\'')
     a("--no-plots", action="store_true")
     a("--quiet", action="store_true", help="no progress bars")
 
@@ -60,7 +64,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     corpus_name, paragraphs = load_corpus(args.corpus, args.seed)
     builder = PromptBuilder(tokenizer, paragraphs, chat=False if args.no_chat else None)
     samples = build_suite(builder, args.lengths, args.samples, args.tasks, tuple(args.depths), args.seed)
-    settings = grid(args.policies, args.budgets, args.pod_group_size)
+    params = {**getattr(args, "params", {})}  # callers may build the Namespace themselves
+    if "pod" in args.policies:
+        params["pod"] = {"group_size": args.pod_group_size, **params.get("pod", {})}
+    settings = grid(args.policies, args.budgets, params)
     if args.server:
         engine = ServerEngine(args.server, concurrency=args.concurrency)
     else:
@@ -73,7 +80,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     summary = report.summarize(rows)
     info = dict(model=str(args.model), server=args.server, corpus=corpus_name, chat=builder.chat,
                 lengths=args.lengths, tasks=args.tasks, samples=args.samples, depths=args.depths, seed=args.seed,
-                settings=[s.label for s in settings], seconds=round(time.time() - started, 1))
+                params=params, settings=[s.label for s in settings], seconds=round(time.time() - started, 1))
     paths = report.write(args.out, info, samples, rows, summary)
     if not args.no_plots:
         paths["score_vs_budget"] = plots.score_vs_budget(summary, args.out / "score_vs_budget.png")

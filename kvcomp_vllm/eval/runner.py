@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from ..config import KVPolicyConfig
 from .tasks import Sample
 
 # Any non-pod policy can be served per request by an engine started with per-layer KV groups.
@@ -25,11 +26,12 @@ SHARED_ENGINE_POLICY = {"policy": "pyramid", "budget": 0.1}
 
 @dataclass(frozen=True)
 class Setting:
-    """One policy at one budget (a token count or a ratio of the prompt); full has none."""
+    """One policy at one budget (a token count or a ratio of the prompt; full has none), with the
+    policy's other `KVPolicyConfig` fields as sorted (name, value) pairs."""
 
     policy: str
     budget: int | float | None = None
-    pod_group_size: int = 2
+    params: tuple[tuple[str, object], ...] = ()
 
     @property
     def label(self) -> str:
@@ -40,8 +42,8 @@ class Setting:
         if self.policy == "full":
             return {"policy": "full"}
         if self.policy == "pod":
-            return {"policy": "pod", "recent": int(self.budget), "group_size": self.pod_group_size}
-        return {"policy": self.policy, "budget": self.budget}
+            return {"policy": "pod", "recent": int(self.budget), **dict(self.params)}
+        return {"policy": self.policy, "budget": self.budget, **dict(self.params)}
 
 
 def budget_label(budget: int | float) -> str:
@@ -56,9 +58,14 @@ def parse_budget(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
-def grid(policies: list[str], budgets: list[int | float], pod_group_size: int = 2) -> list[Setting]:
-    """Full once, then every other policy at every budget. PoD takes token budgets only (as `recent`):
-    its settings are engine-wide, and a ratio would need one engine per prompt length."""
+def grid(policies: list[str], budgets: list[int | float], params: dict[str, dict] | None = None) -> list[Setting]:
+    """Full once, then every other policy at every budget, with `params[policy]` on top of its
+    defaults. PoD takes token budgets only (as `recent`): its settings are engine-wide, and a ratio
+    would need one engine per prompt length. Every setting is validated here, before any engine starts."""
+    params = params or {}
+    unknown = sorted(set(params) - set(policies))
+    if unknown:
+        raise ValueError(f"params for {', '.join(unknown)}: not among the evaluated policies ({', '.join(policies)})")
     settings = [Setting("full")]
     for policy in policies:
         if policy == "full":
@@ -66,7 +73,9 @@ def grid(policies: list[str], budgets: list[int | float], pod_group_size: int = 
         for budget in budgets:
             if policy == "pod" and isinstance(budget, float):
                 continue
-            settings.append(Setting(policy, budget, pod_group_size))
+            settings.append(Setting(policy, budget, tuple(sorted(params.get(policy, {}).items()))))
+    for setting in settings:
+        KVPolicyConfig(**setting.kvcomp())
     return settings
 
 
