@@ -58,6 +58,7 @@ class Preset:
     pool_requests: float | None = None  # pool sized for this many uncompressed requests (else vLLM's default)
     prefill_pass: bool = True  # time a max_tokens=1 pass first (prefill time); off where prefill is long
     kv_extra: dict = field(default_factory=dict)  # added to every policy that takes these fields
+    tiny_layers: int = 4  # cpu presets: layers of the tiny local model
 
 
 _H100 = {"gpu_memory_utilization": 0.9, "load_format": "dummy", "skip_tokenizer_init": True}
@@ -65,6 +66,9 @@ PRESETS = {
     "cpu-tiny": Preset(16, 1536, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=2),
     "cpu-long": Preset(8, 6144, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=0.5,
                        kv_extra={"prefill_chunk": 512}),
+    # Per-step host work of many KV groups (pyramid: one per layer): 32 thin layers, where compute is small.
+    "cpu-layers": Preset(32, 1024, 64, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=8,
+                         tiny_layers=32),
     "h100-8b": Preset(24, 32000, 256, "bfloat16", _H100),
     "h100-8b-decode": Preset(32, 32000, 1024, "bfloat16", _H100, prefill_pass=False),
     "h100-8b-prefill": Preset(96, 8192, 256, "bfloat16", _H100),
@@ -78,8 +82,10 @@ def model_dir(preset: str, root: Path) -> Path:
     """The model folder: the tiny local model, or an 8B-shaped config for dummy weights."""
     if preset.startswith("cpu-"):
         from kvcomp_vllm.testing import build_tiny_model
+        from kvcomp_vllm.testing.tiny_model import TinyModelSpec
 
-        return build_tiny_model(root / "tiny-llama")
+        layers = PRESETS[preset].tiny_layers
+        return build_tiny_model(root / ("tiny-llama" if layers == 4 else f"tiny-llama-{layers}l"), TinyModelSpec(num_layers=layers))
     path = root / "llama-3.1-8b-shape"
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(LLAMA_8B))
