@@ -13,42 +13,24 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from kvcomp_vllm.config import KVPolicyConfig
 from kvcomp_vllm.eval.corpus import load_corpus
 from kvcomp_vllm.eval.report import records, summarize
-from kvcomp_vllm.eval.runner import OfflineEngine
+from kvcomp_vllm.eval.runner import OfflineEngine, Setting
 from kvcomp_vllm.eval.tasks import DEFAULT_DEPTHS, PromptBuilder, build_suite
 
 
-@dataclass(frozen=True)
-class Variant:
-    """A named kvcomp config, run per request (duck-types `runner.Setting`)."""
-
-    label: str
-    settings: dict
-
-    @property
-    def policy(self) -> str:
-        return self.settings["policy"]
-
-    @property
-    def budget(self):
-        return self.settings.get("budget")
-
-    def kvcomp(self) -> dict:
-        return self.settings
-
-
-def parse_variant(text: str) -> Variant:
+def parse_variant(text: str) -> Setting:
+    """'label={json KVPolicyConfig fields}' -> a `Setting` named `label`."""
     label, _, settings = text.partition("=")
     settings = json.loads(settings)
     KVPolicyConfig(**settings)  # fail here, not inside the engine
     if settings["policy"] == "pod":
         raise argparse.ArgumentTypeError("pod changes the engine's cache layout; run it with `kvcomp-vllm eval`")
-    return Variant(label.strip(), settings)
+    params = {k: v for k, v in settings.items() if k not in ("policy", "budget")}
+    return Setting(settings["policy"], settings.get("budget"), tuple(sorted(params.items())), name=label.strip())
 
 
 def main() -> None:
@@ -72,7 +54,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     _, paragraphs = load_corpus(None, args.seed)
     samples = build_suite(PromptBuilder(tokenizer, paragraphs), lengths, args.samples, args.tasks.split(","), depths, args.seed)
-    variants = [Variant("full", {"policy": "full"}), *args.variant]
+    variants = [Setting("full"), *args.variant]
     engine = OfflineEngine(args.model, dtype=args.dtype, max_model_len=max(lengths) + 64,
                            kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30))
     texts = engine.run(samples, variants)
@@ -83,7 +65,7 @@ def main() -> None:
         r = next(s for s in summary if s["setting"] == v.label)
         relative = "" if r["relative"] is None else f"{r['relative']:.0%}"
         n = sum(row["setting"] == v.label for row in rows)
-        print(f"| {v.label} | `{json.dumps(v.settings)}` | {r['score']:.3f} | {relative} | {n} |")
+        print(f"| {v.label} | `{json.dumps(v.kvcomp())}` | {r['score']:.3f} | {relative} | {n} |")
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
 

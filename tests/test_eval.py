@@ -108,6 +108,8 @@ def test_grid_params_reach_the_requests_and_are_checked_first():
         grid(["snapkv"], [0.1], {"windowkv": {"window_size": 8}})
     with pytest.raises(ValueError, match="kernel: must be odd"):
         grid(["snapkv"], [0.1], {"snapkv": {"kernel": 4}})
+    named = Setting("snapkv", 0.1, (("kernel", 15),), name="snapkv wide")
+    assert named.label == "snapkv wide" and named.kvcomp() == {"policy": "snapkv", "budget": 0.1, "kernel": 15}
 
 
 def test_summary_scores_relative_to_full():

@@ -27,14 +27,17 @@ SHARED_ENGINE_POLICY = {"policy": "pyramid", "budget": 0.1}
 @dataclass(frozen=True)
 class Setting:
     """One policy at one budget (a token count or a ratio of the prompt; full has none), with the
-    policy's other `KVPolicyConfig` fields as sorted (name, value) pairs."""
+    policy's other `KVPolicyConfig` fields as sorted (name, value) pairs; `name` replaces the label."""
 
     policy: str
     budget: int | float | None = None
     params: tuple[tuple[str, object], ...] = ()
+    name: str | None = None
 
     @property
     def label(self) -> str:
+        if self.name is not None:
+            return self.name
         return self.policy if self.budget is None else f"{self.policy}@{budget_label(self.budget)}"
 
     def kvcomp(self) -> dict:
