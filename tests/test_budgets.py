@@ -39,11 +39,11 @@ def test_staircase_hand_case():
 @pytest.mark.parametrize("tiers", [1, 2, 3, 4, 8])
 def test_staircase_keeps_steps_order_and_mean(budget, num_layers, tiers):
     if tiers > num_layers:
-        return
+        pytest.skip("more steps than layers is refused by check_model")
     schedule = pyramid_budgets(budget, num_layers, 32, 20.0)
     steps = staircase(schedule, tiers)
     runs = [[b for layer, b in enumerate(steps) if layer * tiers // num_layers == t] for t in range(tiers)]
-    assert all(len(set(run)) == 1 for run in runs) and len({run[0] for run in runs}) <= tiers
+    assert all(len(set(run)) == 1 for run in runs)
     assert all(a >= b for a, b in zip(steps, steps[1:]))
     assert 0 <= sum(schedule) - sum(steps) < max(len(run) for run in runs)  # mean short by under a token
     assert min(steps) >= 32
