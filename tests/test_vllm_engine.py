@@ -73,6 +73,27 @@ def test_policy_matches_reference_generator(tiny_model_dir, hf_model, settings, 
     assert run.free_blocks_after == run.free_blocks_before
 
 
+@pytest.mark.parametrize(
+    "settings,distinct",
+    [(dict(policy="pyramid", budget=0.1, tiers=4), 4), (dict(policy="pyramid", budget=0.1), 32),
+     (dict(policy="snapkv", budget=0.1), 1), (dict(policy="pod", recent=64, group_size=4), 2)],
+    ids=["pyramid-tiers", "pyramid-per-layer", "snapkv", "pod"],
+)
+def test_layers_of_one_budget_tier_get_one_spec(settings, distinct):
+    """vLLM 0.26 makes a KV group per distinct layer spec (0.32 also merges equal tiers), so a tier's
+    layers must compare equal; their spec's layer must budget like every layer of the tier."""
+    from kvcomp_vllm.vllm_integration.compat import FullAttentionSpec
+    from kvcomp_vllm.vllm_integration.kv_spec import CompressedAttentionSpec
+
+    policy = make_policy(KVPolicyConfig(**settings), 32)
+    base = FullAttentionSpec(block_size=16, num_kv_heads=8, head_size=128, dtype=torch.bfloat16)
+    specs = [CompressedAttentionSpec.from_spec(base, policy, layer) for layer in range(32)]
+    assert len(set(specs)) == distinct
+    for layer, spec in enumerate(specs):
+        assert spec.tier == policy.budget_tier(layer)
+        assert policy.layer_slots(spec.layer, 4096) == policy.layer_slots(layer, 4096)
+
+
 @pytest.mark.parametrize("tiers", [None, 2], ids=["per-layer", "two-steps"])
 def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, tiers, release):
     settings = dict(policy="pyramid", budget=0.1, **({} if tiers is None else {"tiers": tiers}))

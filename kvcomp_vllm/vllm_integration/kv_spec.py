@@ -26,17 +26,20 @@ class CompressedAttentionSpec(FullAttentionSpec):
     """Full attention whose prompt KV is compressed to the budget of `layer`'s tier."""
 
     tier: int = 0
-    layer: int = 0  # a layer of this tier: the budget is computed for it
+    layer: int = 0  # the tier's first layer: the budget is computed for it
     num_layers: int = 1
     policy_json: str = "{}"
 
     @classmethod
     def from_spec(cls, spec: FullAttentionSpec, policy: KVPolicy, layer: int) -> CompressedAttentionSpec:
+        """`layer`'s spec. Every layer of a tier gets an equal spec: vLLM 0.26 makes one KV group per
+        distinct spec (0.32 also merges), and each group costs the scheduler per request and step."""
         base = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
+        tier = policy.budget_tier(layer)
         return cls(
             **base,
-            tier=policy.budget_tier(layer),
-            layer=layer,
+            tier=tier,
+            layer=next(first for first in range(layer + 1) if policy.budget_tier(first) == tier),
             num_layers=policy.num_layers,
             policy_json=policy.config.model_dump_json(exclude_unset=True),
         )
