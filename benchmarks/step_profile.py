@@ -36,6 +36,8 @@ def main() -> None:
     from kvcomp_vllm.testing.engine import scheduler_of
 
     preset = PRESETS[args.preset]
+    if 4 * args.steps >= preset.output_len:  # settle, time, cProfile, torch.profiler
+        raise SystemExit(f"--steps {args.steps} needs more than the preset's {preset.output_len} output tokens")
     llm, config, _, _ = start_engine(args.preset, json.loads(args.kv) if args.kv else None, args.model_root,
                                      enable_prefix_caching=False)
     engine, scheduler = llm.llm_engine, scheduler_of(llm)
@@ -44,8 +46,6 @@ def main() -> None:
         engine.add_request(f"req-{i}", {"prompt_token_ids": prompt}, params)
     while scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens for r in scheduler.running):
         engine.step()
-    if 3 * args.steps + 2 > preset.output_len:
-        raise SystemExit(f"--steps {args.steps} needs more than the preset's {preset.output_len} output tokens")
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
