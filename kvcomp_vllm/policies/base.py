@@ -125,6 +125,13 @@ class KVPolicy(ABC):
         """Layers of one tier keep the same number of tokens for every prompt (one KV cache group)."""
         return 0
 
+    def tier_layers(self) -> dict[int, list[int]]:
+        """Each budget tier's layers, ascending, tiers in order of their first layer."""
+        tiers: dict[int, list[int]] = {}
+        for layer in range(self.num_layers):
+            tiers.setdefault(self.budget_tier(layer), []).append(layer)
+        return tiers
+
     def source_layer(self, layer: int) -> int:
         """Layer whose plan `layer` reuses; itself unless the policy shares selections in groups."""
         return layer

@@ -44,9 +44,7 @@ def check_request(vllm_config, sampling_params) -> None:
 
 def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
     """Blocks a request holds at its peak: each KV group (per tier of the server's policy) has its own."""
-    tiers: dict[int, list[int]] = {}
-    for layer in range(server.num_layers):
-        tiers.setdefault(server.budget_tier(layer), []).append(layer)
+    tiers = server.tier_layers()
     groups = kv_cache_group_sizes([len(layers) for layers in tiers.values()])
     return sum(
         count * cdiv(policy.peak_slots(layers[0], prompt_len, max_tokens), block_size)

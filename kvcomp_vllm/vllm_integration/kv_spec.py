@@ -39,7 +39,7 @@ class CompressedAttentionSpec(FullAttentionSpec):
         return cls(
             **base,
             tier=tier,
-            layer=next(first for first in range(layer + 1) if policy.budget_tier(first) == tier),
+            layer=policy.tier_layers()[tier][0],
             num_layers=policy.num_layers,
             policy_json=policy.config.model_dump_json(exclude_unset=True),
         )
