@@ -94,6 +94,33 @@ def test_layers_of_one_budget_tier_get_one_spec(settings, distinct):
         assert policy.layer_slots(spec.layer, 4096) == policy.layer_slots(layer, 4096)
 
 
+def test_evicted_blocks_are_freed_in_the_schedule_after_the_compacting_step():
+    """With async scheduling vLLM counts only tokens whose output came back, one step behind; the worker
+    compacts in the step that ends the prompt and cuts its rows in the next one, so the manager must free
+    then, counting the step in flight (the scheduler's `num_computed_tokens`)."""
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+    from vllm.v1.core.block_pool import BlockPool
+
+    from kvcomp_vllm.vllm_integration.compat import FullAttentionSpec
+    from kvcomp_vllm.vllm_integration.kv_spec import CompressedAttentionManager, CompressedAttentionSpec
+
+    policy = make_policy(KVPolicyConfig(policy="snapkv", budget=64), 4)
+    base = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.float32)
+    pool = BlockPool(num_gpu_blocks=64, enable_caching=False, hash_block_size=16)
+    manager = CompressedAttentionManager(CompressedAttentionSpec.from_spec(base, policy, 0), block_pool=pool,
+                                         enable_caching=False, kv_cache_group_id=0, scheduler_block_size=16)
+    manager.requests = {"r": SimpleNamespace(num_computed_tokens=200, num_prompt_tokens=200, sampling_params=SamplingParams())}
+    manager.allocate_new_blocks("r", 200, 200)
+    assert len(manager.req_to_blocks["r"]) == 13
+    manager.remove_skipped_blocks("r", 0, num_prompt_tokens=200)  # the 200-token prefill is still in flight
+    assert len(manager.req_to_blocks["r"]) == 4  # 64 kept tokens
+    assert pool.get_num_free_blocks() == 64 - 1 - 4  # block 0 is vLLM's null block
+    manager.allocate_new_blocks("r", 201, 201)  # the first decode token lands at cache position 64
+    assert len(manager.req_to_blocks["r"]) == 5
+
+
 @pytest.mark.parametrize("tiers", [None, 2], ids=["per-layer", "two-steps"])
 def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, tiers, release):
     settings = dict(policy="pyramid", budget=0.1, **({} if tiers is None else {"tiers": tiers}))

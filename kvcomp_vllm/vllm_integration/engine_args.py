@@ -110,7 +110,8 @@ def check_engine_config(vllm_config) -> None:
     if vllm_config.cache_config.enable_prefix_caching:
         logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
         vllm_config.cache_config.enable_prefix_caching = False
-    vllm_config.scheduler_config.async_scheduling = False
+    # Async scheduling stays as vLLM set it (on by default on CUDA): the next step is scheduled while the
+    # GPU runs this one, and blocks freed by a compaction are reused only by later kernels on the stream.
     policy = make_policy(config, layers)
     n = model.max_model_len
     budgets = [policy.layer_budget(layer, n) for layer in range(layers)]

@@ -90,15 +90,23 @@ class CompressedAttentionManager(FullAttentionManager):
         return policy
 
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
+        """Free the blocks a compression point evicted, in the schedule right after the step that reaches it.
+
+        vLLM passes the tokens whose output came back; the count here also includes the step still in
+        flight (async scheduling), because the worker compacts in that step and cuts its block rows in
+        the next one. Freed blocks are rewritten only by later kernels on the stream, after the compaction.
+        """
         if num_prompt_tokens is None or request_id in self.settled:
             return
-        if processed_computed_tokens >= num_prompt_tokens:
+        request = self.requests.get(request_id)
+        computed = processed_computed_tokens if request is None else request.num_computed_tokens
+        if computed >= num_prompt_tokens:
             self.settled.add(request_id)  # decode steps skip the policy from here on
-        evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, processed_computed_tokens)
+        evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, computed)
         if evicted > self.evicted.get(request_id, 0):
             self.evicted[request_id] = evicted
             blocks = self.req_to_blocks[request_id]
-            keep = cdiv(processed_computed_tokens - evicted, self.block_size)
+            keep = cdiv(computed - evicted, self.block_size)
             freed = blocks[keep:]
             del blocks[keep:]
             self.block_pool.free_blocks(reversed(freed))
