@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from policies import PRESETS, RESULTS, make_prompts, run_isolated, start_engine
+from policies import PRESETS, RESULTS, add_engine_option, make_prompts, run_isolated, start_engine
 
 ENGINE_OF = {"vanilla": "vanilla", "snapkv": "snapkv", "windowkv": "snapkv", "streaming": "snapkv", "pyramid": "pyramid"}
 
@@ -57,8 +57,9 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
     settings = None if engine == "vanilla" else {"policy": engine, "budget": points[first][0], **engine_params(engine, args)}
     prefill_count, prefill_len = (int(x) for x in args.prefill.split("x"))
     # Prompts repeat across passes and points: vanilla's prefix cache would skip their prefill (kvcomp turns it off).
-    llm, config, _, _ = start_engine(args.preset, settings, args.model_root, enable_prefix_caching=False,
-                                     max_model_len=max(prefill_len + 1, preset.prompt_len + preset.output_len))
+    engine_args = {"enable_prefix_caching": False,
+                   "max_model_len": max(prefill_len + 1, preset.prompt_len + preset.output_len), **args.engine}
+    llm, config, _, _ = start_engine(args.preset, settings, args.model_root, **engine_args)
     prompts = make_prompts(preset, args.requests or preset.requests, config.vocab_size)
     prefill_prompts = make_prompts(preset, prefill_count, config.vocab_size, length=prefill_len)
     greedy = dict(temperature=0, ignore_eos=True)
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--model-root", default=".cache")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--combine", nargs="+", type=Path, help="JSON files of earlier runs to report together")
+    add_engine_option(parser)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)

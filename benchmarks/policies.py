@@ -113,6 +113,12 @@ def start_engine(preset_name: str, settings: dict | None, model_root: str, max_m
     return llm, config, token_bytes, engine
 
 
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    """`--engine JSON`: vLLM engine arguments over the preset's, for A/B runs of one setting."""
+    parser.add_argument("--engine", type=json.loads, default={},
+                        help='extra vLLM engine arguments as JSON, e.g. \'{"async_scheduling": false}\'')
+
+
 def make_prompts(preset: Preset, requests: int, vocab_size: int, length: int | None = None) -> list[list[int]]:
     """`requests` random prompts of the preset's length, or `length` (seeded: every configuration gets the same)."""
     import torch
@@ -162,7 +168,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
     preset = PRESETS[args.preset]
     settings = policy_settings(name, preset)
-    llm, config, token_bytes, engine = start_engine(args.preset, settings, args.model_root)
+    llm, config, token_bytes, engine = start_engine(args.preset, settings, args.model_root, **args.engine)
     requests = args.requests or preset.requests
     prompts = make_prompts(preset, requests, config.vocab_size)
     greedy = dict(temperature=0, ignore_eos=True)
@@ -228,6 +234,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS), help="folder for <preset>.json and <preset>.md")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
     parser.add_argument("--requests", type=int, help="requests in the batch (default: the preset's)")
+    add_engine_option(parser)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
