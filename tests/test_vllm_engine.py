@@ -17,6 +17,7 @@ from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.reference import generate
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import drive, scheduler_of
+from kvcomp_vllm.vllm_integration.worker import worker_state
 
 pytestmark = pytest.mark.vllm
 
@@ -149,6 +150,10 @@ def test_pod_members_hold_proximal_tokens_and_packed_values_only(tiny_llama_dir,
     want = [-(-(1000 + 1) // BLOCK) if owner else -(-(64 + 468 + 1) // BLOCK) for owner in owners]
     assert run.first_decode_blocks["req-0"] == want
     assert run.free_blocks_after == run.free_blocks_before
+    # The last decode step: member layers 1 and 3 decode the request, from one set of decode inputs.
+    state = worker_state()
+    assert {layer: len(spans) for layer, spans in state.member_rows.items()} == {1: 1, 3: 1}
+    assert len(state.member_inputs) == 1
 
 
 def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, release):

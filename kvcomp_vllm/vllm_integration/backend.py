@@ -75,8 +75,7 @@ class CompressingAttention:
             self._stash_window(state, span, layer_idx, query)
         if state.compress_rows:
             self._compact(state, layer, layer_idx, query, kv_cache, attn_metadata)
-        members = [s for s in state.rows if layer_idx in state.requests[s.req_id].members and
-                   s.start >= state.requests[s.req_id].prompt_len]
+        members = state.member_rows.get(layer_idx)
         if members:
             self._attend_members(state, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
         return output
@@ -149,29 +148,45 @@ class CompressingAttention:
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         owner = state.requests[spans[0].req_id].members[layer_idx].owner
         owner_metadata, owner_kv_cache = layer_context(layer.layer_name, owner)
-        token_rows, layout, batch_rows = [], [], []
-        for span in spans:
-            request = state.requests[span.req_id]
-            member = request.members[layer_idx]
-            for position in range(span.start, span.end):
-                token_rows.append(state.starts[span.row] + position - span.start)
-                layout.append(member.decode_row(position + 1 - request.prompt_len))
-                batch_rows.append(span.row)
-        device = query.device
-        tokens = torch.tensor(token_rows, device=device)
-        batch = torch.tensor(batch_rows, device=metadata.block_table.device)
+        tokens, batch, layout, longest = self._member_inputs(state, spans, layer_idx, query.device)
         result = for_tensor(paged_decode, query)(
             query.view(-1, self.num_heads, self.head_size)[tokens],
             key_cache,
             value_cache,
             metadata.block_table[batch],
-            torch.tensor(layout, dtype=torch.int32, device=device),
-            max(row[0] for row in layout),
+            layout,
+            longest,
             self.scale,
             owner_key_cache=self.kv_views(layer, owner_kv_cache)[0],
             owner_block_tables=owner_metadata.block_table[batch],
         )
         output.view(output.shape[0], self.num_heads, self.head_size)[tokens] = result.to(output.dtype)
+
+    @staticmethod
+    def _member_inputs(state: WorkerCompression, spans: list[RowSpan], layer_idx: int, device) -> tuple:
+        """Token rows, batch rows, `paged_decode` layout and longest row of this step's member tokens.
+
+        Built once per step and reused by every member layer whose requests have the same layout (all
+        of PoD's do): PoD runs its attention eagerly, so this host work would otherwise repeat per layer.
+        """
+        layouts = [state.requests[s.req_id].members[layer_idx] for s in spans]
+        key = tuple(zip(spans, (tuple(m.decode_row(0)) for m in layouts)))
+        inputs = state.member_inputs.get(key)
+        if inputs is None:
+            token_rows, layout, batch_rows = [], [], []
+            for span, member in zip(spans, layouts):
+                prompt_len = state.requests[span.req_id].prompt_len
+                for position in range(span.start, span.end):
+                    token_rows.append(state.starts[span.row] + position - span.start)
+                    layout.append(member.decode_row(position + 1 - prompt_len))
+                    batch_rows.append(span.row)
+            inputs = state.member_inputs[key] = (
+                torch.tensor(token_rows, device=device),
+                torch.tensor(batch_rows, device=device),
+                torch.tensor(layout, dtype=torch.int32, device=device),
+                max(row[0] for row in layout),
+            )
+        return inputs
 
 
 def warm_up_kernels(forward_context: dict, kv_caches: dict) -> list[str]:

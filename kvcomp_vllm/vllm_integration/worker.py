@@ -86,6 +86,8 @@ class WorkerCompression:
         self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
         self.compress_rows: list[RowSpan] = []  # rows whose chunk reaches a compression point
         self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the next point's observation window
+        self.member_rows: dict[int, list[RowSpan]] = {}  # PoD member layer -> rows past their prompt this step
+        self.member_inputs: dict[tuple, tuple] = {}  # this step's member-decode inputs, shared by equal layouts
 
     def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
         """Start following a request under its own policy (the server's unless it overrides it)."""
@@ -133,6 +135,7 @@ class WorkerCompression:
         self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
         self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
         self.rows, self.compress_rows, self.window_rows = [], [], []
+        self.member_rows, self.member_inputs = {}, {}
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
@@ -145,6 +148,9 @@ class WorkerCompression:
             point = policy.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
             span = RowSpan(row, req_id, start, end, point)
             self.rows.append(span)
+            if start >= state.prompt_len:
+                for layer in state.members:
+                    self.member_rows.setdefault(layer, []).append(span)
             if not point or not state.compresses_at(point):
                 continue
             if point <= end:
