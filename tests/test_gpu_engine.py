@@ -124,7 +124,8 @@ def test_async_scheduling_gives_the_tokens_of_sync_scheduling_under_preemption(t
     runs = {}
     for mode in (False, True):
         llm = LLM(model=str(tiny_llama_dir), dtype="float16", enforce_eager=True, gpu_memory_utilization=0.05,
-                  max_model_len=512, block_size=32, num_gpu_blocks_override=num_blocks, async_scheduling=mode, additional_config={"kvcomp": settings})
+                  max_model_len=512, block_size=32, num_gpu_blocks_override=num_blocks, async_scheduling=mode,
+                  additional_config={"kvcomp": settings})
         assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is mode
         runs[mode] = drive(llm, prompts, SamplingParams(max_tokens=96, temperature=0, ignore_eos=True))
         del llm

@@ -4,8 +4,8 @@ Each decoder layer's spec becomes a `CompressedAttentionSpec` carrying its budge
 different tiers never merge, so vLLM's hybrid allocator gives every tier its own block table, all
 drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
 prompt is compressed, only the blocks its kept tokens and later tokens need: once the prompt is
-scheduled up to a compression point (that step may still run) it drops the blocks past `cdiv(computed - evicted, block_size)`
-back to the pool, and from then on counts slots as `num_tokens - evicted`
+scheduled up to a compression point (that step may still run) it drops the blocks past
+`cdiv(computed - evicted, block_size)` back to the pool, and from then on counts slots as `num_tokens - evicted`
 (`KVPolicy.evicted_after`). Admission reserves a request's peak (`KVPolicy.peak_slots`), not its
 raw length, and start-up asks the pool to hold one compressed prompt of `max_model_len` tokens.
 """
