@@ -49,10 +49,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.025)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--prompts", type=int, default=6)
+    parser.add_argument("--corpus", default="generated", help="filler, as `kvcomp-vllm eval --corpus`")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    samples = build_suite(PromptBuilder(tokenizer, load_corpus(None, 0)[1]), [args.length], 4, ["needle"], (0.0, 0.5, 1.0), 0)
+    samples = build_suite(PromptBuilder(tokenizer, load_corpus(args.corpus, 0)[1]), [args.length], 4, ["needle"], (0.0, 0.5, 1.0), 0)
     log: list = []
     recorded(log)
     for sample in samples[: args.prompts]:

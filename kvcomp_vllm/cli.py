@@ -69,10 +69,9 @@ def bench(args: argparse.Namespace, rest: list[str]) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Answer quality per policy and KV budget on long-context tasks; JSON/CSV and plots."""
     from .eval.main import evaluate as run
+    from .eval.main import show
 
-    result = run(args)
-    print(result["paths"]["md"].read_text())
-    print("wrote", ", ".join(str(p) for p in result["paths"].values()))
+    show(run(args))
     return 0
 
 

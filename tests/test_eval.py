@@ -106,10 +106,11 @@ def test_grid_params_reach_the_requests_and_are_checked_first():
     ]
     with pytest.raises(ValueError, match=r"params for windowkv: not among the evaluated policies \(snapkv\)"):
         grid(["snapkv"], [0.1], {"windowkv": {"window_size": 8}})
-    with pytest.raises(ValueError, match="kernel: must be odd"):
+    with pytest.raises(ValueError, match=r"^snapkv@10%: .*kernel: must be odd"):
         grid(["snapkv"], [0.1], {"snapkv": {"kernel": 4}})
-    named = Setting("snapkv", 0.1, (("kernel", 15),), name="snapkv wide")
-    assert named.label == "snapkv wide" and named.kvcomp() == {"policy": "snapkv", "budget": 0.1, "kernel": 15}
+    named = Setting("snapkv", 0.1, (("kernel", 15),), name="snapkv-wide")
+    assert named.label == "snapkv-wide@10%" and named.variant == "snapkv-wide"
+    assert named.kvcomp() == {"policy": "snapkv", "budget": 0.1, "kernel": 15}
 
 
 def test_summary_scores_relative_to_full():
@@ -128,7 +129,7 @@ def _args(model_dir, out, **kw):
     base = dict(model=str(model_dir), out=out, policies=["snapkv", "pod"], budgets=[0.25, 64], lengths=[512],
                 tasks=["needle", "passkey", "multikey"], samples=1, depths=[0.0, 1.0], seed=0, corpus=None,
                 no_chat=False, server=None, concurrency=2, dtype="float32", max_model_len=1024, pod_group_size=2,
-                no_plots=False, quiet=True)
+                no_plots=False, quiet=True, params={}, variants=[], kv_cache_gib=None, dry_run=False)
     return Namespace(**{**base, **kw})
 
 

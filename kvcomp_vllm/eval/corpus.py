@@ -1,10 +1,10 @@
 """Filler text for long prompts: paragraphs of natural English, never one sentence repeated.
 
-The preferred source is Ambrose Bierce's *The Devil's Dictionary* (1911, public domain), which the
-Debian package `dict-devil` ships as `/usr/share/dictd/devil.dict.dz` (dictzip is gzip-readable);
-`apt-get install dict-devil` or `apt-get download dict-devil && dpkg -x` provides it. Without it,
-`generated_paragraphs` writes varied English from a seeded grammar, so tests and machines without
-the package still get natural-looking text.
+The default, `generated`, is varied English from a seeded grammar (`generated_paragraphs`): the same
+prompts on every machine, as in the committed H100 grids. `devils-dictionary` is Ambrose Bierce's
+*The Devil's Dictionary* (1911, public domain), which the Debian package `dict-devil` ships as
+`/usr/share/dictd/devil.dict.dz` (dictzip is gzip-readable), as in the committed CPU results.
+Any other text file can be given by path.
 """
 
 from __future__ import annotations
@@ -70,11 +70,19 @@ def generated_paragraphs(count: int, seed: int) -> list[str]:
     return paragraphs
 
 
-def load_corpus(path: str | Path | None = None, seed: int = 0) -> tuple[str, list[str]]:
-    """(source name, paragraphs): `path` if given, else The Devil's Dictionary if installed, else generated."""
-    if path is not None:
-        return Path(path).name, read_paragraphs(path)
-    for candidate in DEVIL_PATHS:
-        if candidate.exists():
-            return "devils-dictionary (Debian dict-devil)", read_paragraphs(candidate)
-    return "generated", generated_paragraphs(2000, seed)
+CORPORA = ("generated", "devils-dictionary")
+
+
+def load_corpus(source: str | Path | None = "generated", seed: int = 0) -> tuple[str, list[str]]:
+    """(source name, paragraphs) of `generated` (also None), `devils-dictionary` or a text file's path."""
+    if source is None or str(source) == "generated":
+        return "generated", generated_paragraphs(2000, seed)
+    if str(source) == "devils-dictionary":
+        for candidate in DEVIL_PATHS:
+            if candidate.exists():
+                return "devils-dictionary (Debian dict-devil)", read_paragraphs(candidate)
+        raise ValueError(f"--corpus devils-dictionary: {DEVIL_PATHS[0]} is not there; apt-get install dict-devil")
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"--corpus {source}: not {' or '.join(CORPORA)}, and no such file")
+    return path.name, read_paragraphs(path)

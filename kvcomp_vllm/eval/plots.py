@@ -16,15 +16,20 @@ def _pyplot():
     return plt
 
 
+def _row(record: dict) -> str:
+    """The line or plot a record belongs to: its variant (results before variants: its policy)."""
+    return record.get("variant", record["policy"])
+
+
 def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
-    """A panel per budget kind present (ratios, token counts); one line per policy, full KV dashed.
+    """A panel per budget kind present (ratios, token counts); one line per variant (policy), full KV dashed.
 
     The x axis is logarithmic with ticks at the budgets evaluated, labelled as the CLI writes them.
     """
     plt = _pyplot()
     rows = [r for r in summary if r["task"] == task]
     full = next((r["score"] for r in rows if r["policy"] == "full"), None)
-    policies = list(dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"))
+    policies = list(dict.fromkeys(_row(r) for r in rows if r["policy"] != "full"))
     colours = {p: f"C{i}" for i, p in enumerate(policies)}  # one colour per policy in every panel
     kinds = [(kind, xlabel) for kind, xlabel in ((float, "KV budget (share of the prompt)"), (int, "KV budget (tokens)"))
              if any(type(r["budget"]) is kind for r in rows)] or [(float, "KV budget (share of the prompt)")]
@@ -32,7 +37,7 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
     for ax, (kind, xlabel) in zip(axes[0], kinds):
         for policy in policies:
             points = sorted((r["budget"], r["score"]) for r in rows
-                            if r["policy"] == policy and type(r["budget"]) is kind)
+                            if _row(r) == policy and type(r["budget"]) is kind)
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=policy, color=colours[policy])
         if full is not None:
@@ -60,7 +65,7 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all") -> Path:
 
 
 def needle_heatmaps(rows: list[dict], out: Path) -> list[Path]:
-    """One PNG per policy: a panel per budget, context length (rows) x needle depth (columns), mean score."""
+    """One PNG per variant (policy): a panel per budget, context length (rows) x needle depth (columns), mean score."""
     plt = _pyplot()
     import numpy as np
 
@@ -68,8 +73,8 @@ def needle_heatmaps(rows: list[dict], out: Path) -> list[Path]:
     lengths = sorted({r["length"] for r in needle})
     depths = sorted({r["depth"] for r in needle})
     paths = []
-    for policy in dict.fromkeys(r["policy"] for r in needle):
-        budgets = sorted({r["budget"] for r in needle if r["policy"] == policy},
+    for policy in dict.fromkeys(_row(r) for r in needle):
+        budgets = sorted({r["budget"] for r in needle if _row(r) == policy},
                          key=lambda b: (b is not None and isinstance(b, int), b or 0))
         fig, axes = plt.subplots(1, len(budgets), figsize=(2.2 + 2.4 * len(budgets), 0.9 + 0.45 * len(lengths)),
                                  squeeze=False)
@@ -77,7 +82,7 @@ def needle_heatmaps(rows: list[dict], out: Path) -> list[Path]:
             grid = np.full((len(lengths), len(depths)), np.nan)
             for i, length in enumerate(lengths):
                 for j, depth in enumerate(depths):
-                    hits = [r["correct"] for r in needle if r["policy"] == policy and r["budget"] == budget
+                    hits = [r["correct"] for r in needle if _row(r) == policy and r["budget"] == budget
                             and r["length"] == length and r["depth"] == depth]
                     if hits:
                         grid[i, j] = sum(hits) / len(hits)

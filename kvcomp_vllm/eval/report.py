@@ -24,7 +24,8 @@ def records(samples: list[Sample], settings: list[Setting], texts: dict[str, lis
     for setting in settings:
         for sample, text in zip(samples, texts[setting.label]):
             rows.append(
-                dict(policy=setting.policy, budget=setting.budget, setting=setting.label, task=sample.task,
+                dict(policy=setting.policy, variant=setting.variant, budget=setting.budget, setting=setting.label,
+                     task=sample.task,
                      length=sample.length, depth=sample.depth, index=sample.index, answer=sample.answer,
                      output=text, correct=check_answer(text, sample.answer))
             )
@@ -37,7 +38,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     meta: dict[str, tuple] = {}
     for row in rows:
         by_key[(row["setting"], row["task"])].append(row["correct"])
-        meta[row["setting"]] = (row["policy"], row["budget"])
+        meta[row["setting"]] = (row["policy"], row.get("variant", row["policy"]), row["budget"])
     scores = {key: sum(v) / len(v) for key, v in by_key.items()}
     tasks = sorted({task for _, task in scores})
     for setting in meta:
@@ -46,19 +47,19 @@ def summarize(rows: list[dict]) -> list[dict]:
     summary = []
     for (setting, task), score in scores.items():
         full = scores.get(("full", task))
-        policy, budget = meta[setting]
-        summary.append(dict(policy=policy, budget=budget, setting=setting, task=task, score=score,
+        policy, variant, budget = meta[setting]
+        summary.append(dict(policy=policy, variant=variant, budget=budget, setting=setting, task=task, score=score,
                             relative=score / full if full else None, n=len(by_key.get((setting, task), ())) or None))
     return sorted(summary, key=lambda r: (r["task"] != "all", r["task"], r["setting"] != "full", r["setting"]))
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """Policies as rows, budgets as columns: score over all tasks and, in brackets, relative to full."""
+    """Variants (policies) as rows, budgets as columns: score over all tasks and, in brackets, relative to full."""
     overall = [r for r in summary if r["task"] == "all"]
     budgets = sorted({r["budget"] for r in overall if r["budget"] is not None},
                      key=lambda b: (isinstance(b, int), b))
-    policies = list(dict.fromkeys(r["policy"] for r in overall))
-    cell = {(r["policy"], r["budget"]): r for r in overall}
+    policies = list(dict.fromkeys(r["variant"] for r in overall))
+    cell = {(r["variant"], r["budget"]): r for r in overall}
     lines = ["| policy | " + " | ".join(budget_label(b) for b in budgets) + " |",
              "| --- |" + " --- |" * len(budgets)]
     for policy in policies:
@@ -82,7 +83,7 @@ def write(out: Path, run_info: dict, samples: list[Sample], rows: list[dict], su
     suite = [{k: v for k, v in asdict(s).items() if k != "prompt_ids"} for s in samples]
     paths["json"].write_text(json.dumps(dict(run=run_info, summary=summary, suite=suite, records=rows), indent=1))
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["policy", "budget", "setting", "task", "score", "relative", "n"])
+        writer = csv.DictWriter(f, fieldnames=["policy", "variant", "budget", "setting", "task", "score", "relative", "n"])
         writer.writeheader()
         writer.writerows(summary)
     paths["md"].write_text(markdown_table(summary) + "\n")
