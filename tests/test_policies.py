@@ -237,3 +237,30 @@ def test_policies_without_a_window_never_score(settings):
     assert policy.observation_window == 0
     plan = policy.select(1, PromptView(40, 2, torch.device("cpu"), no_scores))
     assert plan.keep is not None and plan.keep.shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(policy="snapkv", budget=96), dict(policy="pyramid", budget=96), dict(policy="windowkv", budget=96, group_size=1),
+     dict(policy="windowkv", budget=96, group_size=1, window_size=5)],
+    ids=["snapkv", "pyramid", "windowkv-auto", "windowkv-5"],
+)
+@pytest.mark.parametrize("new_tokens", [1, 4, 31])
+def test_a_last_chunk_shorter_than_the_window_keeps_distinct_positions(settings, new_tokens):
+    # A prefill_chunk round at the prompt's end: the cache holds 96 kept tokens plus `new_tokens` new
+    # ones, and only the new tokens' queries exist to score with.
+    config = KVPolicyConfig(**settings, prefill_chunk=128)
+    policy = make_policy(config, 4)
+    held = 96 + new_tokens
+    keys, queries = random_layer(4, 2, held, new_tokens, seed=new_tokens)
+    assert queries.shape[1] == new_tokens
+    for layer in range(4):
+        plan = policy.select(layer, PromptView.dense(keys, queries, SCALE, context_len=128 * 7 + new_tokens))
+        budget = policy.layer_budget(layer, 128 * 7 + new_tokens)
+        if budget >= held:  # pyramid's lower layers keep the whole round
+            assert plan.keep is None
+            continue
+        assert plan.keep.shape == (2, budget)
+        for row in plan.keep.tolist():
+            assert len(set(row)) == budget and row == sorted(row)
+            assert row[-new_tokens:] == list(range(held - new_tokens, held))  # the observed queries' own tokens

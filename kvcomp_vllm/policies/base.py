@@ -28,6 +28,8 @@ class PromptView:
 
     `scores(w)` gives the attention the last `w` prompt queries pay each of the first
     `prompt_len - w` tokens, `[num_kv_heads, prompt_len - w]` (see `scoring.observation_scores`).
+    A compression round has only its new tokens' queries, so fewer than `w` when the prompt's last
+    chunk is shorter: the scores then cover every earlier token (use `observe`).
     `context_len` is the whole prompt's length when the view is a compression round inside it.
     """
 
@@ -41,6 +43,11 @@ class PromptView:
     def budget_len(self) -> int:
         """Prompt length the layer budgets are computed for."""
         return self.prompt_len if self.context_len is None else self.context_len
+
+    def observe(self, window: int) -> tuple[torch.Tensor, int]:
+        """Scores from up to the last `window` queries, and how many queries that was: the observation window."""
+        scores = self.scores(min(window, self.prompt_len))
+        return scores, self.prompt_len - scores.shape[-1]
 
     @classmethod
     def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float, context_len: int | None = None) -> PromptView:

@@ -20,6 +20,6 @@ class SnapKVPolicy(KVPolicy):
         budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
-        w = min(self.config.window, n)
-        scores = pool_scores(prompt.scores(w), self.config.kernel, self.config.pooling)
+        scores, w = prompt.observe(self.config.window)
+        scores = pool_scores(scores, self.config.kernel, self.config.pooling)
         return LayerPlan(keep=with_window(top_positions(scores, budget - w), n - w, n))

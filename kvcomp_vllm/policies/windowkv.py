@@ -83,7 +83,6 @@ class WindowKVPolicy(KVPolicy):
         budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
-        w = min(self.config.window, n)
-        scores = prompt.scores(w)
+        scores, w = prompt.observe(self.config.window)
         chosen = select_windows(scores, budget - w, self.window_size(scores, budget - w))
         return LayerPlan(keep=with_window(chosen, n - w, n))
