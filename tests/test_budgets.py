@@ -6,26 +6,76 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy, pyramid_budgets, staircase
 
 
+LONG = 100_000  # a prompt long enough that no layer's budget is capped by it
+
+
 def test_pyramid_hand_case():
     # s = 68 selectable tokens: shares run from 2*68 - 68/20 = 132.6 down to 3.4, rounded to sum 544.
-    assert pyramid_budgets(100, 8, 32, 20.0) == (165, 146, 128, 109, 91, 72, 54, 35)
+    assert pyramid_budgets(100, 8, 32, 20.0, LONG) == (165, 146, 128, 109, 91, 72, 54, 35)
+
+
+def test_pyramid_hand_cases_near_the_prompt_length():
+    # Prompts under 2s = 136 tokens: every layer keeps SnapKV's 100 (a pyramid's bottom would not fit).
+    assert pyramid_budgets(100, 8, 32, 20.0, 101) == (100,) * 8
+    assert pyramid_budgets(100, 8, 32, 20.0, 135) == (100,) * 8
+    # From 136 on the pyramid, its bottom share capped at the prompt's 150 - 32 = 118: shares 118 down to
+    # 2*68 - 118 = 18 in steps of 100/7 (118, 103.71, 89.43, 75.14, 60.86, 46.57, 32.29, 18), floored to
+    # 541, the three largest fractions (layers 4, 1, 5) rounded up to reach 544.
+    assert pyramid_budgets(100, 8, 32, 20.0, 150) == (150, 136, 121, 107, 93, 79, 64, 50)
+    # At 136: shares 104 down to 32 in steps of 72/7, layers 4, 1, 5 rounded up.
+    assert pyramid_budgets(100, 8, 32, 20.0, 136) == (136, 126, 115, 105, 95, 85, 74, 64)
+
+
+def test_pyramid_budget_2048_on_a_2100_token_prompt_is_snapkvs_in_every_layer():
+    policy = make_policy(KVPolicyConfig(policy="pyramid", budget=2048), 32)
+    assert [policy.layer_budget(layer, 2100) for layer in range(32)] == [2048] * 32
 
 
 @pytest.mark.parametrize("budget", [32, 33, 100, 517, 2048])
 @pytest.mark.parametrize("num_layers", [1, 2, 7, 32])
 @pytest.mark.parametrize("beta", [1.0, 2.5, 20.0])
 def test_pyramid_mean_monotone_and_floor(budget, num_layers, beta):
-    schedule = pyramid_budgets(budget, num_layers, 32, beta)
+    schedule = pyramid_budgets(budget, num_layers, 32, beta, LONG)
     assert sum(schedule) == budget * num_layers
     assert all(a >= b for a, b in zip(schedule, schedule[1:]))
     assert min(schedule) >= 32
 
 
-def test_pyramid_beta_one_is_uniform_and_steepness_grows_with_beta():
-    assert pyramid_budgets(100, 4, 32, 1.0) == (100, 100, 100, 100)
-    gentle = pyramid_budgets(1000, 8, 32, 2.0)
-    steep = pyramid_budgets(1000, 8, 32, 20.0)
-    assert steep[0] > gentle[0] and steep[-1] < gentle[-1]
+def boundary_lengths(budget: int, window: int, beta: float) -> list[int]:
+    """Prompt lengths at and around each place the rule changes: the budget, 2s, the bottom reaching the prompt."""
+    s = budget - window
+    bottom = window + 2 * s - s / beta  # where the pyramid's bottom layer equals the prompt
+    marks = [budget, 2 * s, int(bottom), int(bottom) + 1, 4 * budget, 20 * budget]
+    return sorted({n + d for n in marks for d in (-1, 0, 1) if n + d > 0})
+
+
+@pytest.mark.parametrize("budget,window", [(32, 32), (33, 32), (40, 8), (100, 32), (517, 32), (2048, 32), (3000, 1)])
+@pytest.mark.parametrize("num_layers", [1, 4, 7, 32])
+@pytest.mark.parametrize("beta", [1.0, 2.5, 20.0, 200.0])
+@pytest.mark.parametrize("tiers", [None, 2, 3])
+def test_pyramid_layers_keep_the_budget_on_average_for_every_prompt_longer_than_it(budget, window, num_layers, beta, tiers):
+    if tiers is not None and tiers > num_layers:
+        pytest.skip("more steps than layers is refused by check_model")
+    settings = dict(policy="pyramid", budget=budget, window=window, beta=beta, tiers=tiers)
+    policy = make_policy(KVPolicyConfig(**settings), num_layers)
+    runs = [sum(layer * tiers // num_layers == t for layer in range(num_layers)) for t in range(tiers)] if tiers else [1]
+    for n in boundary_lengths(budget, window, beta):
+        kept = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+        want = n if n <= budget else budget  # a prompt within budget is kept whole
+        if len(set(runs)) == 1:  # one layer per step, or steps of equal length: exact
+            assert sum(kept) == num_layers * want, (n, kept)
+        else:  # steps of unequal length may lose the top step's remainder, under one token per layer
+            assert 0 <= num_layers * want - sum(kept) < max(runs), (n, kept)
+        assert max(kept) <= n and min(kept) >= min(window, n), (n, kept)
+        assert kept == sorted(kept, reverse=True), (n, kept)
+
+
+@pytest.mark.parametrize("ratio", [0.125, 0.25, 0.5])  # exact in binary: ceil(ratio * n) is computed here exactly
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 100, 255, 256, 257, 1000, 4095])
+def test_pyramid_ratio_budgets_keep_the_mean(ratio, n):
+    policy = make_policy(KVPolicyConfig(policy="pyramid", budget=ratio), 8)
+    want = min(n, max(-(-int(ratio * 1024) * n // 1024), 32))
+    assert sum(policy.layer_budget(layer, n) for layer in range(8)) == 8 * want
 
 
 def test_staircase_hand_case():
@@ -40,12 +90,15 @@ def test_staircase_hand_case():
 def test_staircase_keeps_steps_order_and_mean(budget, num_layers, tiers):
     if tiers > num_layers:
         pytest.skip("more steps than layers is refused by check_model")
-    schedule = pyramid_budgets(budget, num_layers, 32, 20.0)
+    schedule = pyramid_budgets(budget, num_layers, 32, 20.0, LONG)
     steps = staircase(schedule, tiers)
     runs = [[b for layer, b in enumerate(steps) if layer * tiers // num_layers == t] for t in range(tiers)]
     assert all(len(set(run)) == 1 for run in runs)
     assert all(a >= b for a, b in zip(steps, steps[1:]))
-    assert 0 <= sum(schedule) - sum(steps) < max(len(run) for run in runs)  # mean short by under a token
+    if num_layers % tiers == 0:  # equal runs: the staircase keeps the budget exactly
+        assert sum(steps) == sum(schedule) == budget * num_layers
+    else:  # unequal runs: the top run's carried remainder may be lost, under one token per layer on average
+        assert 0 <= sum(schedule) - sum(steps) < max(len(run) for run in runs)
     assert min(steps) >= 32
     assert staircase(schedule, num_layers) == schedule
 
@@ -63,9 +116,11 @@ def test_layer_budgets_of_each_policy():
 def test_prompt_within_budget_is_kept_whole_in_every_layer():
     pyr = make_policy(KVPolicyConfig(policy="pyramid", budget=512), 4)
     assert [pyr.layer_budget(i, 300) for i in range(4)] == [300] * 4
-    # A budget just under the prompt still shapes the pyramid, capped at the prompt length.
-    capped = [pyr.layer_budget(i, 600) for i in range(4)]
-    assert max(capped) == 600 and capped[-1] < 512
+    # A prompt shorter than 2 * (budget - window) = 960: SnapKV's budget in every layer.
+    assert [pyr.layer_budget(i, 600) for i in range(4)] == [512] * 4
+    assert [pyr.layer_budget(i, 959) for i in range(4)] == [512] * 4
+    assert sum(pyr.layer_budget(i, 960) for i in range(4)) == 4 * 512  # from 960 on, the pyramid
+    assert pyr.layer_budget(0, 960) == 960 and pyr.layer_budget(3, 960) < 512
 
 
 @pytest.mark.parametrize(

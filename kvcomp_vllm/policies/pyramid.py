@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from functools import lru_cache
 
 from .snapkv import SnapKVPolicy
 
 
-@lru_cache(maxsize=256)
-def pyramid_budgets(budget: int, num_layers: int, window: int, beta: float) -> tuple[int, ...]:
-    """Per-layer budgets whose mean is exactly `budget`, non-increasing with depth.
+def pyramid_budgets(budget: int, num_layers: int, window: int, beta: float, prompt_len: int) -> tuple[int, ...]:
+    """Per-layer budgets for a prompt of `prompt_len > budget` tokens, as KVCache-Factory's PyramidKV sets them.
 
-    Each layer keeps `window` tokens plus a share of the `budget - window` selectable tokens; the
-    shares form an arithmetic progression from `2s - s/beta` at the bottom to `s/beta` at the top
-    (s = budget - window), rounded so they sum to exactly `num_layers * s`.
+    With s = budget - window selectable tokens: a prompt shorter than 2s gives every layer `budget`
+    (SnapKV's); a longer one gets shares falling linearly from `2s - s/beta` at the bottom (at most
+    `prompt_len - window`, the bottom's whole prefix) to 2s minus that at the top. Either way the
+    mean over layers is exactly `budget` and no layer's budget exceeds the prompt.
     """
-    if num_layers == 1:
-        return (budget,)
-    s = max(budget - window, 0)
-    top = s / beta
-    bottom = 2 * s - top
-    step = (top - bottom) / (num_layers - 1)
+    s = budget - window
+    if num_layers == 1 or prompt_len < 2 * s:
+        return (budget,) * num_layers
+    bottom = min(2 * s - Fraction(s) / Fraction(beta), Fraction(prompt_len - window))
+    return tuple(window + share for share in _linear_shares(s, num_layers, bottom))
+
+
+@lru_cache(maxsize=256)
+def _linear_shares(s: int, num_layers: int, bottom: Fraction) -> tuple[int, ...]:
+    """`num_layers` integers summing to `num_layers * s`, nearest to the line from `bottom` to `2s - bottom`.
+
+    Floors first, then one more token to the largest fractional parts (the lower layer on ties),
+    which keeps the sequence non-increasing; exact rationals, so no float rounding decides.
+    """
+    step = (2 * s - 2 * bottom) / (num_layers - 1)
     raw = [bottom + step * layer for layer in range(num_layers)]
-    shares = [int(r) for r in raw]
+    shares = [math.floor(r) for r in raw]
     missing = num_layers * s - sum(shares)
-    # Largest fractional parts first (lower layer on ties) keeps the sequence non-increasing.
     for layer in sorted(range(num_layers), key=lambda i: (shares[i] - raw[i], i))[:missing]:
         shares[layer] += 1
-    return tuple(window + share for share in shares)
+    return tuple(shares)
 
 
 def tier_of(layer: int, num_layers: int, tiers: int | None) -> int:
@@ -40,7 +50,8 @@ def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
     """`schedule` flattened to `tiers` steps: each run of layers keeps the mean of its budgets.
 
     Means are floored from the bottom up, each run's remainder carried to the run above, so the
-    result stays non-increasing and its total falls short of `schedule`'s by less than one run.
+    result stays non-increasing. Its total equals `schedule`'s when the runs are of equal length
+    (`tiers` divides the layers); otherwise it may fall short by less than the longest run.
     """
     runs: dict[int, list[int]] = {}
     for layer, budget in enumerate(schedule):
@@ -72,8 +83,7 @@ class PyramidPolicy(SnapKVPolicy):
         budget = super().layer_budget(layer, prompt_len)
         if budget >= prompt_len:  # a prompt within budget is kept whole in every layer
             return prompt_len
-        window = min(self.config.window, prompt_len)
-        schedule = pyramid_budgets(budget, self.num_layers, window, self.config.beta)
+        schedule = pyramid_budgets(budget, self.num_layers, self.config.window, self.config.beta, prompt_len)
         if self.config.tiers is not None:
             schedule = staircase(schedule, self.config.tiers)
-        return min(prompt_len, schedule[layer])
+        return schedule[layer]
