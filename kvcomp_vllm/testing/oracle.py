@@ -1,0 +1,334 @@
+"""An independent oracle: each policy's selection and a greedy generator, written plainly from the papers.
+
+Tests use it as the expected output of the policy package (`kvcomp_vllm.policies`) and of the vLLM
+engine, so it shares no code with either: dense torch, one function per policy, loops where they
+are clearer. It reads `KVPolicyConfig` for parameters only. Ties between equal scores go to the
+earlier position (earlier window, earlier run start), everywhere.
+
+Selection sees one layer of one compression round: the `n` keys its cache holds (kept tokens of
+earlier rounds, then the round's new tokens) and the queries of the round's new tokens. The
+observation window is the last `min(window, new tokens)` of them; budgets are those of the whole
+prompt (`prompt_len`), at most `n`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..config import KVPolicyConfig
+
+ORACLE_ATTENTION = "kvcomp_oracle"
+WINDOWED = ("snapkv", "pyramid", "windowkv")
+
+
+class Kept(NamedTuple):
+    """What a layer keeps: `keep[h]` ascending cache positions of KV head `h` (None: all); PoD members also
+    take the keys of `shared` positions from layer `key_owner`."""
+
+    keep: torch.Tensor | None
+    key_owner: int | None = None
+    shared: torch.Tensor | None = None
+
+
+# Budgets ---------------------------------------------------------------------------------------------
+
+
+def resolved_budget(config: KVPolicyConfig, prompt_len: int) -> int:
+    """Tokens per layer for the whole prompt: a count, or a ratio rounded up; never under the window
+    (scoring policies) or 1, never over the prompt."""
+    b = config.budget
+    tokens = max(1, math.ceil(b * prompt_len)) if isinstance(b, float) else b
+    return min(prompt_len, max(tokens, config.window if config.policy in WINDOWED else 1))
+
+
+def pyramid_layer_budgets(config: KVPolicyConfig, num_layers: int, prompt_len: int) -> list[int]:
+    """PyramidKV as KVCache-Factory budgets it: uniform under 2s prompt tokens (s = budget - window),
+    else a line from 2s - s/beta (at most the prompt) down, rounded to the exact total; then `tiers` steps."""
+    b = resolved_budget(config, prompt_len)
+    w, s, layers = config.window, b - config.window, num_layers
+    if b >= prompt_len:
+        return [prompt_len] * layers
+    if layers == 1 or prompt_len < 2 * s:
+        budgets = [b] * layers
+    else:
+        hi = min(2 * s - Fraction(s) / Fraction(config.beta), Fraction(prompt_len - w))
+        line = [hi + (2 * s - 2 * hi) * i / (layers - 1) for i in range(layers)]
+        share = [math.floor(x) for x in line]
+        by_fraction = sorted(range(layers), key=lambda i: (-(line[i] - share[i]), i))
+        for i in by_fraction[: layers * s - sum(share)]:
+            share[i] += 1
+        budgets = [w + x for x in share]
+    if config.tiers is None:
+        return budgets
+    return staircase_steps(budgets, config.tiers)
+
+
+def staircase_steps(budgets: list[int], tiers: int) -> list[int]:
+    """Layer i joins step i * tiers // layers; each step keeps its layers' mean, floored bottom up with the
+    remainder carried upward, never above the step below."""
+    layers = len(budgets)
+    out, carry, below = [], 0, None
+    for t in range(tiers):
+        members = [i for i in range(layers) if i * tiers // layers == t]
+        total = sum(budgets[i] for i in members) + carry
+        step = total // len(members) if below is None else min(below, total // len(members))
+        carry, below = total - step * len(members), step
+        out += [step] * len(members)
+    return out
+
+
+def layer_budget(config: KVPolicyConfig, num_layers: int, layer: int, prompt_len: int) -> int:
+    """Tokens per KV head `layer` keeps (its own key and value) once the whole prompt is read."""
+    if config.policy == "full":
+        return prompt_len
+    if config.policy == "pod":
+        owner = layer % config.group_size == 0
+        return prompt_len if owner else min(prompt_len, config.sink + config.recent)
+    if config.policy == "pyramid":
+        return pyramid_layer_budgets(config, num_layers, prompt_len)[layer]
+    return resolved_budget(config, prompt_len)
+
+
+# Scores ----------------------------------------------------------------------------------------------
+
+
+def window_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) -> torch.Tensor:
+    """SnapKV's vote, `[kv_heads, n - w]`: per KV head, the attention its query heads' w window queries
+    (the last w positions, causal) pay each earlier token, summed over the queries, averaged over the heads."""
+    kv_heads, n, _ = keys.shape
+    heads, w, _ = queries.shape
+    group = heads // kv_heads
+    dtype = torch.promote_types(keys.dtype, torch.float32)
+    visible = torch.arange(n, device=keys.device)[None, :] <= torch.arange(n - w, n, device=keys.device)[:, None]
+    out = []
+    for h in range(kv_heads):
+        q = queries[h * group : (h + 1) * group].to(dtype)
+        logits = q @ keys[h].to(dtype).T * scale
+        probs = torch.softmax(logits.masked_fill(~visible, -math.inf), dim=-1)
+        out.append(probs[:, :, : n - w].sum(dim=1).mean(dim=0))
+    return torch.stack(out)
+
+
+def best_first(values: list[float]) -> list[int]:
+    """Indices of `values`, highest first; equal values in index order."""
+    return sorted(range(len(values)), key=lambda i: (-values[i], i))
+
+
+def with_observation(chosen: list[list[int]], n: int, w: int) -> torch.Tensor:
+    """Each head's chosen prefix positions plus the observation window's w positions, ascending."""
+    return torch.tensor([sorted(c + list(range(n - w, n))) for c in chosen], dtype=torch.long)
+
+
+# Selection, one function per policy --------------------------------------------------------------------
+
+
+def select_streaming(config: KVPolicyConfig, n: int, budget: int, kv_heads: int) -> Kept:
+    """StreamingLLM: the first `sink` tokens (attention sinks) and the most recent ones."""
+    if budget >= n:
+        return Kept(None)
+    sink = min(config.sink, budget)
+    row = list(range(sink)) + list(range(n - (budget - sink), n))
+    return Kept(torch.tensor([row] * kv_heads))
+
+
+def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+    """SnapKV (and PyramidKV per layer): the window's pooled top votes per KV head, plus the window."""
+    n = keys.shape[1]
+    if budget >= n:
+        return Kept(None)
+    w = min(config.window, queries.shape[1])
+    votes = window_scores(keys, queries[:, -w:], scale)
+    if config.kernel > 1:
+        pool = F.avg_pool1d if config.pooling == "avg" else F.max_pool1d
+        extra = {"count_include_pad": True} if config.pooling == "avg" else {}
+        votes = pool(votes[:, None], config.kernel, stride=1, padding=config.kernel // 2, **extra)[:, 0]
+    chosen = [best_first(row.tolist())[: budget - w] for row in votes]
+    return Kept(with_observation(chosen, n, w))
+
+
+def windowkv_size(config: KVPolicyConfig, votes: torch.Tensor, selectable: int) -> int:
+    """The configured window size, or (auto) the concentrated or spread size by the top-5% attention share,
+    shrunk so that at least three runs fit in `selectable` tokens."""
+    if config.window_size != "auto":
+        return config.window_size
+    top = max(1, math.ceil(0.05 * votes.shape[-1]))
+    ranked = votes.sort(dim=-1, descending=True).values
+    share = float((ranked[:, :top].sum(-1) / votes.sum(-1).clamp_min(1e-30)).mean())
+    spread, concentrated = config.window_sizes
+    size = concentrated if share >= config.concentration_threshold else spread
+    return max(1, min(size, (selectable - 1) // 2))
+
+
+def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+    """WindowKV: the best whole windows of `size` tokens tiled from the start, then the best free run of the
+    remaining `< size` tokens, plus the observation window."""
+    n = keys.shape[1]
+    if budget >= n:
+        return Kept(None)
+    w = min(config.window, queries.shape[1])
+    votes = window_scores(keys, queries[:, -w:], scale)
+    k = budget - w
+    size = windowkv_size(config, votes, k)
+    whole, rest = divmod(k, size)
+    chosen = []
+    for row in votes:
+        tiles = [float(row[i * size : (i + 1) * size].sum()) for i in range(row.shape[0] // size)]
+        picked = [p for t in best_first(tiles)[:whole] for p in range(t * size, (t + 1) * size)]
+        if rest:
+            taken = set(picked)
+            starts = [s for s in range(row.shape[0] - rest + 1) if taken.isdisjoint(range(s, s + rest))]
+            sums = [float(row[s : s + rest].sum()) for s in starts]
+            start = starts[best_first(sums)[0]]
+            picked += list(range(start, start + rest))
+        chosen.append(picked)
+    return Kept(with_observation(chosen, n, w))
+
+
+def select_pod(config: KVPolicyConfig, layer: int, n: int, kv_heads: int) -> Kept:
+    """PoD: group owners keep all; members keep the first `sink` and last `recent` tokens' own keys and take
+    the distant tokens' keys from their owner (values stay their own)."""
+    owner = layer - layer % config.group_size
+    if owner == layer or config.sink + config.recent >= n:
+        return Kept(None)
+    proximal = list(range(config.sink)) + list(range(n - config.recent, n))
+    distant = list(range(config.sink, n - config.recent))
+    return Kept(torch.tensor([proximal] * kv_heads), owner, torch.tensor(distant))
+
+
+def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Kept]:
+    """`select(layer, keys, queries, scale, prompt_len)` for one request, layers called in order each round;
+    windowkv's other layers of a group repeat the group's first layer."""
+    plans: dict[int, Kept] = {}
+
+    def select(layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float, prompt_len: int) -> Kept:
+        kv_heads, n, _ = keys.shape
+        budget = min(n, layer_budget(config, num_layers, layer, prompt_len))
+        p = config.policy
+        if p == "windowkv" and layer % config.group_size:
+            return plans[layer - layer % config.group_size]
+        if p == "full":
+            plan = Kept(None)
+        elif p == "streaming":
+            plan = select_streaming(config, n, budget, kv_heads)
+        elif p in ("snapkv", "pyramid"):
+            plan = select_snapkv(config, keys, queries, scale, budget)
+        elif p == "windowkv":
+            plan = select_windowkv(config, keys, queries, scale, budget)
+        else:
+            plan = select_pod(config, layer, n, kv_heads)
+        plans[layer] = plan
+        return plan
+
+    return select
+
+
+# Generator ---------------------------------------------------------------------------------------------
+
+
+def compression_points(config: KVPolicyConfig, prompt_len: int) -> list[int]:
+    """Where the cache is compressed: every `prefill_chunk` tokens (when set) and at the prompt's end."""
+    chunk = config.prefill_chunk or prompt_len
+    return sorted({*range(chunk, prompt_len, chunk), prompt_len})
+
+
+@dataclass
+class _Run:
+    """One generation's state, read by the attention function."""
+
+    select: Callable[..., object]
+    cache: object
+    prompt_len: int
+    compress: bool = True
+    kept: dict[int, int] = field(default_factory=dict)
+
+
+_RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("kvcomp_oracle_run")
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Eager causal attention over the layer's cache (queries are its last positions); at a compression point
+    the layer's cache is then replaced by what the selection keeps."""
+    run = _RUN.get()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    group = query.shape[1] // key.shape[1]
+    k, v = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    future = torch.arange(kv_len)[None, :] > torch.arange(kv_len - q_len, kv_len)[:, None]
+    logits = (query @ k.transpose(2, 3) * scale).masked_fill(future.to(query.device), -math.inf)
+    out = (logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v).transpose(1, 2).contiguous()
+    if run.compress:
+        layer = module.layer_idx
+        plan = run.select(layer, key[0], query[0], scale, run.prompt_len)
+        keys, values = key[0], value[0]
+        if plan.shared is not None:  # PoD member: distant keys are the owner's
+            keys = keys.clone()
+            shared = plan.shared.to(keys.device)
+            keys[:, shared] = run.cache.layers[plan.key_owner].keys[0][:, shared]
+        elif plan.keep is not None:
+            idx = plan.keep.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+            keys, values = keys.gather(1, idx), values.gather(1, idx)
+        run.cache.layers[layer].keys, run.cache.layers[layer].values = keys[None], values[None]
+        run.kept[layer] = kv_len if plan.keep is None else plan.keep.shape[-1]
+    return out, None
+
+
+@dataclass(frozen=True)
+class GenerateOutput:
+    """Tokens, their logprobs, each step's best logprob, and the tokens each layer kept after the prompt."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    best_logprobs: list[float]
+    kept_per_layer: list[int]
+
+
+@torch.no_grad()
+def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: int, eos_token_id: int | None = None,
+             forced: list[int] | None = None, select: Callable[..., object] | None = None) -> GenerateOutput:
+    """Greedy decode after `prompt` with the oracle's selection at every compression point (batch of one).
+
+    `forced` feeds those tokens instead of the argmax, to score another engine's output; `select`
+    replaces the oracle's selection (same signature as `oracle_selector`'s), to run other code.
+    """
+    from transformers import AttentionInterface, DynamicCache
+
+    AttentionInterface.register(ORACLE_ATTENTION, _attention)
+    model.set_attn_implementation(ORACLE_ATTENTION)
+    num_layers = model.config.num_hidden_layers
+    cache = DynamicCache(config=model.config)
+    run = _Run(select or oracle_selector(config, num_layers), cache, len(prompt))
+    token = _RUN.set(run)
+
+    def forward(ids: list[int], start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + len(ids), device=model.device)[None]
+        ids = torch.tensor([ids], device=model.device)
+        return model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
+
+    try:
+        start = 0
+        for point in compression_points(config, len(prompt)):
+            logits = forward(prompt[start:point], start)
+            start = point
+        run.compress = False
+        tokens, logprobs, best = [], [], []
+        for step in range(len(forced) if forced is not None else max_new_tokens):
+            if step:
+                logits = forward([tokens[-1]], len(prompt) + step - 1)
+            logp = logits[0, -1].float().log_softmax(-1)
+            nxt = int(logp.argmax()) if forced is None else forced[step]
+            tokens.append(nxt)
+            logprobs.append(float(logp[nxt]))
+            best.append(float(logp.max()))
+            if nxt == eos_token_id:
+                break
+    finally:
+        _RUN.reset(token)
+    return GenerateOutput(tokens, logprobs, best, [run.kept[layer] for layer in range(num_layers)])
