@@ -1,6 +1,6 @@
 """The evaluation harness: seeded exact-length tasks, the answer check, and a tiny suite through vLLM.
 
-`full` is checked against the reference generator (kvcomp_vllm/reference.py), a transformers greedy
+`full` is checked against the oracle generator (kvcomp_vllm/testing/oracle.py), a transformers greedy
 loop that shares no code with the harness's engine path: equal completions mean the prompts reach the
 engine intact and the per-request override really ran full KV, and float32 on CPU makes it exact
 (test_vllm_engine.py asserts the same token equality per policy).
@@ -24,7 +24,7 @@ from kvcomp_vllm.eval.main import evaluate
 from kvcomp_vllm.eval.report import summarize
 from kvcomp_vllm.eval.runner import Setting, grid, parse_budget
 from kvcomp_vllm.eval.tasks import TASKS, PromptBuilder, TooShort, build_suite
-from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing.oracle import generate
 
 LENGTHS = [512, 1024]
 
@@ -134,13 +134,13 @@ def _args(model_dir, out, **kw):
 
 
 @pytest.mark.vllm
-def test_tiny_suite_full_equals_reference_and_is_deterministic(tiny_llama_dir, tmp_path):
+def test_tiny_suite_full_equals_the_oracle_and_is_deterministic(tiny_llama_dir, tmp_path):
     first = evaluate(_args(tiny_llama_dir, tmp_path / "a"))
     second = evaluate(_args(tiny_llama_dir, tmp_path / "b", no_plots=True))
     assert [r["output"] for r in first["rows"]] == [r["output"] for r in second["rows"]]
     assert first["summary"] == second["summary"]
 
-    # full (and snapkv, through the per-request override) equal the reference generator's greedy text.
+    # full (and snapkv, through the per-request override) equal the oracle generator's greedy text.
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     suite = json.loads(first["paths"]["json"].read_text())["suite"]

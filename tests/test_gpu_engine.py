@@ -1,8 +1,8 @@
-"""Each policy on vLLM's FlashAttention (CUDA, vLLM 0.26) against the reference generator, float16.
+"""Each policy on vLLM's FlashAttention (CUDA, vLLM 0.26) against the oracle generator, float16.
 
 Skipped without a GPU. Both sides run in float16 on the same GPU, where FlashAttention and the
-reference's eager attention round differently (even `full` can flip a near-tied greedy token), so
-the stated tolerance is: fed vLLM's tokens, the reference rates every one of them within
+oracle's eager attention round differently (even `full` can flip a near-tied greedy token), so
+the stated tolerance is: fed vLLM's tokens, the oracle rates every one of them within
 `LOGPROB_TOLERANCE` of its own best token at that step.
 """
 
@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import drive
 
@@ -45,7 +45,7 @@ def setting_id(settings: dict) -> str:
 
 
 @pytest.mark.parametrize("settings", POLICIES, ids=setting_id)
-def test_policy_on_flash_attention_matches_reference(tiny_llama_dir, settings):
+def test_policy_on_flash_attention_matches_the_oracle(tiny_llama_dir, settings):
     from vllm import LLM, SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -59,7 +59,7 @@ def test_policy_on_flash_attention_matches_reference(tiny_llama_dir, settings):
     for got, prompt in zip(run.tokens.values(), prompts):
         scored = generate(model, prompt, config, NEW_TOKENS, forced=got)
         worst.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
-    print(settings["policy"], "largest logprob gap to the reference's best token, per prompt:", worst)
+    print(settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
     assert max(worst) <= (CHUNKED_LOGPROB_TOLERANCE if "prefill_chunk" in settings else LOGPROB_TOLERANCE)
     assert run.free_blocks_after == run.free_blocks_before
 
@@ -87,7 +87,7 @@ def test_decode_in_full_cuda_graphs_equals_piecewise(tiny_llama_dir, settings):
     """Decode-only steps replay full CUDA graphs over the compacted cache (shifted `seq_lens` in the
     builder's own buffer); they must give exactly the tokens of graphs that leave attention eager.
 
-    Both runs compile the model the same way, so prefill and selection are identical; the reference
+    Both runs compile the model the same way, so prefill and selection are identical; the oracle
     test above runs eagerly because compiled and eager float16 layers differ enough to flip near-tied
     selections of the tiny random model.
     """

@@ -1,4 +1,4 @@
-"""Compression while the prompt is read (`prefill_chunk`): schedule, reference, and a real vLLM CPU engine.
+"""Compression while the prompt is read (`prefill_chunk`): schedule, the oracle generator, and a real vLLM CPU engine.
 
 A prompt longer than the whole KV pool is served when every `prefill_chunk` tokens the cache is
 compressed back to its budget: the pool need only hold budget + chunk per layer.
@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
-from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing.engine import drive
 
 from test_vllm_engine import BLOCK, greedy, make_llm, prompt_ids
@@ -67,7 +67,7 @@ def hf_llama(tiny_llama_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
 
 
-def test_reference_with_one_chunk_equals_compression_after_prefill(tiny_llama_dir, hf_llama):
+def test_oracle_with_one_chunk_equals_compression_after_prefill(tiny_llama_dir, hf_llama):
     prompt = prompt_ids(tiny_llama_dir, 40, 3, length=500)
     once = generate(hf_llama, prompt, KVPolicyConfig(policy="snapkv", budget=96), 12)
     assert generate(hf_llama, prompt, KVPolicyConfig(policy="snapkv", budget=96, prefill_chunk=500), 12) == once
@@ -77,7 +77,7 @@ def test_reference_with_one_chunk_equals_compression_after_prefill(tiny_llama_di
 
 
 @pytest.mark.parametrize("settings", CHUNKED, ids=lambda s: s["policy"])
-def test_engine_compressing_every_chunk_matches_reference(tiny_llama_dir, hf_llama, settings):
+def test_engine_compressing_every_chunk_matches_the_oracle(tiny_llama_dir, hf_llama, settings):
     # Scheduler chunks of 64 split each compression round, so window queries span scheduler steps.
     prompts = [prompt_ids(tiny_llama_dir, 60, 40, length=900), prompt_ids(tiny_llama_dir, 40, 41, length=300),
                prompt_ids(tiny_llama_dir, 4, 42, length=50)]

@@ -1,4 +1,5 @@
-"""The plugin inside a real vLLM CPU engine (float32): tokens equal the reference, memory is really freed."""
+"""The plugin inside a real vLLM CPU engine (float32): tokens equal the oracle generator's
+(`testing.oracle`), memory is really freed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
-from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import drive, scheduler_of
 from kvcomp_vllm.vllm_integration.worker import worker_state
@@ -64,7 +65,7 @@ def release():
 
 
 @pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
-def test_policy_matches_reference_generator(tiny_model_dir, hf_model, settings, release):
+def test_policy_matches_the_oracle_generator(tiny_model_dir, hf_model, settings, release):
     # Long prompts and one shorter than the budget (kept whole), batched together.
     prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
     run = drive(make_llm(tiny_model_dir, settings), prompts, greedy(12))
@@ -168,7 +169,7 @@ def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, re
     assert compressed.free_blocks_after == compressed.free_blocks_before
 
 
-def test_chunked_prefill_matches_reference(tiny_llama_dir, release):
+def test_chunked_prefill_matches_the_oracle(tiny_llama_dir, release):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     # 7 chunks of 128 and a last chunk of 10: the observation window spans two chunks.
     prompts = [prompt_ids(tiny_llama_dir, 60, 20, length=7 * 128 + 10), prompt_ids(tiny_llama_dir, 60, 21, length=500)]
