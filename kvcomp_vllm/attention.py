@@ -1,4 +1,4 @@
-"""Plain eager attention, the semantic reference used by the reference generator and PoD's decode."""
+"""Plain eager attention, the semantic reference for PoD's decode kernel and its tests."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ length and, on demand, the observation-window scores of its prompt keys (RoPE ap
 With `prefill_chunk` set, the cache is compressed every that many prompt tokens and at the prompt's
 end; each view then holds what the cache kept so far plus the new tokens, and budgets stay those
 of the whole prompt (`PromptView.context_len`), so the cache never outgrows budget + chunk.
-The reference generator computes those from dense tensors; the vLLM backend from the paged cache
+`PromptView.dense` computes those from dense tensors; the vLLM backend from the paged cache
 (a Triton kernel on GPU), and only for policies that ask. Callers go through `RequestCompressor`,
 which also handles layers that reuse another layer's plan.
 """
