@@ -29,7 +29,7 @@ class PromptView:
     `scores(w)` gives the attention the last `w` prompt queries pay each of the first
     `prompt_len - w` tokens, `[num_kv_heads, prompt_len - w]` (see `scoring.observation_scores`).
     A compression round has only its new tokens' queries, so fewer than `w` when the prompt's last
-    chunk is shorter: the scores then cover every earlier token (use `observe`).
+    chunk is shorter: the scores then cover every earlier token (`observe` cuts them to the prefix).
     `context_len` is the whole prompt's length when the view is a compression round inside it.
     """
 
@@ -45,9 +45,13 @@ class PromptView:
         return self.prompt_len if self.context_len is None else self.context_len
 
     def observe(self, window: int) -> tuple[torch.Tensor, int]:
-        """Scores from up to the last `window` queries, and how many queries that was: the observation window."""
-        scores = self.scores(min(window, self.prompt_len))
-        return scores, self.prompt_len - scores.shape[-1]
+        """Scores of the tokens before the last `w = min(window, prompt_len)`, and `w`: the observation window.
+
+        With fewer queries than `w` (a short last chunk) the scores come from those, and the window's
+        tokens stay kept as a whole, as when the prompt is compressed once.
+        """
+        w = min(window, self.prompt_len)
+        return self.scores(w)[:, : self.prompt_len - w], w
 
     @classmethod
     def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float, context_len: int | None = None) -> PromptView:

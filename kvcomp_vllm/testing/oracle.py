@@ -7,8 +7,9 @@ earlier position (earlier window, earlier run start), everywhere.
 
 Selection sees one layer of one compression round: the `n` keys its cache holds (kept tokens of
 earlier rounds, then the round's new tokens) and the queries of the round's new tokens. The
-observation window is the last `min(window, new tokens)` of them; budgets are those of the whole
-prompt (`prompt_len`), at most `n`.
+observation window is the last `w = min(window, n)` positions, always kept; the tokens before it
+are scored by the last `w` queries, or all of the round's when it has fewer (a short last chunk).
+Budgets are those of the whole prompt (`prompt_len`), at most `n`.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: i
     n = keys.shape[1]
     if budget >= n:
         return Kept(None)
-    w = min(config.window, queries.shape[1])
-    votes = window_scores(keys, queries[:, -w:], scale)
+    w = min(config.window, n)
+    votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
     if config.kernel > 1:
         pool = F.avg_pool1d if config.pooling == "avg" else F.max_pool1d
         extra = {"count_include_pad": True} if config.pooling == "avg" else {}
@@ -173,8 +174,8 @@ def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget:
     n = keys.shape[1]
     if budget >= n:
         return Kept(None)
-    w = min(config.window, queries.shape[1])
-    votes = window_scores(keys, queries[:, -w:], scale)
+    w = min(config.window, n)
+    votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
     k = budget - w
     size = windowkv_size(config, votes, k)
     whole, rest = divmod(k, size)
