@@ -9,14 +9,18 @@ from kvcomp_vllm.attention import causal_attention
 from kvcomp_vllm.cache_layout import MemberLayout, move_sources
 from kvcomp_vllm.paged import read_tokens, scatter_, span
 from kvcomp_vllm.policies import LayerPlan, apply_plan
+from kvcomp_vllm.testing.caches import empty_cache
 
 BS, D, HKV, H = 8, 4, 2, 4
 
 
-def paged(dense, blocks, dim_major=False):
-    """A NaN-filled cache holding `dense` `[heads, n, d]` at positions 0..n-1, token- or dim-major."""
-    cache = torch.full((12, HKV, D, BS) if dim_major else (12, HKV, BS, D), float("nan"), dtype=dense.dtype)
-    cache = cache.transpose(2, 3) if dim_major else cache
+# (key, value) storage orders: vLLM's CPU `vec` packing, and its `amx` packing (tiled views)
+PACKINGS = [("dim-major", "token-major"), ("amx-key", "amx-value")]
+
+
+def paged(dense, blocks, layout="token-major"):
+    """A NaN-filled cache holding `dense` `[heads, n, d]` at positions 0..n-1, stored as `layout`."""
+    cache = empty_cache(12, HKV, BS, D, layout, dense.dtype)
     scatter_(cache, blocks, span(0, dense.shape[1], HKV), dense)
     return cache
 
@@ -28,11 +32,12 @@ def compact(key_cache, value_cache, blocks, plan, later):
     return sources.shape[-1]
 
 
-def test_plain_compaction_moves_each_heads_kept_tokens_then_later_tokens_to_the_front():
+@pytest.mark.parametrize("key_layout,value_layout", PACKINGS)
+def test_plain_compaction_moves_each_heads_kept_tokens_then_later_tokens_to_the_front(key_layout, value_layout):
     g = torch.Generator().manual_seed(0)
     k, v = torch.randn(HKV, 45, D, generator=g), torch.randn(HKV, 45, D, generator=g)
     blocks = torch.tensor([2, 6, 1, 4, 0, 3])
-    key_cache, value_cache = paged(k, blocks, dim_major=True), paged(v, blocks)
+    key_cache, value_cache = paged(k, blocks, key_layout), paged(v, blocks, value_layout)
     keep = torch.stack([torch.randperm(40, generator=g)[:20].sort().values for _ in range(HKV)])
     plan = LayerPlan(keep=keep)
     slots = compact(key_cache, value_cache, blocks, plan, torch.arange(40, 45))
@@ -42,9 +47,10 @@ def test_plain_compaction_moves_each_heads_kept_tokens_then_later_tokens_to_the_
     assert torch.equal(read_tokens(value_cache, blocks, 25), torch.cat([want_v, v[:, 40:]], dim=1))
 
 
+@pytest.mark.parametrize("key_layout,value_layout", PACKINGS)
 @pytest.mark.parametrize("num_distant", [20, 21])
 @pytest.mark.parametrize("q_len", [1, 3])
-def test_member_decode_equals_dense_attention_with_owner_keys(num_distant, q_len):
+def test_member_decode_equals_dense_attention_with_owner_keys(num_distant, q_len, key_layout, value_layout):
     g = torch.Generator().manual_seed(num_distant + q_len)
     sink, recent, later = 2, 5, 4
     n = sink + num_distant + recent
@@ -53,7 +59,8 @@ def test_member_decode_equals_dense_attention_with_owner_keys(num_distant, q_len
     proximal = torch.cat([positions[:sink], positions[n - recent :]])
     plan = LayerPlan(keep=proximal.expand(HKV, -1), key_owner=0, shared=positions[sink : n - recent])
     blocks, owner_blocks = torch.tensor([7, 2, 9, 0, 4, 11, 5, 1]), torch.tensor([3, 6, 8, 10, 1, 0, 2, 4])
-    key_cache, value_cache, owner = paged(k, blocks, dim_major=True), paged(v, blocks), paged(owner_k, owner_blocks)
+    key_cache, value_cache = paged(k, blocks, key_layout), paged(v, blocks, value_layout)
+    owner = paged(owner_k, owner_blocks, key_layout)
     slots = compact(key_cache, value_cache, blocks, plan, torch.arange(n, n + later))
     assert slots == proximal.numel() + -(-num_distant // 2) + later
     assert torch.equal(read_tokens(key_cache, blocks, proximal.numel()), k[:, proximal])

@@ -8,7 +8,7 @@ compression point (the prompt's end, or every `prefill_chunk` tokens), plans eac
 them in one batched move. PoD member layers replace their decode output with
 attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
 member decode are the Triton kernels of `kvcomp_kernels`, compiled when the KV cache is allocated
-(`warm_up_kernels`); elsewhere their torch references.
+(`prepare_caches`); elsewhere their torch references.
 """
 
 from __future__ import annotations
@@ -189,18 +189,20 @@ class CompressingAttention:
         return inputs
 
 
-def warm_up_kernels(forward_context: dict, kv_caches: dict) -> list[str]:
-    """Compile the Triton kernels once per distinct CUDA layer-cache layout, before any request
-    (first launches would otherwise compile inside the first prefills). Returns the layers used."""
+def prepare_caches(forward_context: dict, kv_caches: dict) -> list[str]:
+    """Address every compressing layer's cache once, before any request: CPU packings are probed (an
+    unaddressable one stops start-up, not the first request) and on CUDA the Triton kernels compile
+    once per distinct layer-cache layout (a first launch would compile inside a prefill). Returns the
+    layers the kernels were compiled for."""
     seen, used = set(), []
     for name, cache in kv_caches.items():
         layer = forward_context.get(name)
         impl = getattr(layer, "impl", None)
-        if not isinstance(impl, CompressingAttention) or not cache.is_cuda:
+        if not isinstance(impl, CompressingAttention):
             continue
         key, value = impl.kv_views(layer, cache)
         layout = (key.dtype, tuple(key.shape[1:]), key.stride(), impl.num_heads)
-        if layout not in seen:
+        if cache.is_cuda and layout not in seen:
             seen.add(layout)
             warm_up(key, value, impl.num_heads, impl.scale)
             used.append(name)

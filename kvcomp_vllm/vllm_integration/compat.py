@@ -60,6 +60,7 @@ __all__ = [
     "register_kv_spec",
     "set_row_num_blocks",
     "split_chunks_at",
+    "cpu_block_tilings",
     "cpu_kv_views",
 ]
 
@@ -156,28 +157,30 @@ def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> No
 
 
 def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value views `[num_blocks, kv_heads, block_size, head_dim]` of a CPU layer cache.
+    """Key and value views of a CPU layer cache, tiled `[blocks, kv_heads, block_size // tile, tile,
+    head_dim // pack, pack]` (see `kvcomp_vllm.paged`).
 
     vLLM's CPU backend stores, per block and head, the block's keys and then its values, each packed
-    as its ISA's kernels want (keys are dim-major for the `vec` kernels); the packing is probed once.
+    as its ISA's kernels want: `vec` keys are dim-major, `amx` keys are 16-token rows of dimension
+    pairs and `amx` values 16-dimension rows of token pairs. The packing is probed once per ISA.
     """
     num_blocks, num_kv_heads, block_size, head_dim2 = kv_cache.shape
     head_dim = head_dim2 // 2
     regions = kv_cache.view(num_blocks, num_kv_heads, -1)
-    strides = _cpu_block_strides(isa, kv_cache.dtype, block_size, head_dim)
+    tilings = cpu_block_tilings(isa, kv_cache.dtype, block_size, head_dim)
     return tuple(
         regions.as_strided(
-            (num_blocks, num_kv_heads, block_size, head_dim),
-            (regions.stride(0), regions.stride(1), token_stride, dim_stride),
+            (num_blocks, num_kv_heads, block_size // tile, tile, head_dim // pack, pack),
+            (regions.stride(0), regions.stride(1), *strides),
             regions.storage_offset() + offset,
         )
-        for offset, (token_stride, dim_stride) in zip((0, block_size * head_dim), strides)
+        for offset, (tile, pack, strides) in zip((0, block_size * head_dim), tilings)
     )
 
 
 @lru_cache(maxsize=None)
-def _cpu_block_strides(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[tuple[int, int], ...]:
-    """(token, dim) strides of keys and of values inside one block and head, learnt from vLLM's writer.
+def cpu_block_tilings(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[tuple, ...]:
+    """(tile, pack, strides) of keys and of values inside one block and head, learnt from vLLM's writer.
 
     Block d of a scratch cache receives tokens whose only non-zero entry is dim d, valued t + 1
     (exact in every float dtype for block sizes up to 256); where each lands gives the layout.
@@ -191,19 +194,38 @@ def _cpu_block_strides(isa: str, dtype: torch.dtype, block_size: int, head_dim: 
         tokens, tokens, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto"
     )
     regions = kv_cache.view(head_dim, 1, -1).chunk(2, dim=2)
-    return tuple(_strides_from_probe(region, block_size, head_dim, isa) for region in regions)
+    return tuple(_tiling_from_probe(_probe_offsets(region, block_size, head_dim), isa, dtype) for region in regions)
 
 
-def _strides_from_probe(region: torch.Tensor, block_size: int, head_dim: int, isa: str) -> tuple[int, int]:
+def _probe_offsets(region: torch.Tensor, block_size: int, head_dim: int) -> torch.Tensor:
+    """Element offset of (token, dim) inside one block and head: `[block_size, head_dim]`."""
     offset = torch.empty(block_size, head_dim, dtype=torch.int64)
     for d in range(head_dim):
         where = region[d, 0].nonzero().squeeze(1)
-        offset[region[d, 0, where].round().long() - 1, d] = where
-    token_stride, dim_stride = int(offset[1, 0] - offset[0, 0]), int(offset[0, 1] - offset[0, 0])
-    strided = torch.arange(block_size)[:, None] * token_stride + torch.arange(head_dim) * dim_stride
-    if not torch.equal(offset, strided):
-        raise NotImplementedError(f"vLLM's CPU cache packing for ISA {isa!r} is not strided; kvcomp cannot address it")
-    return token_stride, dim_stride
+        offset[region[d, 0, where].float().round().long() - 1, d] = where
+    return offset
+
+
+def _tiling_from_probe(offset: torch.Tensor, isa: str, dtype: torch.dtype) -> tuple[int, int, tuple[int, int, int, int]]:
+    """The smallest (tile, pack) whose four strides reproduce every offset: token t sits at
+    (t // tile, t % tile), dim d at (d // pack, d % pack)."""
+    block_size, head_dim = offset.shape
+    t, d = torch.arange(block_size)[:, None], torch.arange(head_dim)[None, :]
+    for tile in (n for n in range(1, block_size + 1) if block_size % n == 0):
+        for pack in (n for n in range(1, head_dim + 1) if head_dim % n == 0):
+            strides = (
+                int(offset[tile, 0]) if tile < block_size else 0,
+                int(offset[1, 0]) if tile > 1 else 0,
+                int(offset[0, pack]) if pack < head_dim else 0,
+                int(offset[0, 1]) if pack > 1 else 0,
+            )
+            at = (t // tile) * strides[0] + (t % tile) * strides[1] + (d // pack) * strides[2] + (d % pack) * strides[3]
+            if torch.equal(offset, at):
+                return tile, pack, strides
+    raise ValueError(
+        f"kvcomp: vLLM's CPU KV cache packing for ISA '{isa}' at {str(dtype).removeprefix('torch.')} is not one "
+        "kvcomp can address; serve with another --dtype (float32 is packed strided on x86)"
+    )
 
 
 __all__ += ["RequestRejected", "add_worker_method", "engine_client_of", "kv_cache_group_sizes", "pool_blocks"]

@@ -244,9 +244,9 @@ def _initialize_kv_cache_tensors(original):
     def initialize_kv_cache_tensors(self: GPUModelRunner, *args, **kwargs):
         kv_caches = original(self, *args, **kwargs)
         if engine_policy(self.vllm_config) is not None:
-            from .backend import warm_up_kernels  # the backend imports this module
+            from .backend import prepare_caches  # the backend imports this module
 
-            warm_up_kernels(self.compilation_config.static_forward_context, kv_caches)
+            prepare_caches(self.compilation_config.static_forward_context, kv_caches)
         return kv_caches
 
     return initialize_kv_cache_tensors
