@@ -44,11 +44,32 @@ def doctor(args: argparse.Namespace) -> int:
         f"plugin registered with vLLM: {'yes' if 'kvcomp' in plugins else 'no'}"
         + (f" ({plugins['kvcomp']})" if "kvcomp" in plugins else ""),
     ]
+    if not torch.cuda.is_available():
+        lines += cpu_packings()
     settings = settings_from_args(args)
     config = validated(settings) if settings else None
     lines.append(f"effective config: {config.describe() if config else 'none given (vLLM serves full KV)'}")
     print("\n".join(lines))
     return 0 if "kvcomp" in plugins else 1
+
+
+def cpu_packings(block_size: int = 128, head_dim: int = 128) -> list[str]:
+    """Per `--dtype`, the KV packing vLLM's CPU attention picks on this host and whether kvcomp addresses
+    it (a model's own block size and head size are checked again at start-up)."""
+    import torch
+
+    from .vllm_integration.compat import cpu_attention_isa, cpu_block_tilings
+
+    lines = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        try:
+            isa = cpu_attention_isa(dtype, block_size, head_dim, "auto")
+            cpu_block_tilings(isa, dtype, block_size, head_dim)
+            lines.append(f"CPU KV packing at --dtype {name}: {isa}, addressed")
+        except Exception as err:  # noqa: BLE001 - any failure is this dtype's answer, not doctor's
+            lines.append(f"CPU KV packing at --dtype {name}: not served with compression ({err})")
+    return lines
 
 
 def presets(args: argparse.Namespace) -> int:

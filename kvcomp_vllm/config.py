@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, model_validator
 
 PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "pod"]
 POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
@@ -32,11 +32,28 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
 }
 _NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv"})
 
+# Upper bounds that hold before the model is known: no setting may ask a worker for work or memory
+# beyond them. `check_model` then bounds token counts by the model's context length.
+MAX_TOKENS = 1 << 24  # token counts: beyond any model's context
+MAX_KERNEL = 255  # pooling width: SnapKV pools over 5-13 tokens; the pooling buffer grows with it
+MAX_LAYERS = 1024  # layer counts (group sizes, budget steps)
+MAX_BETA = 1000.0  # pyramid steepness: PyramidKV uses 20
+_TOKEN_FIELDS = ("window", "sink", "recent", "prefill_chunk")  # token counts bounded by the context
+
+
+def field_name(field: str, info: ValidationInfo | None = None) -> str:
+    """A field as the client spelled it: HTTP requests send `kv_<field>` (validation context `prefix`)."""
+    return ((info.context or {}).get("prefix", "") if info is not None else "") + field
+
 
 class KVPolicyConfig(BaseModel):
-    """A KV compression policy and its parameters, validated on construction."""
+    """A KV compression policy and its parameters, validated on construction.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Types are strict (a budget sent as a string or a boolean is an error, not coerced) and every number
+    is bounded, so no setting makes a worker allocate or loop in proportion to a value a client sent.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     policy: PolicyName = Field("full", description="compression policy")
     budget: int | float | None = Field(
@@ -44,28 +61,36 @@ class KVPolicyConfig(BaseModel):
         description="tokens kept per layer and KV head: an integer count, or a ratio in (0, 1] "
         "of the prompt length (pyramid: the mean over layers)",
     )
-    window: int = Field(32, ge=1, description="observation window: last prompt queries used for scoring")
-    kernel: int = Field(7, ge=1, description="1-D pooling kernel over token scores (odd)")
+    window: int = Field(32, ge=1, le=MAX_TOKENS, description="observation window: last prompt queries used for scoring")
+    kernel: int = Field(7, ge=1, le=MAX_KERNEL, description="1-D pooling kernel over token scores (odd)")
     pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
-    beta: float = Field(20.0, ge=1.0, description="pyramid steepness: top layer keeps 1/beta of the bottom's share")
+    beta: float = Field(
+        20.0, ge=1.0, le=MAX_BETA, description="pyramid steepness: top layer keeps 1/beta of the bottom's share"
+    )
     tiers: int | None = Field(
         None,
         ge=1,
+        le=MAX_LAYERS,
         description="pyramid: budget steps, each one KV cache group (fewer steps: less work per decode step); "
         "unset: one step per layer, as in PyramidKV",
     )
-    sink: int = Field(4, ge=0, description="first tokens always kept (streaming, pod)")
-    recent: int = Field(256, ge=1, description="pod: last prompt tokens that keep per-layer keys")
-    group_size: int = Field(2, ge=1, description="consecutive layers sharing indices (windowkv) or keys (pod)")
+    sink: int = Field(4, ge=0, le=MAX_TOKENS, description="first tokens always kept (streaming, pod)")
+    recent: int = Field(256, ge=1, le=MAX_TOKENS, description="pod: last prompt tokens that keep per-layer keys")
+    group_size: int = Field(
+        2, ge=1, le=MAX_LAYERS, description="consecutive layers sharing indices (windowkv) or keys (pod)"
+    )
     window_size: int | Literal["auto"] = Field(
         "auto", description="windowkv: tokens per window, or 'auto' to choose from the attention pattern"
     )
-    window_sizes: tuple[int, int] = Field(
-        (8, 32), description="windowkv auto: (size for spread attention, size for concentrated attention)"
+    window_sizes: tuple[StrictInt, StrictInt] = Field(
+        (8, 32),
+        strict=False,  # a JSON list is the pair's form; its items stay strict
+        description="windowkv auto: (size for spread attention, size for concentrated attention)",
     )
     prefill_chunk: int | None = Field(
         None,
         ge=1,
+        le=MAX_TOKENS,
         description="compress every this many prompt tokens during prefill (peak cache: budget + "
         "prefill_chunk per layer), so prompts longer than the KV pool fit; unset: once, after the prompt",
     )
@@ -74,44 +99,50 @@ class KVPolicyConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> KVPolicyConfig:
+    def _check(self, info: ValidationInfo) -> KVPolicyConfig:
+        name = lambda field: field_name(field, info)  # noqa: E731
         extra = sorted(self.model_fields_set - POLICY_FIELDS[self.policy] - {"policy"})
         if extra:
-            allowed = ", ".join(sorted(POLICY_FIELDS[self.policy])) or "none"
+            allowed = ", ".join(name(f) for f in sorted(POLICY_FIELDS[self.policy])) or "none"
             raise ValueError(
-                f"{', '.join(extra)}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
+                f"{', '.join(map(name, extra))}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
             )
         if self.policy in _NEEDS_BUDGET and self.budget is None:
-            raise ValueError(f"budget: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
+            raise ValueError(f"{name('budget')}: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
         if self.budget is not None:
-            self._check_budget()
+            self._check_budget(name)
         if self.kernel % 2 == 0:
-            raise ValueError(f"kernel: must be odd so pooling keeps positions centred, got {self.kernel}")
-        if isinstance(self.window_size, int) and self.window_size < 1:
-            raise ValueError(f"window_size: must be 'auto' or an integer >= 1, got {self.window_size}")
+            raise ValueError(f"{name('kernel')}: must be odd so pooling keeps positions centred, got {self.kernel}")
+        sizes = [("window_size", self.window_size)] if isinstance(self.window_size, int) else []
+        for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
+            if not 1 <= size <= MAX_TOKENS:
+                raise ValueError(f"{name(field)}: window sizes must lie in [1, {MAX_TOKENS}], got {size}")
         if self.prefill_chunk is not None and "window" in POLICY_FIELDS[self.policy] and self.prefill_chunk < self.window:
             raise ValueError(
-                f"prefill_chunk: {self.prefill_chunk} tokens is less than window ({self.window}); each "
-                "chunk's last queries score its compression"
+                f"{name('prefill_chunk')}: {self.prefill_chunk} tokens is less than {name('window')} ({self.window}); "
+                "each chunk's last queries score its compression"
             )
-        if min(self.window_sizes) < 1:
-            raise ValueError(f"window_sizes: both sizes must be >= 1, got {self.window_sizes}")
         return self
 
-    def _check_budget(self) -> None:
-        b = self.budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
-            raise ValueError(f"budget: must be a token count or a ratio in (0, 1], got {b!r}")
+    def _floor(self, prefix: str = "") -> tuple[int, str]:
+        """The fewest tokens a budget may keep, and what sets it."""
+        return (self.sink + 1, f"{prefix}sink + 1") if self.policy == "streaming" else (self.window, f"{prefix}window")
+
+    def _check_budget(self, name) -> None:
+        b, prefix, name = self.budget, name(""), name("budget")
+        if not math.isfinite(b):
+            raise ValueError(f"{name}: must be a token count or a ratio in (0, 1], got {b!r}")
+        if b <= 0:
+            raise ValueError(f"{name}: must be positive (a token count, or a ratio in (0, 1]), got {b}")
         if isinstance(b, float):
-            if not 0.0 < b <= 1.0:
-                raise ValueError(
-                    f"budget: a ratio must lie in (0, 1], got {b}; give an integer for a token count"
-                )
+            if b > 1.0:
+                raise ValueError(f"{name}: a ratio must lie in (0, 1], got {b}; give an integer for a token count")
             return
-        floor = {"streaming": self.sink + 1}.get(self.policy, self.window)
-        floor_name = "sink + 1" if self.policy == "streaming" else "window"
+        floor, floor_name = self._floor(prefix)
         if b < floor:
-            raise ValueError(f"budget: {b} tokens is less than {floor_name} ({floor}) for policy '{self.policy}'")
+            raise ValueError(f"{name}: {b} tokens is less than {floor_name} ({floor}) for policy '{self.policy}'")
+        if b > MAX_TOKENS:
+            raise ValueError(f"{name}: {b} tokens is more than any context ({MAX_TOKENS} tokens)")
 
     def resolve_budget(self, prompt_len: int) -> int:
         """Token budget for a prompt of `prompt_len` tokens (ratios round up)."""
@@ -121,19 +152,45 @@ class KVPolicyConfig(BaseModel):
             return max(1, math.ceil(self.budget * prompt_len))
         return int(self.budget)
 
-    def check_model(self, num_layers: int, max_model_len: int | None = None) -> None:
-        """Reject settings that cannot work with a model of `num_layers` layers and this context length."""
+    def check_model(self, num_layers: int, max_model_len: int | None = None, prefix: str = "") -> None:
+        """Reject settings that cannot work with a model of `num_layers` layers and this context length
+        (`prefix`: how the client spells fields, e.g. `kv_` over HTTP)."""
         if "group_size" in POLICY_FIELDS[self.policy]:
             if self.group_size > num_layers or num_layers % self.group_size:
                 raise ValueError(
-                    f"group_size: {self.group_size} does not divide the model's {num_layers} layers; "
+                    f"{prefix}group_size: {self.group_size} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
         if self.tiers is not None and self.tiers > num_layers:
-            raise ValueError(f"tiers: {self.tiers} budget steps for a model of {num_layers} layers; use at most {num_layers}")
-        if max_model_len is not None and isinstance(self.budget, int) and self.budget > max_model_len:
             raise ValueError(
-                f"budget: {self.budget} tokens is larger than the model's context ({max_model_len} tokens)"
+                f"{prefix}tiers: {self.tiers} budget steps for a model of {num_layers} layers; use at most {num_layers}"
+            )
+        if max_model_len is None:
+            return
+        counts = {f: getattr(self, f) for f in _TOKEN_FIELDS if f in self.model_fields_set}
+        if isinstance(self.budget, int):
+            counts["budget"] = self.budget
+        if isinstance(self.window_size, int):
+            counts["window_size"] = self.window_size
+        for field, value in counts.items():
+            if value is not None and value > max_model_len:
+                raise ValueError(
+                    f"{prefix}{field}: {value} tokens is larger than the model's context ({max_model_len} tokens)"
+                )
+        if isinstance(self.budget, float) and self.policy in _NEEDS_BUDGET:
+            self.check_prompt(max_model_len, prefix)
+
+    def check_prompt(self, prompt_len: int, prefix: str = "") -> None:
+        """Reject a ratio budget that keeps fewer of this prompt's tokens than the window (or sink + 1),
+        as an integer budget below it is rejected, rather than serve the window instead."""
+        floor, floor_name = self._floor(prefix)
+        if not isinstance(self.budget, float) or prompt_len <= floor:
+            return
+        kept = self.resolve_budget(prompt_len)
+        if kept < floor:
+            raise ValueError(
+                f"{prefix}budget: ratio {self.budget} keeps {kept} of {prompt_len} prompt tokens, fewer than "
+                f"{floor_name} ({floor}) for policy '{self.policy}'; raise it or give a token count"
             )
 
     def describe(self) -> str:
@@ -142,19 +199,21 @@ class KVPolicyConfig(BaseModel):
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 
-def request_config(server: KVPolicyConfig, overrides: dict | None) -> KVPolicyConfig:
+def request_config(server: KVPolicyConfig, overrides: dict | None, prefix: str = "") -> KVPolicyConfig:
     """The config one request runs with: the server's, with the request's fields on top.
 
     A request naming another policy starts from that policy's defaults (the server's parameters
-    belong to the server's policy); otherwise its fields replace the server's.
+    belong to the server's policy); otherwise its fields replace the server's. Errors name fields
+    with `prefix`, as the request spelled them.
     """
     if not overrides:
         return server
     if not isinstance(overrides, dict):
-        raise ValueError(f"kvcomp: per-request settings must be an object of policy fields, got {overrides!r}")
+        raise ValueError("per-request settings must be an object of policy fields")
+    context = {"prefix": prefix}
     if overrides.get("policy", server.policy) != server.policy:
-        return KVPolicyConfig(**overrides)
-    return KVPolicyConfig(**{**server.model_dump(exclude_unset=True), **overrides})
+        return KVPolicyConfig.model_validate(overrides, context=context)
+    return KVPolicyConfig.model_validate({**server.model_dump(exclude_unset=True), **overrides}, context=context)
 
 
 def load_preset(path: str | Path) -> KVPolicyConfig:

@@ -14,6 +14,30 @@ def test_doctor_reports_registration_and_effective_config(capsys):
     assert ("device: cuda" if torch.cuda.is_available() else "device: cpu") in out
 
 
+def test_doctor_names_the_cpu_kv_packing_of_each_dtype(capsys, monkeypatch):
+    from kvcomp_vllm import cli
+    from kvcomp_vllm.vllm_integration import compat
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU packing is reported on CPU hosts")
+
+    real = compat.cpu_block_tilings
+
+    def unaddressable(isa, dtype, block_size, head_dim):
+        if dtype == torch.bfloat16:
+            raise ValueError("kvcomp: vLLM's CPU KV cache packing for ISA 'amx' at bfloat16 is not one kvcomp can address")
+        return real(isa, dtype, block_size, head_dim)
+
+    monkeypatch.setattr(compat, "cpu_attention_isa", lambda dtype, *_: "amx" if dtype == torch.bfloat16 else "vec")
+    monkeypatch.setattr(compat, "cpu_block_tilings", unaddressable)
+    assert cli.cpu_packings() == [
+        "CPU KV packing at --dtype bfloat16: not served with compression (kvcomp: vLLM's CPU KV cache packing "
+        "for ISA 'amx' at bfloat16 is not one kvcomp can address)",
+        "CPU KV packing at --dtype float16: vec, addressed",
+        "CPU KV packing at --dtype float32: vec, addressed",
+    ]
+
+
 def test_doctor_with_a_preset_and_an_override(capsys):
     assert main(["doctor", "--kv-config", str(PRESETS / "snapkv-2k.yaml"), "--kv-budget", "1024"]) == 0
     assert "effective config: snapkv budget=1024 kernel=15 pooling=avg window=32" in capsys.readouterr().out

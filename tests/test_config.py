@@ -28,9 +28,73 @@ def test_budget_below_window_is_rejected():
     assert "budget: 16 tokens is less than window (32) for policy 'snapkv'" in text
 
 
-@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5, 2048.0])
-def test_ratio_outside_unit_interval_is_rejected(ratio):
-    assert "budget: a ratio must lie in (0, 1]" in error_text(policy="pyramid", budget=ratio)
+@pytest.mark.parametrize("ratio", [1.5, 2048.0])
+def test_ratio_above_one_is_rejected(ratio):
+    assert f"budget: a ratio must lie in (0, 1], got {ratio}" in error_text(policy="pyramid", budget=ratio)
+
+
+@pytest.mark.parametrize("budget", [0, -5, 0.0, -0.5])
+def test_zero_or_negative_budget_must_be_positive(budget):
+    text = error_text(policy="pyramid", budget=budget)
+    assert f"budget: must be positive (a token count, or a ratio in (0, 1]), got {budget}" in text
+
+
+@pytest.mark.parametrize("field, value", [("budget", "64"), ("budget", True), ("window", "32"), ("kernel", 7.0),
+                                          ("beta", "20"), ("window_sizes", ["8", 32]), ("pooling", 1)])
+def test_types_are_strict_not_coerced(field, value):
+    policy = {"beta": "pyramid", "window_sizes": "windowkv"}.get(field, "snapkv")
+    settings = {"policy": policy, "budget": 64, field: value}
+    with pytest.raises(ValidationError) as err:
+        KVPolicyConfig(**settings)
+    assert err.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kernel", 2147483649, "less than or equal to 255"),
+    ("window", 1 << 40, "less than or equal to 16777216"),
+    ("beta", 1e308, "less than or equal to 1000"),
+    ("budget", 1 << 40, "budget: 1099511627776 tokens is more than any context (16777216 tokens)"),
+    ("window_size", 1 << 40, "window_size: window sizes must lie in [1, 16777216], got 1099511627776"),
+    ("window_sizes", (8, 1 << 40), "window_sizes: window sizes must lie in [1, 16777216], got 1099511627776"),
+    ("prefill_chunk", 1 << 40, "less than or equal to 16777216"),
+    ("tiers", 1 << 40, "less than or equal to 1024"),
+])
+def test_every_number_is_bounded_before_the_model_is_known(field, value, message):
+    policy = {"beta": "pyramid", "tiers": "pyramid", "window_size": "windowkv", "window_sizes": "windowkv"}.get(field, "snapkv")
+    settings = {"policy": policy, "budget": 64, field: value}
+    assert message in error_text(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(policy="snapkv", budget=5000, window=5000), "window: 5000 tokens is larger than the model's context (4096 tokens)"),
+    (dict(policy="snapkv", budget=64, prefill_chunk=5000), "prefill_chunk: 5000 tokens is larger"),
+    (dict(policy="pod", recent=5000), "recent: 5000 tokens is larger"),
+    (dict(policy="streaming", budget=5001, sink=5000), "sink: 5000 tokens is larger"),
+    (dict(policy="windowkv", budget=64, window_size=5000), "window_size: 5000 tokens is larger"),
+    (dict(policy="snapkv", budget=0.001), "budget: ratio 0.001 keeps 5 of 4096 prompt tokens, fewer than window (32)"),
+])
+def test_token_counts_are_bounded_by_the_context(settings, message):
+    with pytest.raises(ValueError) as err:
+        KVPolicyConfig(**settings).check_model(num_layers=4, max_model_len=4096)
+    assert message in str(err.value)
+
+
+def test_a_ratio_keeping_fewer_than_the_window_of_a_prompt_is_refused():
+    config = KVPolicyConfig(policy="snapkv", budget=0.01)
+    config.check_prompt(3200)  # keeps 32
+    with pytest.raises(ValueError, match=r"kv_budget: ratio 0.01 keeps 31 of 3100 prompt tokens, fewer than kv_window \(32\)"):
+        config.check_prompt(3100, prefix="kv_")
+    config.check_prompt(20)  # shorter than the window: kept whole
+
+
+def test_request_errors_name_fields_as_sent():
+    from kvcomp_vllm.config import request_config
+
+    server = KVPolicyConfig(policy="snapkv", budget=64)
+    with pytest.raises(ValueError, match="kv_budget: 8 tokens is less than kv_window"):
+        request_config(server, {"budget": 8}, prefix="kv_")
+    with pytest.raises(ValueError, match=r"kv_beta: not a parameter of policy 'snapkv' \(its parameters: kv_budget"):
+        request_config(server, {"beta": 2.0}, prefix="kv_")
 
 
 def test_streaming_budget_must_exceed_sink():

@@ -1,7 +1,7 @@
 """Every policy served at vLLM's default dtype on CPU (bfloat16: the `amx` packing on AMX hosts).
 
-Both sides run in bfloat16, where vLLM's CPU kernels and the reference's eager attention round
-differently, so the stated tolerance is that of the GPU tests: fed vLLM's tokens, the reference rates
+Both sides run in bfloat16, where vLLM's CPU kernels and the oracle's eager attention round
+differently, so the stated tolerance is that of the GPU tests: fed vLLM's tokens, the oracle rates
 every one within `LOGPROB_TOLERANCE` of its own best token at that step. The exact check of the
 mechanics is the float32 suite; this one proves the bfloat16 cache packing is addressed right
 (a misread layout scores and moves garbage, and gaps grow to whole nats).
@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.reference import generate
+from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import drive
 
@@ -44,7 +44,7 @@ def test_vllm_picks_the_amx_packing_for_bfloat16_on_amx_hosts():
 
 
 @pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
-def test_policy_at_default_dtype_matches_reference(tiny_llama_dir, settings):
+def test_policy_at_default_dtype_matches_the_oracle(tiny_llama_dir, settings):
     from vllm import LLM, SamplingParams
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -60,6 +60,6 @@ def test_policy_at_default_dtype_matches_reference(tiny_llama_dir, settings):
     for got, prompt in zip(run.tokens.values(), prompts):
         scored = generate(model, prompt, config, NEW_TOKENS, forced=got)
         worst.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
-    print(settings["policy"], "largest logprob gap to the reference's best token, per prompt:", worst)
+    print(settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
     assert max(worst) <= LOGPROB_TOLERANCE
     assert run.free_blocks_after == run.free_blocks_before

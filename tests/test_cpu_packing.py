@@ -1,16 +1,17 @@
 """kvcomp's views of vLLM's CPU KV cache against vLLM's own writer, for every packing it picks.
 
 vLLM 0.32 packs a CPU block per ISA: `vec`/`vec16` (keys dim-major), `amx` (bfloat16 on AMX CPUs:
-keys as 16-token rows of dimension pairs, values as 16-dimension rows of token pairs). The packing
-op is plain C++, so every layout is checked on any x86 host; `amx` serving itself is tested in
-test_vllm_engine where the host has AMX.
+keys as 16-token rows of dimension pairs, values as 16-dimension rows of token pairs). vLLM builds
+the `amx` writer only for hosts with AMX, so there it is checked against vLLM's own writes; on every
+host, the offsets it wrote on an AMX host (Sapphire Rapids, vLLM 0.32) are checked below as a table.
+`amx` serving is tested in test_cpu_bf16 where the host has AMX.
 """
 
 import pytest
 import torch
 
 from kvcomp_vllm.paged import gather, scatter_, span
-from kvcomp_vllm.vllm_integration.compat import cpu_kv_views
+from kvcomp_vllm.vllm_integration.compat import _tiling_from_probe, cpu_kv_views
 
 pytestmark = pytest.mark.vllm
 
@@ -58,3 +59,55 @@ def test_views_read_and_write_exactly_what_vllm_packs(isa, dtype, block_size, he
     scatter_(key_view, blocks, where, keys.transpose(0, 1))
     scatter_(value_view, blocks, where, values.transpose(0, 1))
     assert torch.equal(ours, written)  # byte for byte where vLLM's kernels will read them
+
+
+def amx_offsets(block_size: int, head_dim: int, part: str) -> torch.Tensor:
+    """Element offset of (token, dim) in one block and head as vLLM 0.32's `amx` writer placed them on
+    an AMX host: keys in 16-token rows of dimension pairs, values in 16-dimension rows of token pairs."""
+    t, d = torch.arange(block_size)[:, None], torch.arange(head_dim)[None, :]
+    if part == "key":
+        return (t // 16) * 16 * head_dim + (d // 2) * 32 + (t % 16) * 2 + d % 2
+    return (d // 16) * 16 * block_size + (t // 2) * 32 + (d % 16) * 2 + t % 2
+
+
+@pytest.mark.parametrize("block_size,head_dim", [(32, 64), (64, 32), (32, 128), (128, 128)])
+def test_the_amx_packing_is_addressed_on_any_host(block_size, head_dim):
+    measured = {  # (tile, pack, strides) probed on the AMX host for 32-token blocks of 64 dims
+        (32, 64, "key"): (16, 2, (1024, 2, 32, 1)),
+        (32, 64, "value"): (2, 16, (32, 1, 512, 2)),
+    }
+    for part in ("key", "value"):
+        offsets = amx_offsets(block_size, head_dim, part)
+        tile, pack, strides = _tiling_from_probe(offsets, "amx", torch.bfloat16)
+        assert measured.get((block_size, head_dim, part), (tile, pack, strides)) == (tile, pack, strides)
+        storage = torch.full((block_size * head_dim,), float("nan"))
+        storage[offsets.flatten()] = torch.arange(block_size * head_dim, dtype=torch.float32)  # token-major ids
+        view = storage.as_strided((1, 1, block_size // tile, tile, head_dim // pack, pack), (0, 0, *strides))
+        read = gather(view, torch.tensor([0]), span(0, block_size, 1))
+        assert torch.equal(read[0], torch.arange(block_size * head_dim, dtype=torch.float32).view(block_size, head_dim))
+
+
+def test_a_packing_no_tiling_describes_is_refused_with_the_workaround():
+    offsets = torch.randperm(32 * 64, generator=torch.Generator().manual_seed(0)).view(32, 64)
+    with pytest.raises(ValueError) as err:
+        _tiling_from_probe(offsets, "amx", torch.bfloat16)
+    assert str(err.value) == (
+        "kvcomp: vLLM's CPU KV cache packing for ISA 'amx' at bfloat16 is not one kvcomp can address; "
+        "serve with another --dtype (float32 is packed strided on x86)"
+    )
+
+
+def test_an_unaddressable_packing_stops_start_up_not_a_request(tiny_llama_dir, monkeypatch):
+    from vllm.engine.arg_utils import EngineArgs
+
+    from kvcomp_vllm.vllm_integration import engine_args
+
+    def refuse(isa, dtype, block_size, head_dim):
+        return _tiling_from_probe(torch.randperm(block_size * head_dim).view(block_size, head_dim), isa, dtype)
+
+    monkeypatch.setattr(engine_args, "cpu_block_tilings", refuse)
+    args = EngineArgs(model=str(tiny_llama_dir), dtype="bfloat16", max_model_len=2048,
+                      additional_config={"kvcomp": {"policy": "snapkv", "budget": 64}})
+    with pytest.raises(engine_args.KVSettingsError, match=r"packing for ISA '\w+' at bfloat16 is not one kvcomp can address; "
+                       r"serve with another --dtype \(float32 is packed strided on x86\)"):
+        args.create_engine_config()

@@ -20,15 +20,21 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_help_lists_the_kv_flags():
-    text = subprocess.run([*vllm_command(), "serve", "--help=all"], capture_output=True, text=True, timeout=300).stdout
+@pytest.mark.parametrize("option", ["--help=all", "--help=kvcomp"])
+def test_help_lists_the_kv_flags(option):
+    text = subprocess.run([*vllm_command(), "serve", option], capture_output=True, text=True, timeout=300).stdout
     for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,pod}", "--kv-budget", "--kv-window", "--kv-config"):
         assert flag in text
 
 
+def test_plain_help_names_the_kvcomp_section():
+    text = subprocess.run([*vllm_command(), "serve", "--help"], capture_output=True, text=True, timeout=300).stdout
+    assert "KV cache compression (kvcomp-vllm): `vllm serve" in text
+
+
 def test_pyramid_server_answers_completions_and_chat(tiny_llama_dir, tmp_path):
     log = tmp_path / "serve.log"
-    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager")
+    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "2048", "--enforce-eager")
     with serve(tiny_llama_dir, *args, log=log) as url:
         model = str(tiny_llama_dir)
         prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 40)
@@ -40,13 +46,28 @@ def test_pyramid_server_answers_completions_and_chat(tiny_llama_dir, tmp_path):
     assert "kvcomp: pyramid beta=20.0 budget=0.1" in log.read_text()
 
 
-def test_bad_flag_value_stops_start_up_with_the_validation_message(tiny_llama_dir):
+@pytest.mark.parametrize("flags, message", [
+    (("--kv-budget", "1.5"), "invalid kvcomp settings: budget: a ratio must lie in (0, 1], got 1.5; give an integer for a token count"),
+    (("--kv-budget", "-5"), "invalid kvcomp settings: budget: must be positive (a token count, or a ratio in (0, 1]), got -5"),
+    (("--kv-budget", "99999"), "budget: 99999 tokens is larger than the model's context (8192 tokens)"),
+])
+def test_bad_flag_value_stops_start_up_with_one_line(tiny_llama_dir, flags, message):
     proc = subprocess.run(
-        [*vllm_command(), "serve", str(tiny_llama_dir), "--kv-policy", "pyramid", "--kv-budget", "1.5"],
+        [*vllm_command(), "serve", str(tiny_llama_dir), "--kv-policy", "pyramid", *flags],
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode != 0
-    assert "invalid kvcomp settings: budget: a ratio must lie in (0, 1], got 1.5" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().splitlines()[-1] == f"vllm serve: error: {message}"
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_server_that_dies_names_its_log_and_shows_its_tail(tiny_llama_dir, tmp_path):
+    log = tmp_path / "serve.log"
+    with pytest.raises(RuntimeError) as err:
+        with serve(tiny_llama_dir, "--kv-policy", "snapkv", "--kv-budget", "0", log=log):
+            pass
+    assert f"last lines of {log}:" in str(err.value)
+    assert "budget: must be positive" in str(err.value)
 
 
 def post_status(url: str, body: dict) -> tuple[int, dict, str | None]:
@@ -60,7 +81,7 @@ def post_status(url: str, body: dict) -> tuple[int, dict, str | None]:
 
 
 def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny_llama_dir):
-    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager")
+    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "2048", "--enforce-eager")
     prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 40)
     with serve(tiny_llama_dir, *args) as url:
         base = {"model": str(tiny_llama_dir), "prompt": prompt, "max_tokens": 4, "temperature": 0}
@@ -71,7 +92,7 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         ok, _, applied = post_status(url + "/v1/completions", {**base, "vllm_xargs": {"kv_budget": 128}})
         assert ok == 200 and applied == "pyramid beta=20.0 budget=128 kernel=7 pooling=avg window=32"
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_budget": 2.5})
-        assert status == 400 and "budget: a ratio must lie in (0, 1], got 2.5" in body["error"]["message"]
+        assert status == 400 and "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 2.5" in body["error"]["message"]
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_policy": "pod"})
         assert status == 400 and "policy 'pod' changes the cache layout and is engine-wide only" in body["error"]["message"]
         chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
@@ -88,7 +109,7 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
 
 def test_server_with_prefill_chunk_serves_prompts_longer_than_its_kv_pool(tiny_llama_dir):
     # 24 usable blocks of 32 tokens: 768 per layer, against a max_model_len of 4096.
-    args = ("--kv-policy", "snapkv", "--kv-budget", "64", "--kv-prefill-chunk", "96", "--dtype", "float32",
+    args = ("--kv-policy", "snapkv", "--kv-budget", "64", "--kv-prefill-chunk", "96",
             "--max-model-len", "4096", "--num-gpu-blocks-override", "25", "--block-size", "32", "--enforce-eager")
     prompt = [5 + (i * 7919) % 900 for i in range(3000)]
     with serve(tiny_llama_dir, *args) as url:

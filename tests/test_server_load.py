@@ -51,10 +51,10 @@ OVERRIDES = [  # per-request settings as top-level body fields; the last via vll
 ]
 BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must contain)
     (COMPLETIONS, b'{"prompt": "Ka lo", "max_tokens": ', "JSON decode error"),
-    (COMPLETIONS, {"kv_policy": "lru"}, "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (field policy)"),
-    (CHAT, {"kv_budget": 1.5}, "invalid kvcomp settings in request: budget: a ratio must lie in (0, 1], got 1.5"),
-    (COMPLETIONS, {"kv_budget": "lots"}, "Input should be a valid integer, unable to parse string as an integer (field budget"),
-    (COMPLETIONS, {"kv_sink": 4}, "sink: not a parameter of policy 'pyramid'"),
+    (COMPLETIONS, {"kv_policy": "lru"}, "kvcomp: invalid settings in request: kv_policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (got 'lru')"),
+    (CHAT, {"kv_budget": 1.5}, "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 1.5"),
+    (COMPLETIONS, {"kv_budget": "64"}, "kvcomp: invalid settings in request: kv_budget: should be a valid integer or should be a valid number (got '64')"),
+    (COMPLETIONS, {"kv_sink": 4}, "kvcomp: invalid settings in request: kv_sink: not a parameter of policy 'pyramid' (its parameters: kv_beta, kv_budget"),
     (CHAT, {"kv_policy": "pod"}, "policy 'pod' changes the cache layout and is engine-wide only"),
     (COMPLETIONS, "oversize", f"This model's maximum context length is {MAX_MODEL_LEN} tokens"),
 ]  # fmt: skip
@@ -214,6 +214,7 @@ def test_every_bad_request_gets_400_naming_the_problem(load):
     for job, reply in bad:
         assert reply.status == 400, (job.expect, reply.body)
         assert job.expect in reply.body["error"]["message"], reply.body
+        assert reply.applied is None, (job.expect, reply.applied)  # settings are named only where they apply
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

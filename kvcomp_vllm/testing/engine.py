@@ -18,6 +18,7 @@ class EngineRun:
 
     tokens: dict[str, list[int]] = field(default_factory=dict)
     logprobs: dict[str, list[float]] = field(default_factory=dict)
+    finish_reasons: dict[str, str] = field(default_factory=dict)
     peak_running: int = 0
     first_decode_blocks: dict[str, list[int]] = field(default_factory=dict)  # request -> blocks per KV group
     peak_blocks: dict[str, int] = field(default_factory=dict)  # request -> most blocks held at once, all groups
@@ -100,6 +101,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
                 if out.finished:
                     completion = out.outputs[0]
                     run.tokens[out.request_id] = list(completion.token_ids)
+                    run.finish_reasons[out.request_id] = completion.finish_reason
                     run.logprobs[out.request_id] = [
                         lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs or [])
                     ]

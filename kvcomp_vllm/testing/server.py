@@ -18,6 +18,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log_tail(log: Path | None, lines: int = 25) -> str:
+    """The last lines of a server log, indented, with where the whole log is."""
+    if log is None or not Path(log).exists():
+        return ""
+    tail = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(["", f"last lines of {log}:", *(f"  {line}" for line in tail)])
+
+
 def vllm_command() -> list[str]:
     """The `vllm` console script of this interpreter's environment."""
     return [str(Path(sys.executable).with_name("vllm"))]
@@ -39,7 +47,7 @@ def serve(model: str | Path, *args: str, timeout: float = 240.0, log: Path | Non
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode} before it was healthy")
+                raise RuntimeError(f"vllm serve exited with {proc.returncode} before it was healthy{log_tail(log)}")
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as response:
                     if response.status == 200:
@@ -47,7 +55,7 @@ def serve(model: str | Path, *args: str, timeout: float = 240.0, log: Path | Non
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s")
+                raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s{log_tail(log)}")
             time.sleep(0.5)
         yield url
     finally:

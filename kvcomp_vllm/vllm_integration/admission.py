@@ -15,31 +15,35 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from ..config import POLICY_FIELDS, request_config
+from ..config import POLICY_FIELDS, KVPolicyConfig, request_config
 from ..policies import KVPolicy, incompatibility, make_policy
 from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
 from .engine_args import settings_error
-from .settings import request_overrides, request_policy, server_policy
+from .settings import client_prefix, request_overrides, request_policy, server_policy
 
 
-def check_request(vllm_config, sampling_params) -> None:
-    """Raise ValueError, naming the field, where a request's kvcomp settings cannot be served."""
+def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
+    """The settings a request runs with; ValueError, naming the field as sent, where they cannot be served."""
     overrides = request_overrides(sampling_params)
-    if not overrides:
-        return
     server = server_policy(vllm_config)
+    if not overrides:
+        return server.config
+    prefix = client_prefix(sampling_params)
     try:
-        config = request_config(server.config, overrides)
+        config = request_config(server.config, overrides, prefix)
+        config.check_model(server.num_layers, vllm_config.model_config.max_model_len, prefix)
     except ValidationError as err:
-        raise ValueError(f"invalid kvcomp settings in request: {settings_error(err)}") from None
-    config.check_model(server.num_layers, vllm_config.model_config.max_model_len)
+        raise ValueError(f"kvcomp: invalid settings in request: {settings_error(err, prefix)}") from None
+    except ValueError as err:
+        raise ValueError(f"kvcomp: invalid settings in request: {err}") from None
     if server.name == "full":
         if config.policy != "full":
             raise ValueError("kvcomp: this server runs without KV compression; start it with --kv-policy to allow per-request policies")
-        return
+        return config
     reason = incompatibility(server, make_policy(config, server.num_layers))
     if reason:
         raise ValueError(f"kvcomp: {reason}")
+    return config
 
 
 def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
@@ -59,6 +63,11 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
     if pool is None or server.name == "full" or sampling_params is None:
         return
     policy = request_policy(server, sampling_params)
+    if "budget" in (request_overrides(sampling_params) or {}):
+        try:
+            policy.config.check_prompt(prompt_len, client_prefix(sampling_params))
+        except ValueError as err:
+            raise RequestRejected(f"kvcomp: invalid settings in request: {err}") from None
     max_tokens = sampling_params.max_tokens or 1
     need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
     if need <= pool:

@@ -72,12 +72,20 @@ class CompressingAttention:
             return output
         layer_idx = extract_layer_index(layer.layer_name)
         for span in state.window_rows:
-            self._stash_window(state, span, layer_idx, query)
+            if span.req_id not in state.failed:
+                try:
+                    self._stash_window(state, span, layer_idx, query)
+                except Exception:
+                    state.fail(span.req_id, "stashing window queries")
         if state.compress_rows:
             self._compact(state, layer, layer_idx, query, kv_cache, attn_metadata)
-        members = state.member_rows.get(layer_idx)
+        members = [s for s in state.member_rows.get(layer_idx, ()) if s.req_id not in state.failed]
         if members:
-            self._attend_members(state, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
+            try:
+                self._attend_members(state, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
+            except Exception:
+                for span in members:
+                    state.fail(span.req_id, "member-layer decode")
         return output
 
     @staticmethod
@@ -115,25 +123,49 @@ class CompressingAttention:
         rows, sources = [], []
         for span in state.compress_rows:
             request = state.requests[span.req_id]
-            before = request.evicted[tier]
-            plan = None
-            if request.evicted_after(span.point)[tier] > before:
-                held = span.point - before
-                view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
-                with timed("scoring", request.compressor.policy.name, key_cache.device):
-                    plan = request.compressor.plan(layer_idx, view)
-            request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
+            # The block rows are cut as planned even for a failed request: the scheduler has freed its blocks.
             request.compacted_at = span.point
-            if plan is None or plan.keep is None:
+            if span.req_id in state.failed:
                 continue
-            # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
-            sources.append(move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before))
-            rows.append(span.row)
-            if plan.shared is not None:
-                start, count = request.compressor.policy.distant_span(request.prompt_len)
-                request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
+            try:
+                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata)
+            except Exception:
+                state.fail(span.req_id, f"scoring layer {layer_idx}")
+                continue
+            if source is not None:
+                sources.append(source)
+                rows.append(span.row)
         if not rows:
             return
+        try:
+            self._move(state, rows, sources, key_cache, value_cache, metadata)
+        except Exception:
+            for span in state.compress_rows:
+                if span.row in rows:
+                    state.fail(span.req_id, f"compaction of layer {layer_idx}")
+
+    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata):
+        """Score and plan one request at its compression point: the move sources of its kept tokens,
+        or None where this layer keeps its cache as it is."""
+        before = request.evicted[tier]
+        plan = None
+        if request.evicted_after(span.point)[tier] > before:
+            held = span.point - before
+            view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
+            with timed("scoring", request.compressor.policy.name, key_cache.device):
+                plan = request.compressor.plan(layer_idx, view)
+        request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
+        if plan is None or plan.keep is None:
+            return None
+        if plan.shared is not None:
+            start, count = request.compressor.policy.distant_span(request.prompt_len)
+            request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
+        # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
+        return move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before)
+
+    @staticmethod
+    def _move(state, rows: list[int], sources: list[torch.Tensor], key_cache, value_cache, metadata) -> None:
+        """Move every planned request's kept tokens to the front of its cache, in one batched call."""
         with timed("compaction", state.policy.name, key_cache.device):  # one move for requests of any policy
             width = max(s.shape[-1] for s in sources)
             padded = torch.full((len(rows), *sources[0].shape[:2], width), -1, dtype=torch.int32, device=key_cache.device)

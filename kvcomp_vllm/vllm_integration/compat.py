@@ -7,6 +7,7 @@ this file and its tests, not the whole package.
 from __future__ import annotations
 
 import re
+import sys
 from functools import lru_cache
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "KVCacheSpecRegistry",
     "MultiGroupBlockTable",
     "Scheduler",
+    "serve_subcommand",
     "cdiv",
     "extract_layer_index",
     "flash_attention_classes",
@@ -60,6 +62,7 @@ __all__ = [
     "register_kv_spec",
     "set_row_num_blocks",
     "split_chunks_at",
+    "cpu_attention_isa",
     "cpu_block_tilings",
     "cpu_kv_views",
 ]
@@ -178,6 +181,20 @@ def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.
     )
 
 
+def serve_subcommand() -> type | None:
+    """vLLM's `vllm serve` command class where this process is that CLI (it imports the command before
+    loading plugins), else None: importing it elsewhere would load the whole API server."""
+    module = sys.modules.get("vllm.entrypoints.cli.serve")
+    return getattr(module, "ServeSubcommand", None)
+
+
+def cpu_attention_isa(dtype: torch.dtype, block_size: int, head_dim: int, cache_dtype: str) -> str:
+    """The ISA whose kernels (and KV packing) vLLM's CPU attention picks for this model and cache."""
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    return _get_attn_isa(dtype, block_size, head_dim, cache_dtype)
+
+
 @lru_cache(maxsize=None)
 def cpu_block_tilings(isa: str, dtype: torch.dtype, block_size: int, head_dim: int) -> tuple[tuple, ...]:
     """(tile, pack, strides) of keys and of values inside one block and head, learnt from vLLM's writer.
@@ -266,3 +283,21 @@ def engine_client_of(scope):
     """The engine client of the vLLM API server handling an ASGI request, or None outside one."""
     app = scope.get("app")
     return getattr(getattr(app, "state", None), "engine_client", None)
+
+
+__all__ += ["finish_with_errors"]
+
+
+def finish_with_errors(scheduler: Scheduler, outputs: dict, req_ids: list[str]) -> None:
+    """Finish `req_ids` as errors (the client gets vLLM's error response) inside `update_from_output`'s
+    result `outputs` (client index -> EngineCoreOutputs): their blocks go back to the pool and any
+    token they sampled this step is dropped, since it came from a cache kvcomp failed to compact."""
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
+    from vllm.v1.request import RequestStatus
+
+    failed = set(req_ids)
+    for eco in outputs.values():
+        eco.outputs = [o for o in eco.outputs if o.request_id not in failed]
+    for request in scheduler.finish_requests(failed, RequestStatus.FINISHED_ERROR):
+        eco = outputs.setdefault(request.client_index, EngineCoreOutputs())
+        eco.outputs.append(EngineCoreOutput(request.request_id, [], finish_reason=FinishReason.ERROR))

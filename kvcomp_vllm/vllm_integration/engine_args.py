@@ -13,10 +13,23 @@ from pydantic import ValidationError
 
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
-from .compat import EngineArgs, init_logger, patch, platform_name, without_full_cudagraphs
+from .compat import (
+    EngineArgs,
+    cpu_attention_isa,
+    cpu_block_tilings,
+    init_logger,
+    patch,
+    platform_name,
+    serve_subcommand,
+    without_full_cudagraphs,
+)
 from .settings import CONFIG_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
+
+
+class KVSettingsError(ValueError):
+    """kvcomp settings the engine cannot serve: `vllm serve` prints the message alone and exits."""
 
 
 def _budget(text: str) -> int | float:
@@ -49,7 +62,7 @@ FLAGS: dict[str, tuple[str, object, str]] = {
 
 def add_kv_arguments(parser) -> None:
     """Add the kvcomp flag group to a vLLM argument parser."""
-    group = parser.add_argument_group("KV cache compression (kvcomp-vllm)")
+    group = parser.add_argument_group("kvcomp", "KV cache compression (kvcomp-vllm): `vllm serve --help=kvcomp`")
     group.add_argument("--kv-policy", choices=POLICY_NAMES, default=None, help="KV compression policy")
     group.add_argument("--kv-config", default=None, help="YAML preset from configs/; flags override its fields")
     for flag, (field, kind, text) in FLAGS.items():
@@ -77,17 +90,23 @@ def validated(settings: dict) -> KVPolicyConfig:
     try:
         return KVPolicyConfig(**settings)
     except ValidationError as err:
-        raise ValueError(f"invalid kvcomp settings: {settings_error(err)}") from None
+        raise KVSettingsError(f"invalid kvcomp settings: {settings_error(err)}") from None
 
 
-def settings_error(err: ValidationError) -> str:
-    """One line per problem, each naming its field."""
-    return "; ".join(e["msg"].removeprefix("Value error, ") + _where(e) for e in err.errors())
-
-
-def _where(error: dict) -> str:
-    loc = ".".join(str(p) for p in error.get("loc", ()))
-    return f" (field {loc})" if loc else ""
+def settings_error(err: ValidationError, prefix: str = "") -> str:
+    """One clause per field at fault, naming it as the client did (`prefix`) and what it sent (cut short)."""
+    clauses: dict[str, tuple[list[str], str]] = {}
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e.get("loc"):  # a model-level check: its message names the fields already
+            clauses.setdefault(msg, ([], ""))
+            continue
+        got = repr(e.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        messages, _ = clauses.setdefault(prefix + str(e["loc"][0]), ([], f" (got {got})"))
+        if msg.removeprefix("Input ") not in messages:
+            messages.append(msg.removeprefix("Input "))
+    return "; ".join(f"{head}: {' or '.join(msgs)}{got}" if msgs else head for head, (msgs, got) in clauses.items())
 
 
 def check_engine_config(vllm_config) -> None:
@@ -105,6 +124,8 @@ def check_engine_config(vllm_config) -> None:
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
     check_device(config, vllm_config)
+    if platform_name() == "cpu":
+        check_cpu_packing(vllm_config)
     if vllm_config.speculative_config is not None:
         raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")
     if vllm_config.cache_config.enable_prefix_caching:
@@ -135,6 +156,25 @@ def check_device(config: KVPolicyConfig, vllm_config) -> None:
         logger.info("kvcomp: pod decodes member layers itself; CUDA graphs are captured piecewise only")
 
 
+def check_cpu_packing(vllm_config) -> None:
+    """Learn vLLM's CPU KV packing for this model now, so a packing kvcomp cannot address stops start-up
+    (with the dtype to serve instead), never a request."""
+    model, cache = vllm_config.model_config, vllm_config.cache_config
+    head_dim = model.get_head_size()
+    isa = cpu_attention_isa(model.dtype, cache.block_size, head_dim, cache.cache_dtype)
+    cpu_block_tilings(isa, model.dtype, cache.block_size, head_dim)
+
+
+def _serve_cmd(original):
+    def cmd(args):
+        try:
+            return original(args)
+        except KVSettingsError as err:
+            raise SystemExit(f"vllm serve: error: {err}") from None
+
+    return cmd
+
+
 def _add_cli_args(original):
     def add_cli_args(parser):
         parser = original(parser)
@@ -161,14 +201,21 @@ def _from_cli_args(original):
 def _create_engine_config(original):
     def create_engine_config(self, *args, **kwargs):
         vllm_config = original(self, *args, **kwargs)
-        check_engine_config(vllm_config)
+        try:
+            check_engine_config(vllm_config)
+        except ValueError as err:  # kvcomp's own checks only: vLLM's ran above
+            raise KVSettingsError(str(err)) from None
         return vllm_config
 
     return create_engine_config
 
 
 def install_engine_args_hooks() -> None:
-    """Add the flags to vLLM's parser and the check to engine start-up (idempotent)."""
+    """Add the flags to vLLM's parser and the check to engine start-up, whose errors `vllm serve`
+    prints as one line (idempotent)."""
+    serve = serve_subcommand()
+    if serve is not None:
+        patch(serve, "cmd", _serve_cmd)
     patch(EngineArgs, "add_cli_args", _add_cli_args)
     patch(EngineArgs, "from_cli_args", _from_cli_args)
     patch(EngineArgs, "create_engine_config", _create_engine_config)

@@ -9,9 +9,10 @@ generated tokens are then replayed over the compacted cache, as they were decode
 
 from __future__ import annotations
 
-from .compat import Scheduler, patch, split_chunks_at
+from .compat import Scheduler, finish_with_errors, patch, split_chunks_at
 from .kv_spec import CompressedAttentionManager
 from .settings import request_policy, server_policy
+from .worker import worker_state
 
 
 def stop_at_compression_point(policy, request, num_new_tokens: int, start: int) -> int:
@@ -35,6 +36,20 @@ def _init(original):
     return __init__
 
 
+def _update_from_output(original):
+    def update_from_output(self, scheduler_output, model_runner_output):
+        outputs = original(self, scheduler_output, model_runner_output)
+        state = worker_state()  # the worker runs in the scheduler's process (vLLM's uniprocess executor)
+        failed = state.take_failed() if state is not None else []
+        if failed:
+            finish_with_errors(self, outputs, failed)
+        return outputs
+
+    return update_from_output
+
+
 def install_scheduler_hooks() -> None:
-    """Wrap the scheduler's constructor (idempotent)."""
+    """Wrap the scheduler's constructor, and finish the requests whose kvcomp work failed on the worker
+    as errors, so one request's failure never stops the engine (idempotent)."""
     patch(Scheduler, "__init__", _init)
+    patch(Scheduler, "update_from_output", _update_from_output)

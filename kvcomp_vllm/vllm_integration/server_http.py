@@ -3,24 +3,29 @@
 A completion or chat request may carry `kv_policy`, `kv_budget`, ... as top-level body fields (the
 OpenAI SDK's `extra_body`) or inside `vllm_xargs`. They become flat `kv_<field>` keys of the
 request's sampling params and are checked there, so a bad one is answered 400 before it reaches the
-engine. Every completion and chat response carries a `kvcomp-policy` header with the settings the
-request runs with. A scrape of `/metrics` first pulls the workers' scoring and compaction times.
+engine. A response whose request was admitted carries a `kvcomp-policy` header with the settings it
+runs with, as resolved from its sampling params. A route that does not carry `kv_*` fields into
+sampling params (`/v1/responses`, `/v1/messages`, ...) answers 400 to a body holding them, rather than
+serving the request with other settings than it asked for. A scrape of `/metrics` first pulls the
+workers' scoring and compaction times.
 """
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from contextvars import ContextVar
 
-from ..config import request_config
 from .admission import check_request
 from .compat import engine_client_of, openai_request_classes, patch
 from .metrics import pull_worker_timings
-from .settings import FLAT_PREFIX, engine_policy, request_overrides, served_config, server_policy
+from .settings import FLAT_PREFIX, engine_policy, served_config
 
 HEADER = b"kvcomp-policy"
-PATHS = ("/v1/completions", "/v1/chat/completions")
+APPLYING_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/chat/completions/batch", "/invocations")
 MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerTimingsMiddleware")
+
+# Settings of the requests admitted while serving one HTTP request (a batch route admits several).
+_APPLIED: ContextVar[list[str] | None] = ContextVar("kvcomp_applied", default=None)
 
 
 def _to_sampling_params(original):
@@ -30,47 +35,84 @@ def _to_sampling_params(original):
         if fields:
             params.extra_args = {**(params.extra_args or {}), **fields}
         if served_config() is not None:  # raised here, the server answers 400 rather than 500
-            check_request(served_config(), params)
+            config = check_request(served_config(), params)
+            applied = _APPLIED.get()
+            if applied is not None:
+                applied.append(config.describe())
         return params
 
     return to_sampling_params
 
 
-def applied_policy(body: bytes) -> str | None:
-    """The settings a completion/chat request body runs with, or None where it is not servable."""
+def carries_kv_fields(body: bytes) -> bool:
+    """Whether a JSON body holds `kv_*` fields at its top level or in `vllm_xargs`; False for any body
+    that is not a JSON object (vLLM's own parser answers those), however deeply nested."""
     try:
         data = json.loads(body)
-        extra = {**(data.get("vllm_xargs") or {}), **{k: v for k, v in data.items() if k.startswith(FLAT_PREFIX)}}
-        server = server_policy(served_config()).config
-        return request_config(server, request_overrides(SimpleNamespace(extra_args=extra))).describe()
-    except (ValueError, TypeError, AttributeError):
-        return None
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    xargs = data.get("vllm_xargs")
+    keys = [*data, *(xargs if isinstance(xargs, dict) else ())]
+    return any(isinstance(k, str) and k.startswith(FLAT_PREFIX) for k in keys)
+
+
+def _bad_request(message: str) -> tuple[dict, dict]:
+    """ASGI start and body messages of a 400 shaped like vLLM's error responses."""
+    body = json.dumps({"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}})
+    start = {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]}
+    return start, {"type": "http.response.body", "body": body.encode()}
 
 
 class PolicyHeaderMiddleware:
-    """ASGI middleware adding the `kvcomp-policy` header to completion and chat responses."""
+    """ASGI middleware: the `kvcomp-policy` header on admitted requests' responses, and a 400 for
+    `kv_*` fields sent to a route that would ignore them."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in PATHS or served_config() is None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or served_config() is None:
             return await self.app(scope, receive, send)
         messages = [await receive()]
         while messages[-1].get("more_body"):
             messages.append(await receive())
-        applied = applied_policy(b"".join(m.get("body", b"") for m in messages))
+        path = scope["path"].rstrip("/")
+        has_fields = carries_kv_fields(b"".join(m.get("body", b"") for m in messages))
+        ignored = (
+            f"kvcomp: {path} does not apply kv_* fields; send them to /v1/completions or /v1/chat/completions"
+        )
+        if has_fields and path not in APPLYING_PATHS:
+            for message in _bad_request(ignored):
+                await send(message)
+            return
         pending = iter(messages)
+        applied: list[str] = []
+        token = _APPLIED.set(applied)
+        swallow = False
 
         async def replay():
             return next(pending, None) or await receive()
 
         async def send_with_header(message):
-            if message["type"] == "http.response.start" and applied:
-                message = {**message, "headers": [*message.get("headers", []), (HEADER, applied.encode())]}
-            await send(message)
+            nonlocal swallow
+            if message["type"] == "http.response.start":
+                if has_fields and not applied and message["status"] < 300:  # e.g. /invocations routed to pooling
+                    swallow = True
+                    for part in _bad_request(ignored):
+                        await send(part)
+                    return
+                if applied and message["status"] < 400:  # admitted, then refused (e.g. its footprint): no header
+                    header = "; ".join(dict.fromkeys(applied))
+                    message = {**message, "headers": [*message.get("headers", []), (HEADER, header.encode())]}
+            if not swallow:
+                await send(message)
 
-        await self.app(scope, replay, send_with_header)
+        try:
+            await self.app(scope, replay, send_with_header)
+        finally:
+            _APPLIED.reset(token)
 
 
 class WorkerTimingsMiddleware:

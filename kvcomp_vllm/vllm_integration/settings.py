@@ -55,6 +55,12 @@ def request_overrides(sampling_params: Any) -> dict | None:
     return {**(nested if isinstance(nested, dict) else {}), **flat}
 
 
+def client_prefix(sampling_params: Any) -> str:
+    """How a request spelled its fields: `kv_` where it sent flat keys (as HTTP bodies do), else bare."""
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    return FLAT_PREFIX if any(k.startswith(FLAT_PREFIX) for k in extra) else ""
+
+
 def request_policy(server: KVPolicy, sampling_params: Any) -> KVPolicy:
     """The policy one request runs with: the server's, or the server's with the request's fields on top."""
     overrides = request_overrides(sampling_params)

@@ -26,11 +26,14 @@ from .compat import (
     MultiGroupBlockTable,
     cdiv,
     extract_layer_index,
+    init_logger,
     patch,
     set_row_num_blocks,
 )
 from .kv_spec import CompressedAttentionSpec
 from .settings import engine_policy, num_layers, request_policy
+
+logger = init_logger("vllm.kvcomp")
 
 
 @dataclass
@@ -88,6 +91,21 @@ class WorkerCompression:
         self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the next point's observation window
         self.member_rows: dict[int, list[RowSpan]] = {}  # PoD member layer -> rows past their prompt this step
         self.member_inputs: dict[tuple, tuple] = {}  # this step's member-decode inputs, shared by equal layouts
+        self.failed: set[str] = set()  # requests whose kvcomp work raised here: finished as errors
+        self.unreported: list[str] = []  # failures the scheduler has not yet been told of
+
+    def fail(self, req_id: str, stage: str) -> None:
+        """Record that kvcomp's work for one request raised (called inside `except`): the request
+        stops compressing here and the scheduler finishes it as an error; other requests go on."""
+        logger.exception("kvcomp: %s failed for request %s; finishing it with an error", stage, req_id)
+        if req_id not in self.failed:
+            self.failed.add(req_id)
+            self.unreported.append(req_id)
+
+    def take_failed(self) -> list[str]:
+        """Failures since the last call, for the scheduler to finish."""
+        failed, self.unreported = self.unreported, []
+        return failed
 
     def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
         """Start following a request under its own policy (the server's unless it overrides it)."""
@@ -102,6 +120,7 @@ class WorkerCompression:
         """Forget ended requests, track new ones, and cut the rows of requests compacted last step."""
         for req_id in (*out.finished_req_ids, *(getattr(out, "preempted_req_ids", None) or ())):
             self.requests.pop(req_id, None)
+            self.failed.discard(req_id)
         for new in out.scheduled_new_reqs:
             self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params)
         cached = out.scheduled_cached_reqs
@@ -140,7 +159,7 @@ class WorkerCompression:
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
                 row_evicted[tier][row] = evicted
-            if not state.evicts:
+            if not state.evicts or req_id in self.failed:
                 continue
             start = int(batch.num_computed_tokens_cpu[row])
             end = start + out.num_scheduled_tokens.get(req_id, 0)
