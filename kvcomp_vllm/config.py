@@ -216,9 +216,21 @@ def request_config(server: KVPolicyConfig, overrides: dict | None, prefix: str =
     return KVPolicyConfig.model_validate({**server.model_dump(exclude_unset=True), **overrides}, context=context)
 
 
-def load_preset(path: str | Path) -> KVPolicyConfig:
-    """Read a YAML preset (see configs/) into a validated config."""
+def _preset(path: str | Path) -> dict:
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a preset must be a YAML mapping of KVPolicyConfig fields")
-    return KVPolicyConfig(**data)
+    return data
+
+
+def load_preset(path: str | Path) -> KVPolicyConfig:
+    """Read a YAML preset (see configs/) into a validated config (its `overrides:` rules aside)."""
+    return KVPolicyConfig(**{k: v for k, v in _preset(path).items() if k != "overrides"})
+
+
+def preset_overrides(path: str | Path) -> dict:
+    """A preset's `overrides:` mapping (the operator's rules for per-request settings), or {}."""
+    rules = _preset(path).get("overrides") or {}
+    if not isinstance(rules, dict):
+        raise ValueError(f"{path}: overrides: must be a mapping (allow, policies, max_budget)")
+    return rules

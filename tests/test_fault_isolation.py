@@ -93,3 +93,4 @@ def test_server_answers_a_failed_request_with_an_error_and_stays_healthy(tiny_ll
             assert response.status == 200
     assert "kvcomp: scoring layer 0 failed for request" in log.read_text()
     assert "injected scoring fault" in log.read_text()
+    assert "with an error: their KV compression failed on a worker" in log.read_text()  # the scheduler heard

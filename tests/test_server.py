@@ -81,7 +81,7 @@ def post_status(url: str, body: dict) -> tuple[int, dict, str | None]:
 
 
 def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny_llama_dir):
-    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "2048", "--enforce-eager")
+    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--kv-overrides", "any", "--max-model-len", "2048", "--enforce-eager")
     prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 40)
     with serve(tiny_llama_dir, *args) as url:
         base = {"model": str(tiny_llama_dir), "prompt": prompt, "max_tokens": 4, "temperature": 0}

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.vllm
 MAX_MODEL_LEN = 1024
 SERVER = KVPolicyConfig(policy="pyramid", budget=0.1)
 ARGS = (
-    "--kv-policy", "pyramid", "--kv-budget", "0.1", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
+    "--kv-policy", "pyramid", "--kv-budget", "0.1", "--kv-overrides", "any", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
     "--enforce-eager", "--seed", "0",
 )  # fmt: skip
 IN_FLIGHT = 8

@@ -19,7 +19,8 @@ from ..config import POLICY_FIELDS, KVPolicyConfig, request_config
 from ..policies import KVPolicy, incompatibility, make_policy
 from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
 from .engine_args import settings_error
-from .settings import client_prefix, request_overrides, request_policy, server_policy
+from .metrics import count_refused_override
+from .settings import client_prefix, override_rules, request_overrides, request_policy, server_policy
 
 
 def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
@@ -48,12 +49,45 @@ def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
 
 def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
     """Blocks a request holds at its peak: each KV group (per tier of the server's policy) has its own."""
+    return _blocks(server, block_size, lambda layer: policy.peak_slots(layer, prompt_len, max_tokens))
+
+
+def held_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
+    """Blocks a request holds through its decode, once its prompt is compressed and its tokens generated."""
+    return _blocks(server, block_size, lambda layer: policy.layer_slots(layer, prompt_len) + max_tokens)
+
+
+def _blocks(server: KVPolicy, block_size: int, slots) -> int:
     tiers = server.tier_layers()
     groups = kv_cache_group_sizes([len(layers) for layers in tiers.values()])
-    return sum(
-        count * cdiv(policy.peak_slots(layers[0], prompt_len, max_tokens), block_size)
-        for count, layers in zip(groups, tiers.values())
-    )
+    return sum(count * cdiv(slots(layers[0]), block_size) for count, layers in zip(groups, tiers.values()))
+
+
+def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
+    """Raise `RequestRejected` where a request's own settings go past what the operator allows
+    (`OverrideRules`), counting the refusal by reason."""
+    asked = request_overrides(sampling_params)
+    server = server_policy(vllm_config)
+    if not asked or server.name == "full":
+        return
+    rules = override_rules(vllm_config)
+    policy = request_policy(server, sampling_params)
+    refusal = rules.refusal(policy.config, asked, prompt_len, client_prefix(sampling_params))
+    if refusal is None and rules.allow == "lower":
+        max_tokens = sampling_params.max_tokens or 1
+        block_size = vllm_config.cache_config.block_size
+        asks = held_blocks(policy, server, block_size, prompt_len, max_tokens)
+        owns = held_blocks(server, server, block_size, prompt_len, max_tokens)
+        if asks > owns:
+            refusal = "footprint", (
+                f"these settings would hold {asks} KV cache blocks through this request's decode, more than the "
+                f"server's own settings ({owns}); this server allows per-request settings that keep no more KV "
+                "(--kv-overrides lower)"
+            )
+    if refusal is not None:
+        reason, message = refusal
+        count_refused_override(reason)
+        raise RequestRejected(f"kvcomp: {message}")
 
 
 def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
@@ -85,7 +119,8 @@ def _process_inputs(original):
     def process_inputs(self, *args, **kwargs):
         request = original(self, *args, **kwargs)
         prompt = request.prompt_token_ids
-        if prompt is not None:
+        if prompt is not None and request.sampling_params is not None:
+            check_overrides(self.vllm_config, len(prompt), request.sampling_params)
             check_footprint(self.vllm_config, len(prompt), request.sampling_params)
         return request
 

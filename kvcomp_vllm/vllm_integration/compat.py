@@ -29,6 +29,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
 from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -45,6 +46,7 @@ __all__ = [
     "GPUModelRunner",
     "InputProcessor",
     "KVCacheSpecRegistry",
+    "ModelRunnerOutput",
     "MultiGroupBlockTable",
     "Scheduler",
     "serve_subcommand",

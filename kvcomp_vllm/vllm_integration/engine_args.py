@@ -11,7 +11,8 @@ import argparse
 
 from pydantic import ValidationError
 
-from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
+from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides
+from ..overrides import OverrideRules
 from ..policies import make_policy
 from .compat import (
     EngineArgs,
@@ -23,7 +24,7 @@ from .compat import (
     serve_subcommand,
     without_full_cudagraphs,
 )
-from .settings import CONFIG_KEY, engine_settings, num_layers, remember_served
+from .settings import CONFIG_KEY, OVERRIDES_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
 
@@ -67,6 +68,32 @@ def add_kv_arguments(parser) -> None:
     group.add_argument("--kv-config", default=None, help="YAML preset from configs/; flags override its fields")
     for flag, (field, kind, text) in FLAGS.items():
         group.add_argument(flag, dest=f"kv_{field}", type=kind, default=None, help=text)
+    group.add_argument("--kv-overrides", choices=("none", "lower", "any"), default=None,
+                       help="what a request may change: lower (default: no more KV than the server's settings), any, none")
+    group.add_argument("--kv-override-policies", default=None, help="comma-separated policies a request may name")
+    group.add_argument("--kv-override-max-budget", type=_budget, default=None,
+                       help="largest budget a request may ask for (token count or ratio)")
+
+
+def override_rules_from_args(args: argparse.Namespace) -> dict:
+    """The operator's rules for per-request settings (preset `overrides:`, then flags), validated; a
+    server started from the command line always has them."""
+    rules = preset_overrides(args.kv_config) if getattr(args, "kv_config", None) else {}
+    if getattr(args, "kv_overrides", None):
+        rules["allow"] = args.kv_overrides
+    if getattr(args, "kv_override_policies", None):
+        rules["policies"] = [p.strip() for p in args.kv_override_policies.split(",") if p.strip()]
+    if getattr(args, "kv_override_max_budget", None) is not None:
+        rules["max_budget"] = args.kv_override_max_budget
+    return validated_rules(rules).model_dump()  # unset fields too: `vllm serve` defaults to allow: lower
+
+
+def validated_rules(rules: dict) -> OverrideRules:
+    """Override rules from raw settings; validation errors become one readable `KVSettingsError`."""
+    try:
+        return OverrideRules(**rules)
+    except ValidationError as err:
+        raise KVSettingsError(f"invalid kvcomp override rules: {settings_error(err)}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> dict | None:
@@ -112,6 +139,9 @@ def settings_error(err: ValidationError, prefix: str = "") -> str:
 def check_engine_config(vllm_config) -> None:
     """Validate the engine's kvcomp settings against its model, adapt the engine, log the budgets."""
     remember_served(vllm_config)
+    rules = (vllm_config.additional_config or {}).get(OVERRIDES_KEY)
+    if rules is not None:
+        validated_rules(rules)
     settings = engine_settings(vllm_config)
     if not settings:
         return
@@ -190,9 +220,10 @@ def _from_cli_args(original):
 
         add_middleware(args)
         engine_args = original(cls, args)
-        settings = settings_from_args(args)
+        settings, rules = settings_from_args(args), override_rules_from_args(args)
         if settings is not None:
-            engine_args.additional_config = {**(engine_args.additional_config or {}), CONFIG_KEY: settings}
+            extra = engine_args.additional_config or {}
+            engine_args.additional_config = {**extra, CONFIG_KEY: settings, OVERRIDES_KEY: rules}
         return engine_args
 
     return from_cli_args

@@ -38,10 +38,15 @@ class _Metrics:
             ["policy"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0),
         )
+        self.refused_overrides = Counter(
+            "vllm:kvcomp_refused_overrides", "Requests refused for per-request KV settings the operator does not allow.",
+            ["reason"],
+        )
         self.worker_timings = WorkerTimings()
 
     def registered(self) -> _Metrics:
-        for collector in (self.requests, self.prompt_tokens, self.blocks_saved, self.kept_ratio, self.worker_timings):
+        collectors = (self.requests, self.prompt_tokens, self.blocks_saved, self.kept_ratio, self.refused_overrides)
+        for collector in (*collectors, self.worker_timings):
             if collector not in REGISTRY._collector_to_names:
                 REGISTRY.register(collector)
         return self
@@ -122,6 +127,11 @@ def observe(vllm_config, prompt_len: int, sampling_params) -> None:
     m.blocks_saved.labels(name).inc(n * sum(cdiv(prompt_len, block_size) - cdiv(k, block_size) for k in kept))
     for _ in range(n):
         m.kept_ratio.labels(name).observe(sum(kept) / (layers * prompt_len) if prompt_len else 1.0)
+
+
+def count_refused_override(reason: str) -> None:
+    """Count a request refused by the operator's override rules (`overrides.REASONS`)."""
+    metrics().refused_overrides.labels(reason).inc()
 
 
 def _process_inputs(original):

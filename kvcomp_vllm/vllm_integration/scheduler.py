@@ -9,10 +9,12 @@ generated tokens are then replayed over the compacted cache, as they were decode
 
 from __future__ import annotations
 
-from .compat import Scheduler, finish_with_errors, patch, split_chunks_at
+from .compat import Scheduler, finish_with_errors, init_logger, patch, split_chunks_at
 from .kv_spec import CompressedAttentionManager
 from .settings import request_policy, server_policy
-from .worker import worker_state
+from .worker import FAILED_FIELD
+
+logger = init_logger("vllm.kvcomp")
 
 
 def stop_at_compression_point(policy, request, num_new_tokens: int, start: int) -> int:
@@ -39,9 +41,9 @@ def _init(original):
 def _update_from_output(original):
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = original(self, scheduler_output, model_runner_output)
-        state = worker_state()  # the worker runs in the scheduler's process (vLLM's uniprocess executor)
-        failed = state.take_failed() if state is not None else []
+        failed = getattr(model_runner_output, FAILED_FIELD, None)  # set by the worker's sample_tokens hook
         if failed:
+            logger.warning("kvcomp: finishing request(s) %s with an error: their KV compression failed on a worker", failed)
             finish_with_errors(self, outputs, failed)
         return outputs
 

@@ -1,5 +1,5 @@
-"""Where kvcomp's settings live: the server's in `additional_config["kvcomp"]`, a request's in
-`SamplingParams.extra_args["kvcomp"]`.
+"""Where kvcomp's settings live: the server's in `additional_config["kvcomp"]` (what requests may
+change of them in `additional_config["kvcomp_overrides"]`), a request's in `SamplingParams.extra_args["kvcomp"]`.
 
 `additional_config` is part of the `VllmConfig` that vLLM ships to the engine core and every
 worker, and sampling params travel with each request, so every process reads the same settings.
@@ -7,19 +7,35 @@ worker, and sampling params travel with each request, so every process reads the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from functools import lru_cache
 
 from ..config import KVPolicyConfig, request_config
+from ..overrides import OverrideRules
 from ..policies import KVPolicy, make_policy
 
 CONFIG_KEY = "kvcomp"
+OVERRIDES_KEY = "kvcomp_overrides"  # the operator's rules for per-request settings (`OverrideRules`)
 
 
 def engine_settings(vllm_config: Any) -> dict | None:
     """The raw kvcomp settings of an engine, or None where none were given."""
     extra = getattr(vllm_config, "additional_config", None) or {}
     return extra.get(CONFIG_KEY) if isinstance(extra, dict) else None
+
+
+def override_rules(vllm_config: Any) -> OverrideRules:
+    """What the engine lets a request change of its settings. `vllm serve` always sets rules (`allow:
+    lower` by default); an engine built in Python without them serves its own process: `allow: any`."""
+    extra = getattr(vllm_config, "additional_config", None) or {}
+    rules = extra.get(OVERRIDES_KEY) if isinstance(extra, dict) else None
+    return _rules(json.dumps({"allow": "any"} if rules is None else rules, sort_keys=True))
+
+
+@lru_cache(maxsize=16)
+def _rules(rules_json: str) -> OverrideRules:
+    return OverrideRules(**json.loads(rules_json))
 
 
 def num_layers(vllm_config: Any) -> int:

@@ -12,6 +12,7 @@ Timeline of one compressed request on the worker:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..policies import KVPolicy, RequestCompressor, make_policy
 from .compat import (
     FullAttentionSpec,
     GPUModelRunner,
+    ModelRunnerOutput,
     MultiGroupBlockTable,
     cdiv,
     extract_layer_index,
@@ -103,7 +105,7 @@ class WorkerCompression:
             self.unreported.append(req_id)
 
     def take_failed(self) -> list[str]:
-        """Failures since the last call, for the scheduler to finish."""
+        """Failures since the last call, for the scheduler to finish (sent with the step's output)."""
         failed, self.unreported = self.unreported, []
         return failed
 
@@ -271,8 +273,34 @@ def _initialize_kv_cache_tensors(original):
     return initialize_kv_cache_tensors
 
 
+FAILED_FIELD = "kvcomp_failed"  # ModelRunnerOutput attribute: request ids whose kvcomp work failed
+
+
+def _sample_tokens(original):
+    def sample_tokens(self: GPUModelRunner, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        state = worker_state()
+        failed = state.take_failed() if state is not None else []
+        return output if not failed else with_failures(output, failed)
+
+    return sample_tokens
+
+
+def with_failures(output, failed: list[str]):
+    """The step's output carrying `failed` to the scheduler, in whatever process it runs (the output
+    is pickled to it by multiprocess executors); async outputs carry them once resolved."""
+    if not isinstance(output, ModelRunnerOutput):  # an AsyncModelRunnerOutput: wrap its resolution
+        resolve = output.get_output
+        output.get_output = lambda: with_failures(resolve(), failed)
+        return output
+    output = copy.copy(output)  # never mutate a shared empty output
+    setattr(output, FAILED_FIELD, [*getattr(output, FAILED_FIELD, ()), *failed])
+    return output
+
+
 def install_runner_hooks() -> None:
     """Wrap the runner methods the integration needs (idempotent)."""
+    patch(GPUModelRunner, "sample_tokens", _sample_tokens)
     patch(GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec)
     patch(GPUModelRunner, "initialize_kv_cache_tensors", _initialize_kv_cache_tensors)
     patch(GPUModelRunner, "_update_states", _update_states)
