@@ -2,7 +2,7 @@
 # The image's entrypoint: `vllm serve` with kvcomp's flags taken from environment variables.
 #
 #   MODEL           the model to serve (or give it as the first argument)
-#   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, pod
+#   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, windowkv-per-head, pod
 #   KV_BUDGET       --kv-budget: a token count (2048) or a ratio of the prompt (0.1)
 #   KV_CONFIG       --kv-config: a YAML path, or the name of a preset in $KVCOMP_HOME/configs
 #   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_TIERS KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE KV_PREFILL_CHUNK

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "pod"]
+PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head", "pod"]
 POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
 
 # Which parameters each policy reads. Setting one a policy does not read is an error rather than a
@@ -25,12 +25,15 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
     "snapkv": frozenset(_POOLED),
     "pyramid": frozenset(_POOLED | {"beta", "tiers"}),
-    "windowkv": frozenset(
+    "windowkv": frozenset(_SELECTION | {"window_size", "window_scoring", "concentration_threshold", "group_size"}),
+    "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
     "pod": frozenset({"sink", "recent", "group_size"}),
 }
-_NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv"})
+_NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
+WINDOWKV_WINDOW = 8  # windowkv's default window size (the official script's review_window_size)
+WINDOWKV_GROUP = 8  # windowkv's default layers per group (the paper's and the official script's shared_layers)
 
 
 class KVPolicyConfig(BaseModel):
@@ -44,7 +47,9 @@ class KVPolicyConfig(BaseModel):
         description="tokens kept per layer and KV head: an integer count, or a ratio in (0, 1] "
         "of the prompt length (pyramid: the mean over layers)",
     )
-    window: int = Field(32, ge=1, description="observation window: last prompt queries used for scoring")
+    window: int = Field(
+        32, ge=1, description="observation window: last prompt queries used for scoring (windowkv average scoring: its last half)"
+    )
     kernel: int = Field(7, ge=1, description="1-D pooling kernel over token scores (odd)")
     pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
     beta: float = Field(20.0, ge=1.0, description="pyramid steepness: top layer keeps 1/beta of the bottom's share")
@@ -56,12 +61,25 @@ class KVPolicyConfig(BaseModel):
     )
     sink: int = Field(4, ge=0, description="first tokens always kept (streaming, pod)")
     recent: int = Field(256, ge=1, description="pod: last prompt tokens that keep per-layer keys")
-    group_size: int = Field(2, ge=1, description="consecutive layers sharing indices (windowkv) or keys (pod)")
-    window_size: int | Literal["auto"] = Field(
-        "auto", description="windowkv: tokens per window, or 'auto' to choose from the attention pattern"
+    group_size: int | None = Field(
+        None,
+        ge=1,
+        description="consecutive layers sharing indices (windowkv: also one budget per group) or keys (pod); "
+        "unset: windowkv the largest divisor of the layer count up to 8, windowkv-per-head and pod 2",
+    )
+    window_size: int | Literal["auto"] | None = Field(
+        None,
+        description="tokens per window (windowkv: default 8); windowkv-per-head also 'auto' (the default) "
+        "to choose from the attention pattern",
     )
     window_sizes: tuple[int, int] = Field(
-        (8, 32), description="windowkv auto: (size for spread attention, size for concentrated attention)"
+        (8, 32), description="windowkv-per-head auto: (size for spread attention, size for concentrated attention)"
+    )
+    window_scoring: Literal["auto", "max", "average"] = Field(
+        "auto",
+        description="windowkv: a window's score, 'max' (mean of its top half of token scores, for QA-like "
+        "prompts) or 'average' (observing the last window // 2 queries); 'auto' picks max when attention is "
+        "concentrated (concentration_threshold)",
     )
     prefill_chunk: int | None = Field(
         None,
@@ -70,7 +88,10 @@ class KVPolicyConfig(BaseModel):
         "prefill_chunk per layer), so prompts longer than the KV pool fit; unset: once, after the prompt",
     )
     concentration_threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="windowkv auto: attention mass in the top 5% tokens that counts as concentrated"
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="windowkv and windowkv-per-head auto: attention mass in the top 5% tokens that counts as concentrated",
     )
 
     @model_validator(mode="after")
@@ -89,6 +110,11 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(f"kernel: must be odd so pooling keeps positions centred, got {self.kernel}")
         if isinstance(self.window_size, int) and self.window_size < 1:
             raise ValueError(f"window_size: must be 'auto' or an integer >= 1, got {self.window_size}")
+        if self.policy == "windowkv" and self.window_size == "auto":
+            raise ValueError(
+                "window_size: windowkv tiles windows of one size (default 8); 'auto' sizes belong to policy "
+                "'windowkv-per-head'"
+            )
         if self.prefill_chunk is not None and "window" in POLICY_FIELDS[self.policy] and self.prefill_chunk < self.window:
             raise ValueError(
                 f"prefill_chunk: {self.prefill_chunk} tokens is less than window ({self.window}); each "
@@ -124,9 +150,10 @@ class KVPolicyConfig(BaseModel):
     def check_model(self, num_layers: int, max_model_len: int | None = None) -> None:
         """Reject settings that cannot work with a model of `num_layers` layers and this context length."""
         if "group_size" in POLICY_FIELDS[self.policy]:
-            if self.group_size > num_layers or num_layers % self.group_size:
+            group = self.layer_group(num_layers)
+            if group > num_layers or num_layers % group:
                 raise ValueError(
-                    f"group_size: {self.group_size} does not divide the model's {num_layers} layers; "
+                    f"group_size: {group} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
         if self.tiers is not None and self.tiers > num_layers:
@@ -135,6 +162,14 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(
                 f"budget: {self.budget} tokens is larger than the model's context ({max_model_len} tokens)"
             )
+
+    def layer_group(self, num_layers: int) -> int:
+        """Consecutive layers per group: `group_size`, or the policy's default for a model of `num_layers` layers."""
+        if self.group_size is not None:
+            return self.group_size
+        if self.policy == "windowkv":
+            return max(g for g in range(1, min(WINDOWKV_GROUP, num_layers) + 1) if num_layers % g == 0)
+        return 2
 
     def describe(self) -> str:
         """One line naming the policy and the parameters it reads, for logs and responses."""

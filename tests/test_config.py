@@ -130,3 +130,19 @@ def test_which_request_policies_a_server_can_hold():
     )
     assert "engine-wide only; this server runs 'snapkv'" in incompatibility(snapkv, policy(policy="pod"))
     assert "engine-wide only; this server runs 'pod'" in incompatibility(policy(policy="pod"), snapkv)
+
+
+def test_windowkv_forms_take_their_own_parameters():
+    assert "window_size: windowkv tiles windows of one size" in error_text(policy="windowkv", budget=64, window_size="auto")
+    assert "window_sizes: not a parameter of policy 'windowkv'" in error_text(policy="windowkv", budget=64, window_sizes=(4, 8))
+    assert "window_scoring: not a parameter of policy 'windowkv-per-head'" in error_text(
+        policy="windowkv-per-head", budget=64, window_scoring="max"
+    )
+    assert "window_scoring" in error_text(policy="windowkv", budget=64, window_scoring="mean")
+    KVPolicyConfig(policy="windowkv-per-head", budget=64, window_size="auto")
+    assert KVPolicyConfig(policy="windowkv", budget=64, window_scoring="average").describe() == (
+        "windowkv budget=64 concentration_threshold=0.5 window=32 window_scoring=average"
+    )
+    with pytest.raises(ValueError, match=r"group_size: 8 does not divide the model's 12 layers"):
+        KVPolicyConfig(policy="windowkv", budget=64, group_size=8).check_model(12)
+    KVPolicyConfig(policy="windowkv", budget=64).check_model(30)  # the default group: 6 layers

@@ -290,9 +290,11 @@ PARAMS = {
     "recent": 64,
     "group_size": 2,
     "window_size": 16,
+    "window_scoring": "max",
+    "concentration_threshold": 0.7,
     "prefill_chunk": 512,
 }
-BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5}
+BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5, "windowkv-per-head": 0.5}
 # Each case: KVPolicyConfig fields, plus "preset" for --kv-config. One fault at most per case.
 CASES = [
     *({"policy": p, **({"budget": BUDGETS[p]} if p in BUDGETS else {})} for p in POLICY_NAMES),
@@ -330,6 +332,10 @@ CASES = [
     {"policy": "windowkv", "budget": 0.1, "window_size": 0},
     {"policy": "windowkv", "budget": 0.1, "window_size": "auto"},
     {"policy": "windowkv", "budget": 0.1, "window_size": "big"},
+    {"policy": "windowkv-per-head", "budget": 0.1, "window_size": "auto"},
+    {"policy": "windowkv", "budget": 0.1, "window_scoring": "average"},
+    {"policy": "windowkv", "budget": 0.1, "window_scoring": "mean"},
+    {"policy": "windowkv", "budget": 0.1, "concentration_threshold": 1.0},
     {"policy": "snapkv", "budget": 64, "prefill_chunk": 31},
     {"policy": "snapkv", "budget": 64, "prefill_chunk": 32},
     {"policy": "pyramid", "budget": 0.1, "window": 8, "prefill_chunk": 8},

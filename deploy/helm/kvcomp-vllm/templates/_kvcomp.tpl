@@ -37,7 +37,7 @@ is read as a token count. Returns JSON {"settings": {...}, "flags": [...]}.
   {{- $_ := set $settings "budget" $text -}}
   {{- $flags = concat $flags (list "--kv-budget" $text) -}}
 {{- end -}}
-{{- range $key := list "window" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "prefillChunk" -}}
+{{- range $key := list "window" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "windowScoring" "concentrationThreshold" "prefillChunk" -}}
   {{- $params := $v.kvParams | default dict -}}
   {{- if and (hasKey $params $key) (not (kindIs "invalid" (get $params $key))) -}}
     {{- $x := get $params $key -}}
