@@ -5,8 +5,8 @@
     python benchmarks/budget_sweep.py --combine a.json b.json --out DIR    # one table and plot from several runs
 
 Budgets change per request (SamplingParams extra_args), so one engine per KV layout serves a whole
-line: a snapkv engine (one KV group) serves snapkv, windowkv and streaming; pyramid (one group per
-layer) gets its own; vanilla vLLM runs without the plugin. Each engine, in its own process:
+line: a snapkv engine (one KV group) serves snapkv, windowkv-per-head and streaming; pyramid (one group
+per layer) and windowkv (one per layer group) get their own; vanilla vLLM runs without the plugin. Each engine, in its own process:
 1. per policy it serves, a prefill pass first thing after start (the prefill prompts, max_tokens=1,
    at the first budget), then a second identical pass: the first shows that nothing is compiled
    on the first requests, the second is the steady state the overhead is taken from;
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from policies import PRESETS, RESULTS, add_engine_option, make_prompts, run_isolated, start_engine
 
-ENGINE_OF = {"vanilla": "vanilla", "snapkv": "snapkv", "windowkv": "snapkv", "streaming": "snapkv", "pyramid": "pyramid"}
+ENGINE_OF = {"vanilla": "vanilla", "snapkv": "snapkv", "windowkv-per-head": "snapkv", "streaming": "snapkv",
+             "pyramid": "pyramid", "windowkv": "windowkv"}
 
 
 def parse_points(text: str) -> dict[str, list[float]]:

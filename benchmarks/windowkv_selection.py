@@ -1,4 +1,4 @@
-"""Where windowkv and snapkv keep tokens relative to a needle, per scoring layer (reference generator).
+"""Where windowkv-per-head and snapkv keep tokens relative to a needle, per scoring layer (reference generator).
 
     python benchmarks/windowkv_selection.py --model .cache/smollm2-135m --budget 0.025 --prompts 6
 
@@ -20,7 +20,8 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.eval.corpus import load_corpus
 from kvcomp_vllm.eval.tasks import PromptBuilder, build_suite
 from kvcomp_vllm.policies.snapkv import SnapKVPolicy
-from kvcomp_vllm.policies.windowkv import WindowKVPolicy, attention_concentration
+from kvcomp_vllm.policies.scoring import attention_concentration
+from kvcomp_vllm.policies.windowkv_per_head import PerHeadWindowKVPolicy as WindowKVPolicy
 from kvcomp_vllm.reference import generate
 
 
@@ -60,7 +61,7 @@ def main() -> None:
         ids = list(sample.prompt_ids)
         answer = tokenizer(" " + sample.answer, add_special_tokens=False).input_ids
         needle = next(i for i in range(len(ids)) if ids[i : i + len(answer)] == answer)
-        for policy in ("windowkv", "snapkv"):
+        for policy in ("windowkv-per-head", "snapkv"):
             log.clear()
             out = generate(model, ids, KVPolicyConfig(policy=policy, budget=args.budget), sample.max_tokens,
                            eos_token_id=tokenizer.eos_token_id)

@@ -2,11 +2,11 @@
 # The image's entrypoint: `vllm serve` with kvcomp's flags taken from environment variables.
 #
 #   MODEL           the model to serve (or give it as the first argument)
-#   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, pod
+#   KV_POLICY       --kv-policy: full, streaming, snapkv, pyramid, windowkv, windowkv-per-head, pod
 #   KV_BUDGET       --kv-budget: a token count (2048) or a ratio of the prompt (0.1)
 #   KV_CONFIG       --kv-config: a YAML path, or the name of a preset in $KVCOMP_HOME/configs
-#   KV_WINDOW KV_KERNEL KV_POOLING KV_BETA KV_TIERS KV_SINK KV_RECENT KV_GROUP_SIZE KV_WINDOW_SIZE KV_PREFILL_CHUNK
-#                   the matching --kv-* policy parameters
+#   KV_<NAME>       any other --kv-<name> flag (KV_WINDOW, KV_PREFILL_CHUNK, KV_WINDOW_SCORING, ...;
+#                   KV_OVERRIDES, KV_OVERRIDE_POLICIES, KV_OVERRIDE_MAX_BUDGET: what a request may change)
 #   HOST, PORT      where the server listens (0.0.0.0, 8000); the health check reads PORT too
 #   ENFORCE_EAGER   1 adds --enforce-eager (CUDA graphs off); unset or 0 (default) leaves vLLM's
 #                   CUDA graphs on, which every policy runs with. A --enforce-eager or
@@ -34,10 +34,10 @@ if [[ -n "${KV_CONFIG:-}" ]]; then
   fi
   args+=(--kv-config "$config")
 fi
-for name in POLICY BUDGET WINDOW KERNEL POOLING BETA TIERS SINK RECENT GROUP_SIZE WINDOW_SIZE PREFILL_CHUNK; do
-  var="KV_$name"
-  if [[ -n "${!var:-}" ]]; then
-    flag="--kv-${name,,}"
+for var in $(compgen -v KV_); do  # every other KV_<NAME> is the flag --kv-<name>
+  if [[ "$var" != KV_CONFIG && -n "${!var:-}" ]]; then
+    flag="--kv-${var#KV_}"
+    flag="${flag,,}"
     args+=("${flag//_/-}" "${!var}")
   fi
 done

@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, model_validator
 
-PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "pod"]
+PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head", "pod"]
 POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
 
 # Which parameters each policy reads. Setting one a policy does not read is an error rather than a
@@ -25,12 +25,15 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
     "snapkv": frozenset(_POOLED),
     "pyramid": frozenset(_POOLED | {"beta", "tiers"}),
-    "windowkv": frozenset(
+    "windowkv": frozenset(_SELECTION | {"window_size", "window_scoring", "concentration_threshold", "group_size"}),
+    "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
     "pod": frozenset({"sink", "recent", "group_size"}),
 }
-_NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv"})
+_NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
+WINDOWKV_WINDOW = 8  # windowkv's default window size (the official script's review_window_size)
+WINDOWKV_GROUP = 8  # windowkv's default layers per group (the paper's and the official script's shared_layers)
 
 # Upper bounds that hold before the model is known: no setting may ask a worker for work or memory
 # beyond them. `check_model` then bounds token counts by the model's context length.
@@ -61,7 +64,10 @@ class KVPolicyConfig(BaseModel):
         description="tokens kept per layer and KV head: an integer count, or a ratio in (0, 1] "
         "of the prompt length (pyramid: the mean over layers)",
     )
-    window: int = Field(32, ge=1, le=MAX_TOKENS, description="observation window: last prompt queries used for scoring")
+    window: int = Field(
+        32, ge=1, le=MAX_TOKENS,
+        description="observation window: last prompt queries used for scoring (windowkv average scoring: its last half)",
+    )
     kernel: int = Field(7, ge=1, le=MAX_KERNEL, description="1-D pooling kernel over token scores (odd)")
     pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
     beta: float = Field(
@@ -76,16 +82,28 @@ class KVPolicyConfig(BaseModel):
     )
     sink: int = Field(4, ge=0, le=MAX_TOKENS, description="first tokens always kept (streaming, pod)")
     recent: int = Field(256, ge=1, le=MAX_TOKENS, description="pod: last prompt tokens that keep per-layer keys")
-    group_size: int = Field(
-        2, ge=1, le=MAX_LAYERS, description="consecutive layers sharing indices (windowkv) or keys (pod)"
+    group_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_LAYERS,
+        description="consecutive layers sharing indices (windowkv: also one budget per group) or keys (pod); "
+        "unset: windowkv the largest divisor of the layer count up to 8, windowkv-per-head and pod 2",
     )
-    window_size: int | Literal["auto"] = Field(
-        "auto", description="windowkv: tokens per window, or 'auto' to choose from the attention pattern"
+    window_size: int | Literal["auto"] | None = Field(
+        None,
+        description="tokens per window (windowkv: default 8); windowkv-per-head also 'auto' (the default) "
+        "to choose from the attention pattern",
     )
     window_sizes: tuple[StrictInt, StrictInt] = Field(
         (8, 32),
         strict=False,  # a JSON list is the pair's form; its items stay strict
-        description="windowkv auto: (size for spread attention, size for concentrated attention)",
+        description="windowkv-per-head auto: (size for spread attention, size for concentrated attention)",
+    )
+    window_scoring: Literal["auto", "max", "average"] = Field(
+        "auto",
+        description="windowkv: a window's score, 'max' (mean of its top half of token scores, for QA-like "
+        "prompts) or 'average' (observing the last window // 2 queries); 'auto' picks max when attention is "
+        "concentrated (concentration_threshold)",
     )
     prefill_chunk: int | None = Field(
         None,
@@ -95,7 +113,10 @@ class KVPolicyConfig(BaseModel):
         "prefill_chunk per layer), so prompts longer than the KV pool fit; unset: once, after the prompt",
     )
     concentration_threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description="windowkv auto: attention mass in the top 5% tokens that counts as concentrated"
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="windowkv and windowkv-per-head auto: attention mass in the top 5% tokens that counts as concentrated",
     )
 
     @model_validator(mode="after")
@@ -117,6 +138,11 @@ class KVPolicyConfig(BaseModel):
         for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
             if not 1 <= size <= MAX_TOKENS:
                 raise ValueError(f"{name(field)}: window sizes must lie in [1, {MAX_TOKENS}], got {size}")
+        if self.policy == "windowkv" and self.window_size == "auto":
+            raise ValueError(
+                f"{name('window_size')}: windowkv tiles windows of one size (default 8); 'auto' sizes belong to "
+                "policy 'windowkv-per-head'"
+            )
         if self.prefill_chunk is not None and "window" in POLICY_FIELDS[self.policy] and self.prefill_chunk < self.window:
             raise ValueError(
                 f"{name('prefill_chunk')}: {self.prefill_chunk} tokens is less than {name('window')} ({self.window}); "
@@ -156,9 +182,10 @@ class KVPolicyConfig(BaseModel):
         """Reject settings that cannot work with a model of `num_layers` layers and this context length
         (`prefix`: how the client spells fields, e.g. `kv_` over HTTP)."""
         if "group_size" in POLICY_FIELDS[self.policy]:
-            if self.group_size > num_layers or num_layers % self.group_size:
+            group = self.layer_group(num_layers)
+            if group > num_layers or num_layers % group:
                 raise ValueError(
-                    f"{prefix}group_size: {self.group_size} does not divide the model's {num_layers} layers; "
+                    f"{prefix}group_size: {group} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
         if self.tiers is not None and self.tiers > num_layers:
@@ -192,6 +219,14 @@ class KVPolicyConfig(BaseModel):
                 f"{prefix}budget: ratio {self.budget} keeps {kept} of {prompt_len} prompt tokens, fewer than "
                 f"{floor_name} ({floor}) for policy '{self.policy}'; raise it or give a token count"
             )
+
+    def layer_group(self, num_layers: int) -> int:
+        """Consecutive layers per group: `group_size`, or the policy's default for a model of `num_layers` layers."""
+        if self.group_size is not None:
+            return self.group_size
+        if self.policy == "windowkv":
+            return max(g for g in range(1, min(WINDOWKV_GROUP, num_layers) + 1) if num_layers % g == 0)
+        return 2
 
     def describe(self) -> str:
         """One line naming the policy and the parameters it reads, for logs and responses."""

@@ -4,6 +4,7 @@ import pytest
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy, pyramid_budgets, staircase
+from kvcomp_vllm.policies.windowkv import group_budgets
 
 
 LONG = 100_000  # a prompt long enough that no layer's budget is capped by it
@@ -127,6 +128,7 @@ def test_prompt_within_budget_is_kept_whole_in_every_layer():
     "params",
     [dict(policy="snapkv", budget=0.1), dict(policy="pyramid", budget=0.1, beta=3),
      dict(policy="pyramid", budget=0.1, tiers=3), dict(policy="windowkv", budget=0.2),
+     dict(policy="windowkv", budget=0.2, group_size=2), dict(policy="windowkv-per-head", budget=0.2),
      dict(policy="streaming", budget=50), dict(policy="pod", recent=40, group_size=2)],
     ids=lambda p: p["policy"],
 )
@@ -146,3 +148,33 @@ def test_pod_slots_pack_distant_values_two_per_slot():
     assert pod.layer_slots(1, 50) == 50  # all proximal: nothing shared
     snap = make_policy(KVPolicyConfig(policy="snapkv", budget=100), 8)
     assert snap.layer_slots(3, 1000) == snap.layer_budget(3, 1000) == 100
+
+
+def test_windowkv_group_budgets_follow_the_official_arithmetic_decay():
+    # Official (budget excluding the window, C = 68, 8 layers a group, beta 14): the last group keeps
+    # 68 * 8 // 14 = 38, the first 2 * 68 - 38 = 98, in steps of 20: 98, 78, 58, 38. Ours, from the exact
+    # line (38.86 up to 97.14) rounded to the exact total 4 * 68: 97, 78, 58, 39, plus the window.
+    assert group_budgets(100, 32, 4, 8, LONG) == (129, 110, 90, 71)
+    policy = make_policy(KVPolicyConfig(policy="windowkv", budget=100), 32)
+    assert [policy.layer_budget(layer, LONG) for layer in range(32)] == [b for b in (129, 110, 90, 71) for _ in range(8)]
+    assert list(policy.tier_layers().values()) == [list(range(g * 8, g * 8 + 8)) for g in range(4)]
+    assert make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=100), 32).tier_layers() == {0: list(range(32))}
+
+
+def test_windowkv_default_group_is_the_largest_divisor_up_to_eight():
+    config = KVPolicyConfig(policy="windowkv", budget=100)
+    assert [config.layer_group(n) for n in (32, 30, 28, 16, 4, 7, 1)] == [8, 6, 7, 8, 4, 7, 1]
+    assert KVPolicyConfig(policy="windowkv-per-head", budget=100).layer_group(32) == 2
+
+
+@pytest.mark.parametrize("budget", [32, 33, 100, 517, 2048])
+@pytest.mark.parametrize("num_layers,group", [(1, 1), (4, 2), (8, 1), (28, 7), (32, 8), (32, 16)])
+def test_windowkv_groups_keep_the_budget_on_average_for_every_prompt_longer_than_it(budget, num_layers, group):
+    policy = make_policy(KVPolicyConfig(policy="windowkv", budget=budget, group_size=group), num_layers)
+    s = budget - 32
+    for n in sorted({budget + 1, budget + 2, budget + s // 2, 2 * budget, budget + 2 * s, 3 * budget + 7, LONG}):
+        schedule = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+        assert sum(schedule) == budget * num_layers, n
+        assert schedule == sorted(schedule, reverse=True) and 32 <= schedule[-1] and schedule[0] <= n
+        assert all(len({schedule[i] for i in range(g, g + group)}) == 1 for g in range(0, num_layers, group))
+    assert [policy.layer_budget(layer, budget) for layer in range(num_layers)] == [budget] * num_layers

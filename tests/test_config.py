@@ -42,7 +42,7 @@ def test_zero_or_negative_budget_must_be_positive(budget):
 @pytest.mark.parametrize("field, value", [("budget", "64"), ("budget", True), ("window", "32"), ("kernel", 7.0),
                                           ("beta", "20"), ("window_sizes", ["8", 32]), ("pooling", 1)])
 def test_types_are_strict_not_coerced(field, value):
-    policy = {"beta": "pyramid", "window_sizes": "windowkv"}.get(field, "snapkv")
+    policy = {"beta": "pyramid", "window_sizes": "windowkv-per-head"}.get(field, "snapkv")
     settings = {"policy": policy, "budget": 64, field: value}
     with pytest.raises(ValidationError) as err:
         KVPolicyConfig(**settings)
@@ -60,7 +60,7 @@ def test_types_are_strict_not_coerced(field, value):
     ("tiers", 1 << 40, "less than or equal to 1024"),
 ])
 def test_every_number_is_bounded_before_the_model_is_known(field, value, message):
-    policy = {"beta": "pyramid", "tiers": "pyramid", "window_size": "windowkv", "window_sizes": "windowkv"}.get(field, "snapkv")
+    policy = {"beta": "pyramid", "tiers": "pyramid", "window_size": "windowkv", "window_sizes": "windowkv-per-head"}.get(field, "snapkv")
     settings = {"policy": policy, "budget": 64, field: value}
     assert message in error_text(**settings)
 
@@ -194,3 +194,19 @@ def test_which_request_policies_a_server_can_hold():
     )
     assert "engine-wide only; this server runs 'snapkv'" in incompatibility(snapkv, policy(policy="pod"))
     assert "engine-wide only; this server runs 'pod'" in incompatibility(policy(policy="pod"), snapkv)
+
+
+def test_windowkv_forms_take_their_own_parameters():
+    assert "window_size: windowkv tiles windows of one size" in error_text(policy="windowkv", budget=64, window_size="auto")
+    assert "window_sizes: not a parameter of policy 'windowkv'" in error_text(policy="windowkv", budget=64, window_sizes=(4, 8))
+    assert "window_scoring: not a parameter of policy 'windowkv-per-head'" in error_text(
+        policy="windowkv-per-head", budget=64, window_scoring="max"
+    )
+    assert "window_scoring" in error_text(policy="windowkv", budget=64, window_scoring="mean")
+    KVPolicyConfig(policy="windowkv-per-head", budget=64, window_size="auto")
+    assert KVPolicyConfig(policy="windowkv", budget=64, window_scoring="average").describe() == (
+        "windowkv budget=64 concentration_threshold=0.5 window=32 window_scoring=average"
+    )
+    with pytest.raises(ValueError, match=r"group_size: 8 does not divide the model's 12 layers"):
+        KVPolicyConfig(policy="windowkv", budget=64, group_size=8).check_model(12)
+    KVPolicyConfig(policy="windowkv", budget=64).check_model(30)  # the default group: 6 layers

@@ -57,15 +57,15 @@ def test_entrypoint_turns_env_into_serve_args(tmp_path):
         "0.0.0.0",
         "--port",
         "8000",
-        "--kv-policy",
-        "pyramid",
         "--kv-budget",
         "0.1",
-    ]  # no --enforce-eager: CUDA graphs stay on by default
+        "--kv-policy",
+        "pyramid",
+    ]  # KV_* in name order; no --enforce-eager: CUDA graphs stay on by default
 
 
 def test_entrypoint_covers_every_kv_flag_of_the_plugin(tmp_path, engine_args):
-    flags = [*engine_args.FLAGS, "--kv-policy"]
+    flags = [*engine_args.FLAGS, "--kv-policy", "--kv-overrides", "--kv-override-policies", "--kv-override-max-budget"]
     env = {
         "KV_" + flag.removeprefix("--kv-").replace("-", "_").upper(): f"v{i}" for i, flag in enumerate(flags)
     }

@@ -290,9 +290,11 @@ PARAMS = {
     "recent": 64,
     "group_size": 2,
     "window_size": 16,
+    "window_scoring": "max",
+    "concentration_threshold": 0.7,
     "prefill_chunk": 512,
 }
-BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5}
+BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5, "windowkv-per-head": 0.5}
 # Each case: KVPolicyConfig fields, plus "preset" for --kv-config. One fault at most per case.
 CASES = [
     *({"policy": p, **({"budget": BUDGETS[p]} if p in BUDGETS else {})} for p in POLICY_NAMES),
@@ -330,6 +332,10 @@ CASES = [
     {"policy": "windowkv", "budget": 0.1, "window_size": 0},
     {"policy": "windowkv", "budget": 0.1, "window_size": "auto"},
     {"policy": "windowkv", "budget": 0.1, "window_size": "big"},
+    {"policy": "windowkv-per-head", "budget": 0.1, "window_size": "auto"},
+    {"policy": "windowkv", "budget": 0.1, "window_scoring": "average"},
+    {"policy": "windowkv", "budget": 0.1, "window_scoring": "mean"},
+    {"policy": "windowkv", "budget": 0.1, "concentration_threshold": 1.0},
     {"policy": "snapkv", "budget": 64, "prefill_chunk": 31},
     {"policy": "snapkv", "budget": 64, "prefill_chunk": 32},
     {"policy": "pyramid", "budget": 0.1, "window": 8, "prefill_chunk": 8},
@@ -439,3 +445,16 @@ def test_kv_params_cover_every_flag_of_the_plugin(engine_args):
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["properties"]["kvParams"]["properties"]) == {camel(f) for f in fields}
     assert set(PARAMS) == fields  # the parity table tries each of them with each policy
+
+
+def test_override_rules_become_the_flags_a_server_parses(tmp_path, engine_args):
+    args = container(render(tmp_path, {"kvOverrides": {"allow": "lower", "policies": ["snapkv", "pyramid"], "maxBudget": "0.2"}}))["args"]
+    assert (flag(args, "--kv-overrides"), flag(args, "--kv-override-policies"), flag(args, "--kv-override-max-budget")) == (
+        "lower", "snapkv,pyramid", "0.2")
+    parser = argparse.ArgumentParser()
+    engine_args.add_kv_arguments(parser)
+    known, _ = parser.parse_known_args(args)
+    assert engine_args.override_rules_from_args(known) == {"allow": "lower", "policies": ("snapkv", "pyramid"), "max_budget": 0.2}
+    assert flag(container(render(tmp_path, {"kvOverrides": {"maxBudget": 512}}))["args"], "--kv-override-max-budget") == "512"
+    with pytest.raises(HelmError, match="allow"):
+        render(tmp_path, {"kvOverrides": {"allow": "some"}})

@@ -39,7 +39,7 @@ def test_variants_parse_into_rows_of_one_grid():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("a=nope", "variant a: policy 'nope': not one of streaming, snapkv, pyramid, windowkv, pod"),
+    ("a=nope", "variant a: policy 'nope': not one of streaming, snapkv, pyramid, windowkv, windowkv-per-head, pod"),
     ("full=snapkv", "variant full: 'full' is the reference, not a variant name"),
     ("a b=snapkv", "variant a b: name 'a b': letters, digits and _.+- only (it names the needle plot's file)"),
     ("p=pod:recent=64", "variant p: pod's `recent` is the budget: pin it with budget=N or sweep it with --budgets"),

@@ -26,9 +26,10 @@ D = 8
 @st.composite
 def scenarios(draw):
     """A policy config, a model shape and a prompt length near one of the config's boundaries."""
-    policy = draw(st.sampled_from(["full", "streaming", "snapkv", "pyramid", "windowkv", "pod"]))
+    policy = draw(st.sampled_from(["full", "streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head", "pod"]))
     group_size = draw(st.sampled_from([1, 2]))
-    num_layers = group_size * draw(st.integers(1, 2)) if policy in ("windowkv", "pod") else draw(st.integers(1, 4))
+    grouped = policy in ("windowkv", "windowkv-per-head", "pod")
+    num_layers = group_size * draw(st.integers(1, 3)) if grouped else draw(st.integers(1, 4))
     kv_heads, ratio = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 4]))
     window = draw(st.sampled_from([1, 2, 5, 8, 16]))
     params: dict = {"policy": policy}
@@ -39,7 +40,7 @@ def scenarios(draw):
         params["budget"] = draw(st.one_of(st.integers(floor, floor + 60), st.sampled_from([0.05, 0.1, 0.25, 0.5, 1.0])))
         if draw(st.integers(0, 2)):  # two in three examples compress while the prompt is read
             params["prefill_chunk"] = draw(st.integers(max(window, 1), 64))
-    if policy in ("snapkv", "pyramid", "windowkv"):
+    if policy in ("snapkv", "pyramid", "windowkv", "windowkv-per-head"):
         params["window"] = window
     if policy in ("snapkv", "pyramid"):
         params["kernel"] = draw(st.sampled_from([1, 3, 5, 7, 15]))
@@ -48,13 +49,17 @@ def scenarios(draw):
         params["beta"] = draw(st.sampled_from([1.0, 2.5, 20.0]))
         params["tiers"] = draw(st.one_of(st.none(), st.integers(1, num_layers)))
     if policy == "windowkv":
+        params["window_size"] = draw(st.one_of(st.none(), st.integers(1, 9)))
+        params["window_scoring"] = draw(st.sampled_from(["auto", "max", "average"]))
+        params["concentration_threshold"] = draw(st.sampled_from([0.05, 0.3, 0.5, 0.9]))
+    if policy == "windowkv-per-head":
         params["window_size"] = draw(st.one_of(st.just("auto"), st.integers(1, 9)))
         params["window_sizes"] = draw(st.sampled_from([(8, 32), (2, 5), (1, 3)]))
+    if grouped and (policy != "windowkv" or draw(st.booleans())):  # windowkv's default: all layers up to 8
         params["group_size"] = group_size
     if policy == "pod":
         params["recent"] = draw(st.integers(1, 40))
-        params["group_size"] = group_size
-    config = KVPolicyConfig(**params)
+    config = KVPolicyConfig(**{k: v for k, v in params.items() if v is not None})
     b = config.budget if isinstance(config.budget, int) else 40
     chunk = config.prefill_chunk or 50
     # Shorter than the window, at the budget and the pyramid's 2s, and chunked prompts whose last chunk
@@ -98,6 +103,8 @@ def test_policies_keep_what_the_oracle_keeps_in_every_round(scenario):
             assert got.keep.shape == (kv_heads, budget)
             for row in got.keep.tolist():
                 assert row == sorted(set(row)) and 0 <= row[0] and row[-1] < n  # distinct, ascending, in range
+            if config.policy == "windowkv":  # the paper's form keeps one window set for every head
+                assert all(torch.equal(row, got.keep[0]) for row in got.keep)
             assert got.key_owner == want.key_owner
             assert (got.shared is None and want.shared is None) or torch.equal(got.shared, want.shared)
             held[layer] = n if config.policy == "pod" else budget
@@ -128,8 +135,12 @@ def test_oracle_ties_go_to_the_earlier_position():
     queries = torch.ones(2, 4, D, dtype=torch.float64)
     snap = oracle.select_snapkv(KVPolicyConfig(policy="snapkv", budget=7, window=4, kernel=1), keys, queries, 1.0, 7)
     assert snap.keep.tolist() == [[0, 1, 2, 8, 9, 10, 11]]
-    win = KVPolicyConfig(policy="windowkv", budget=9, window=4, window_size=2)
-    assert oracle.select_windowkv(win, keys, queries, 1.0, 9).keep.tolist() == [[0, 1, 2, 3, 4, 8, 9, 10, 11]]
+    per_head = KVPolicyConfig(policy="windowkv-per-head", budget=9, window=4, window_size=2)
+    assert oracle.select_windowkv_per_head(per_head, keys, queries, 1.0, 9).keep.tolist() == [[0, 1, 2, 3, 4, 8, 9, 10, 11]]
+    for scoring in ("max", "average"):  # equal windows: the earliest, the last one taken cut to its leading token
+        win = KVPolicyConfig(policy="windowkv", budget=9, window=4, window_size=2, window_scoring=scoring)
+        w = 4 if scoring == "max" else 2
+        assert oracle.select_windowkv(win, keys, queries, 1.0, 9).keep.tolist() == [[*range(9 - w), *range(12 - w, 12)]]
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +158,15 @@ def test_oracle_generator_with_full_equals_transformers_generate(hf_llama):
 @pytest.mark.parametrize(
     "params",
     [dict(policy="snapkv", budget=48, prefill_chunk=64), dict(policy="windowkv", budget=50, prefill_chunk=96),
+     dict(policy="windowkv", budget=50, group_size=2, prefill_chunk=96),
+     dict(policy="windowkv-per-head", budget=50, prefill_chunk=96),
      dict(policy="pyramid", budget=0.2, prefill_chunk=40), dict(policy="streaming", budget=30, prefill_chunk=50),
      dict(policy="pod", recent=32, group_size=2)],
-    ids=lambda p: p["policy"],
+    ids=lambda p: p["policy"] + ("-groups" if "group_size" in p else ""),
 )
 def test_oracle_generator_equals_the_policy_package_run_in_it(hf_llama, params):
     prompt = list(range(3, 3 + 7 * 64 + 5))  # the last chunk is shorter than every window
-    config = KVPolicyConfig(**params)
+    config = KVPolicyConfig(**{k: v for k, v in params.items() if v is not None})
     want = generate(hf_llama, prompt, config, 8)
     got = policy_generate(hf_llama, prompt, config, 8)
     assert got == want

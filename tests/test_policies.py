@@ -9,8 +9,7 @@ import torch
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import PromptView, RequestCompressor, apply_plan, make_policy
-from kvcomp_vllm.policies.scoring import observation_scores, pool_scores
-from kvcomp_vllm.policies.windowkv import attention_concentration
+from kvcomp_vllm.policies.scoring import attention_concentration, observation_scores, pool_scores
 
 D = 16
 SCALE = D**-0.5
@@ -157,9 +156,9 @@ def brute_windows(scores, k, size):
 
 
 @pytest.mark.parametrize("n,budget,size", [(100, 37, 8), (77, 40, 5), (64, 24, 8), (45, 44, 4)])
-def test_windowkv_matches_brute_force(n, budget, size):
+def test_windowkv_per_head_matches_brute_force(n, budget, size):
     keys, queries = random_layer(4, 2, n, 8, seed=n)
-    config = KVPolicyConfig(policy="windowkv", budget=budget, window=8, window_size=size, group_size=1)
+    config = KVPolicyConfig(policy="windowkv-per-head", budget=budget, window=8, window_size=size, group_size=1)
     plan = make_policy(config, 2).select(0, view(keys, queries))
     scores = brute_scores(keys, queries, 8)
     want = [brute_windows(s, budget - 8, size) + list(range(n - 8, n)) for s in scores]
@@ -167,8 +166,8 @@ def test_windowkv_matches_brute_force(n, budget, size):
     assert plan.keep.shape == (2, budget)
 
 
-def test_windowkv_adapts_window_size_to_attention_pattern():
-    policy = make_policy(KVPolicyConfig(policy="windowkv", budget=64, window_sizes=(4, 16)), 2)
+def test_windowkv_per_head_adapts_window_size_to_attention_pattern():
+    policy = make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_sizes=(4, 16)), 2)
     spread = torch.ones(2, 400)
     peaked = torch.full((2, 400), 1e-4)
     peaked[:, 100] = 1.0
@@ -180,12 +179,13 @@ def test_windowkv_adapts_window_size_to_attention_pattern():
     assert policy.window_size(peaked, 20) == 9  # two windows of 9 and a run of 2
     assert policy.window_size(peaked, 33) == 16  # two windows of 16 and a run of 1
     assert policy.window_size(peaked, 1) == 1
-    fixed = make_policy(KVPolicyConfig(policy="windowkv", budget=64, window_size=16), 2)
+    fixed = make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_size=16), 2)
     assert fixed.window_size(peaked, 20) == 16  # a configured size is used as given
 
 
-def test_windowkv_group_layers_share_the_first_layers_selection():
-    config = KVPolicyConfig(policy="windowkv", budget=30, window=8, group_size=2)
+@pytest.mark.parametrize("policy", ["windowkv", "windowkv-per-head"])
+def test_windowkv_group_layers_share_the_first_layers_selection(policy):
+    config = KVPolicyConfig(policy=policy, budget=30, window=8, group_size=2)
     compressor = RequestCompressor(make_policy(config, 4))
     plans = []
     for layer in range(4):
@@ -195,6 +195,73 @@ def test_windowkv_group_layers_share_the_first_layers_selection():
     assert kept(plans[0]) != kept(plans[2])
     with pytest.raises(RuntimeError, match="reuses layer 2's plan"):
         RequestCompressor(make_policy(config, 4)).plan(3, view(*random_layer(4, 2, 90, 8, seed=0)))
+
+
+def scored_view(base, n):
+    """A view whose observation scores, for any window w, are the first n - w columns of `base` `[heads, >= n]`."""
+    base = torch.as_tensor(base, dtype=torch.float64)
+    return PromptView(n, base.shape[0], torch.device("cpu"), lambda w: base[:, : n - w])
+
+
+def paper_windowkv(**settings):
+    return make_policy(KVPolicyConfig(policy="windowkv", **settings), 1)  # one layer: one group, the plain budget
+
+
+def test_windowkv_scoring_max_favours_peaks_and_average_favours_spread():
+    # Windows of 4 (top half: 2 tokens): a peak window [1, 1, 0, 0] and a spread one [.6, .6, .6, .6].
+    base = [[1, 1, 0, 0, .6, .6, .6, .6, .1, .1, .1, .1] + [0] * 8] * 2
+    peak, spread = [0, 1, 2, 3], [4, 5, 6, 7]
+    mx = paper_windowkv(budget=12, window=8, window_size=4, window_scoring="max").select(0, scored_view(base, 20))
+    assert kept(mx) == [peak + list(range(12, 20))] * 2  # observes the last `window` queries
+    avg = paper_windowkv(budget=8, window=8, window_size=4, window_scoring="average").select(0, scored_view(base, 20))
+    assert kept(avg) == [spread + list(range(16, 20))] * 2  # observes window // 2 = 4
+
+
+def test_windowkv_ranks_the_short_last_window_and_keeps_exactly_its_budget():
+    # Prefix of 10 tokens in windows of 4: [0-3], [4-7] and the short [8, 9], which scores best.
+    base = [[.2, .2, .2, .2, .1, .1, .1, .1, .9, .9, 0]] * 2
+    plan = paper_windowkv(budget=8, window=2, window_size=4, window_scoring="average").select(0, scored_view(base, 11))
+    # 7 selectable tokens (window 2 // 2 = 1 observed): [8, 9], then [0-3], then the leading token of [4-7].
+    assert kept(plan) == [[0, 1, 2, 3, 4, 8, 9, 10]] * 2
+
+
+def test_windowkv_scores_windows_over_all_heads_and_shares_them():
+    # Head 0 strongly prefers the first window, head 1 mildly the second: the layer keeps the first for both.
+    base = [[.9, .9, .0, .0, 0, 0], [.0, .0, .3, .3, 0, 0]]
+    plan = paper_windowkv(budget=4, window=2, window_size=2, window_scoring="max").select(0, scored_view(base, 6))
+    assert kept(plan) == [[0, 1, 4, 5], [0, 1, 4, 5]]
+
+
+def test_windowkv_auto_scoring_follows_attention_concentration():
+    policy = paper_windowkv(budget=64, concentration_threshold=0.5)
+    peaked = torch.full((2, 400), 1e-4)
+    peaked[:, 100] = 1.0
+    assert policy.scoring(peaked) == "max" and policy.scoring(torch.ones(2, 400)) == "average"
+    assert paper_windowkv(budget=64, window_scoring="average").scoring(peaked) == "average"
+    # auto on a spread pattern re-observes with window // 2 queries: the last 16 prompt tokens are the window,
+    # and 48 tokens of equal windows go to the earliest ones.
+    plan = paper_windowkv(budget=64, window_size=8).select(0, scored_view(torch.ones(2, 200), 200))
+    assert kept(plan) == [list(range(48)) + list(range(184, 200))] * 2
+
+
+def test_windowkv_matches_brute_force_on_real_scores():
+    keys, queries = random_layer(4, 2, 100, 8, seed=3)
+    for scoring in ("max", "average"):
+        w = 8 if scoring == "max" else 4
+        plan = paper_windowkv(budget=37, window=8, window_size=5, window_scoring=scoring).select(0, view(keys, queries))
+        scores = brute_scores(keys, queries[:, -w:], w)
+        windows = []
+        for start in range(0, 100 - w, 5):
+            tiles = [row[start:start + 5] for row in scores]
+            if scoring == "average":
+                windows.append(sum(map(sum, tiles)) / sum(map(len, tiles)))
+            else:
+                windows.append(sum(sum(sorted(t, reverse=True)[:2]) / min(2, len(t)) for t in tiles) / len(tiles))
+        chosen, left = [], 37 - w
+        for i in sorted(range(len(windows)), key=lambda i: (-windows[i], i)):
+            take = min(left, 5, 100 - w - 5 * i)
+            chosen, left = chosen + list(range(5 * i, 5 * i + take)), left - take
+        assert kept(plan) == [sorted(chosen) + list(range(100 - w, 100))] * 2
 
 
 def test_pod_layout_and_shared_keys():
@@ -241,9 +308,12 @@ def test_policies_without_a_window_never_score(settings):
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(policy="snapkv", budget=96), dict(policy="pyramid", budget=96), dict(policy="windowkv", budget=96, group_size=1),
-     dict(policy="windowkv", budget=96, group_size=1, window_size=5)],
-    ids=["snapkv", "pyramid", "windowkv-auto", "windowkv-5"],
+    [dict(policy="snapkv", budget=96), dict(policy="pyramid", budget=96),
+     dict(policy="windowkv", budget=96, group_size=1, window_scoring="max"),
+     dict(policy="windowkv", budget=96, group_size=1, window_size=5, window_scoring="max"),
+     dict(policy="windowkv-per-head", budget=96, group_size=1),
+     dict(policy="windowkv-per-head", budget=96, group_size=1, window_size=5)],
+    ids=["snapkv", "pyramid", "windowkv", "windowkv-5", "windowkv-per-head-auto", "windowkv-per-head-5"],
 )
 @pytest.mark.parametrize("new_tokens", [1, 4, 31])
 def test_a_last_chunk_shorter_than_the_window_keeps_distinct_positions(settings, new_tokens):

@@ -23,6 +23,7 @@ CHUNKED = [
     dict(policy="snapkv", budget=96, prefill_chunk=128),
     dict(policy="pyramid", budget=0.1, prefill_chunk=160),
     dict(policy="windowkv", budget=100, group_size=2, prefill_chunk=128),
+    dict(policy="windowkv-per-head", budget=100, group_size=2, prefill_chunk=128),
     dict(policy="streaming", budget=64, prefill_chunk=100),
 ]
 

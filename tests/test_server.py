@@ -23,7 +23,7 @@ def post(url: str, body: dict) -> dict:
 @pytest.mark.parametrize("option", ["--help=all", "--help=kvcomp"])
 def test_help_lists_the_kv_flags(option):
     text = subprocess.run([*vllm_command(), "serve", option], capture_output=True, text=True, timeout=300).stdout
-    for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,pod}", "--kv-budget", "--kv-window", "--kv-config"):
+    for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,windowkv-per-head,pod}", "--kv-budget", "--kv-window", "--kv-config"):
         assert flag in text
 
 

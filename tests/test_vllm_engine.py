@@ -27,6 +27,8 @@ POLICIES = [
     dict(policy="snapkv", budget=96),
     dict(policy="pyramid", budget=0.12),
     dict(policy="windowkv", budget=100, group_size=2),
+    dict(policy="windowkv", budget=100, window_scoring="average"),
+    dict(policy="windowkv-per-head", budget=100, group_size=2),
     dict(policy="streaming", budget=64),
     dict(policy="pod", recent=48, group_size=2),
 ]
@@ -239,7 +241,7 @@ def test_full_policy_equals_vllm_without_the_plugin(tiny_llama_dir, release):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        (dict(policy="nope"), "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (field policy)"),
+        (dict(policy="nope"), "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (field policy)"),
         (dict(policy="snapkv", budget=8192), "budget: 8192 tokens is larger than the model's context (4096 tokens)"),
         (dict(policy="windowkv", budget=64, group_size=3), "group_size: 3 does not divide the model's 4 layers"),
     ],

@@ -10,10 +10,11 @@ from .pyramid import PyramidPolicy, pyramid_budgets, staircase
 from .snapkv import SnapKVPolicy
 from .streaming import StreamingPolicy
 from .windowkv import WindowKVPolicy
+from .windowkv_per_head import PerHeadWindowKVPolicy
 
 POLICIES: dict[str, type[KVPolicy]] = {
     cls.name: cls
-    for cls in (FullPolicy, StreamingPolicy, SnapKVPolicy, PyramidPolicy, WindowKVPolicy, PoDPolicy)
+    for cls in (FullPolicy, StreamingPolicy, SnapKVPolicy, PyramidPolicy, WindowKVPolicy, PerHeadWindowKVPolicy, PoDPolicy)
 }
 
 

@@ -20,7 +20,7 @@ class PoDPolicy(KVPolicy):
 
     def owner_layer(self, layer: int) -> int:
         """First layer of `layer`'s group: the one whose keys the group shares."""
-        return layer - layer % self.config.group_size
+        return layer - layer % self.config.layer_group(self.num_layers)
 
     def budget_tier(self, layer: int) -> int:
         return 0 if self.owner_layer(layer) == layer else 1

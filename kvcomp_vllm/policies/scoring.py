@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,13 @@ def observation_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) 
     future = torch.arange(n, device=keys.device) > torch.arange(n - w, n, device=keys.device)[:, None]
     probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
     return probs[..., : n - w].sum(dim=2).mean(dim=1)
+
+
+def attention_concentration(scores: torch.Tensor) -> float:
+    """Share of the observation attention mass on the top 5% of prefix tokens, mean over heads (windowkv's auto)."""
+    top = max(1, math.ceil(0.05 * scores.shape[-1]))
+    mass = scores.topk(top, dim=-1).values.sum(-1) / scores.sum(-1).clamp_min(1e-30)
+    return float(mass.mean())
 
 
 def pool_scores(scores: torch.Tensor, kernel: int, pooling: str) -> torch.Tensor:

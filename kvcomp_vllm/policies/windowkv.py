@@ -1,88 +1,127 @@
-"""`windowkv` (WindowKV): keep contiguous windows of prompt tokens, chosen per layer group.
+"""`windowkv` (WindowKV, as its paper and official code define it): one set of whole windows per layer.
 
-The prefix (the prompt minus the observation window) is tiled into windows of `s` tokens from its
-start. A window's score is the sum of its tokens' observation scores; each KV head keeps its
-best `(budget - window) // s` windows, then the remaining `< s` tokens as the best-scoring
-contiguous run outside the chosen windows, so every layer keeps exactly its budget.
+The prefix (the prompt minus the observation window) is tiled from its start into windows of
+`window_size` tokens, the last one shorter when the prefix does not divide. Each window is scored
+over all KV heads of the layer and ranked, the short last window too; the layer keeps the best
+windows for every head alike. Scoring: "average" is the mean of the window's token scores over
+heads and tokens; "max" is, per head, the mean of its top half (`window_size // 2`) of token scores,
+then the mean over heads. "max" suits QA-like prompts (a peak marks the answer) and observes the
+last `window` queries; "average" suits summaries and observes the last `window // 2`. The paper picks
+between them with a BERT task classifier; `window_scoring: auto` instead picks "max" when the
+observation attention is concentrated (top-5% share >= `concentration_threshold`), else "average".
 
-Task-adaptive window size (`window_size="auto"`): the scoring layer measures how concentrated the
-observation attention is, as the share of attention mass on its top 5% prefix tokens (mean over
-KV heads). Concentrated attention (share >= `concentration_threshold`) points at a few answer
-locations, as in retrieval and QA; the budget then goes to large windows around them so each keeps
-its surrounding sentence intact. Spread attention (summaries, aggregation over many places) needs
-many distinct locations; the budget then goes to small windows so more of them fit. Either way
-the adaptive size is capped so that the selection has at least three runs (whole windows plus the
-shorter last run): the attention sink at the prompt's start draws attention by itself and takes
-one, and recent text tends to take another. On SmolLM2 at a 2.5% budget of 2k-token prompts (20
-selectable tokens), one 20-token run kept the needle in no head and two windows of 10 found it in
-2 of 12 prompts, while three or more runs (sizes 4-8) found it in 7 of 12; at 5% the uncapped two
-windows of 32 plus a 7-token run found it in 9 of 12 (benchmarks/results/eval-smollm2-cpu/windowkv-small-budget).
-
-Layers are grouped `group_size` at a time: the group's first layer scores and selects, and the
-other layers of the group reuse its indices.
+Layers form groups of `group_size`: the group's first layer selects and the others reuse its
+windows, and each group has its own budget, falling linearly with depth (see `group_budgets`).
+Departure for the paged cache: a layer keeps exactly its budget. Windows are taken best first and
+the first one that does not fit keeps only its leading tokens, where the official code keeps a
+whole number of windows (a few tokens more or fewer than the budget).
 """
 
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import torch
+import torch.nn.functional as F
 
+from ..config import WINDOWKV_WINDOW
 from .base import KVPolicy, LayerPlan, PromptView
-from .scoring import top_positions, with_window
+from .pyramid import _linear_shares
+from .scoring import attention_concentration, top_positions, with_window
 
-TOP_SHARE = 0.05  # fraction of prefix tokens whose attention mass measures concentration
-MIN_RUNS = 3  # an adaptive window size leaves room for at least this many runs
-
-
-def attention_concentration(scores: torch.Tensor) -> float:
-    """Share of the observation attention mass that falls on the top 5% of prefix tokens."""
-    m = scores.shape[-1]
-    top = max(1, math.ceil(TOP_SHARE * m))
-    mass = scores.topk(top, dim=-1).values.sum(-1) / scores.sum(-1).clamp_min(1e-30)
-    return float(mass.mean())
+BETA = 14  # the official default: the last group's share is group_size / BETA of the mean share
 
 
-def select_windows(scores: torch.Tensor, k: int, size: int) -> torch.Tensor:
-    """`k` prefix positions per head made of whole `size`-token windows plus one shorter run: `[heads, k]`."""
+def group_budgets(budget: int, window: int, groups: int, group_size: int, prompt_len: int) -> tuple[int, ...]:
+    """Tokens each group of layers keeps for a prompt of `prompt_len > budget` tokens; their mean is `budget`.
+
+    As the official code's "arithmetic" decay: the selectable share s = budget - window falls
+    linearly from 2s - top for the first group to top = s * group_size / 14 for the last (never
+    above s), except that the first group keeps at most the whole prefix (the line then flattens,
+    its mean unchanged); shares are rounded to integers summing to groups * s.
+    """
+    s = budget - window
+    if groups == 1:
+        return (budget,)
+    top = Fraction(s * min(group_size, BETA), BETA)
+    bottom = min(2 * s - top, Fraction(prompt_len - window))
+    return tuple(window + share for share in _linear_shares(s, groups, bottom))
+
+
+def window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
+    """Score of each `size`-token window of the prefix (the last may be shorter), over all heads: `[windows]`."""
     heads, m = scores.shape
-    whole, rest = divmod(k, size)
-    num_windows = m // size
-    window_scores = scores[:, : num_windows * size].reshape(heads, num_windows, size).sum(-1)
-    best = top_positions(window_scores, whole)
-    chosen = (best.unsqueeze(-1) * size + torch.arange(size, device=scores.device)).reshape(heads, -1)
-    if rest:
-        free = scores.scatter(1, chosen, float("-inf"))
-        start = free.unfold(-1, rest, 1).sum(-1).argmax(-1, keepdim=True)
-        chosen = torch.cat([chosen, start + torch.arange(rest, device=scores.device)], dim=-1)
-    return chosen
+    count = -(-m // size)
+    lengths = (m - torch.arange(count, device=scores.device) * size).clamp(max=size)
+    if scoring == "average":
+        tiles = F.pad(scores, (0, count * size - m)).view(heads, count, size)
+        return tiles.sum(dim=(0, 2)) / (heads * lengths)
+    half = max(1, size // 2)
+    tiles = F.pad(scores, (0, count * size - m), value=float("-inf")).view(heads, count, size)
+    ranked = tiles.sort(dim=-1, descending=True).values[..., :half]
+    used = torch.arange(half, device=scores.device) < lengths.clamp(max=half)[:, None]
+    top_mean = ranked.where(used, torch.zeros((), dtype=scores.dtype, device=scores.device)).sum(-1) / used.sum(-1)
+    return top_mean.mean(dim=0)
+
+
+def select_windows(scores: torch.Tensor, k: int, size: int, scoring: str) -> torch.Tensor:
+    """`k` prefix positions, ascending: the best-ranked windows, the last one taken cut to its leading tokens."""
+    m = scores.shape[-1]
+    ranked = window_scores(scores, size, scoring)
+    order = top_positions(ranked, ranked.shape[0])  # ties go to the earlier window
+    lengths = (m - order * size).clamp(max=size)
+    before = lengths.cumsum(0) - lengths
+    take = torch.empty_like(order).scatter_(0, order, (k - before).clamp(min=0).minimum(lengths))
+    offsets = torch.arange(size, device=scores.device)
+    mask = offsets < take[:, None]
+    return (torch.arange(take.shape[0], device=scores.device)[:, None] * size + offsets)[mask]
 
 
 class WindowKVPolicy(KVPolicy):
-    """Whole-window selection with a task-adaptive window size, shared within layer groups."""
+    """The paper's WindowKV: windows shared by all heads of a layer, per-group budgets, task-chosen scoring."""
 
     name = "windowkv"
 
-    def source_layer(self, layer: int) -> int:
-        return layer - layer % self.config.group_size
+    @property
+    def group_size(self) -> int:
+        return self.config.layer_group(self.num_layers)
 
-    def window_size(self, scores: torch.Tensor, selectable: int) -> int:
-        """Configured window size, or the adaptive choice from the attention pattern for `selectable` tokens."""
-        if self.config.window_size != "auto":
-            return self.config.window_size
-        spread, concentrated = self.config.window_sizes
-        size = concentrated if attention_concentration(scores) >= self.config.concentration_threshold else spread
-        return max(1, min(size, (selectable - 1) // (MIN_RUNS - 1)))  # then cdiv(selectable, size) >= MIN_RUNS
+    def source_layer(self, layer: int) -> int:
+        return layer - layer % self.group_size
+
+    def budget_tier(self, layer: int) -> int:
+        return layer // self.group_size
+
+    def layer_budget(self, layer: int, prompt_len: int) -> int:
+        budget = super().layer_budget(layer, prompt_len)
+        if budget >= prompt_len:  # a prompt within budget is kept whole in every layer
+            return prompt_len
+        groups = self.num_layers // self.group_size
+        return group_budgets(budget, self.config.window, groups, self.group_size, prompt_len)[layer // self.group_size]
 
     @property
     def observation_window(self) -> int:
         return self.config.window
+
+    def scoring(self, scores: torch.Tensor) -> str:
+        """The configured window scoring, or (auto) "max" for concentrated observation attention, else "average"."""
+        if self.config.window_scoring != "auto":
+            return self.config.window_scoring
+        return "max" if attention_concentration(scores) >= self.config.concentration_threshold else "average"
 
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
-        scores, w = prompt.observe(self.config.window)
-        chosen = select_windows(scores, budget - w, self.window_size(scores, budget - w))
-        return LayerPlan(keep=with_window(chosen, n - w, n))
+        half_window = max(1, self.config.window // 2)
+        if self.config.window_scoring == "average":
+            scoring, (scores, w) = "average", prompt.observe(half_window)
+        else:
+            scores, w = prompt.observe(self.config.window)
+            scoring = self.scoring(scores)
+            if scoring == "average":
+                scores, w = prompt.observe(half_window)
+        size = self.config.window_size or WINDOWKV_WINDOW
+        chosen = select_windows(scores, budget - w, size, scoring)
+        return LayerPlan(keep=with_window(chosen.expand(prompt.num_kv_heads, -1), n - w, n))

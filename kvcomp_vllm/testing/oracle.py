@@ -7,7 +7,7 @@ earlier position (earlier window, earlier run start), everywhere.
 
 Selection sees one layer of one compression round: the `n` keys its cache holds (kept tokens of
 earlier rounds, then the round's new tokens) and the queries of the round's new tokens. The
-observation window is the last `w = min(window, n)` positions, always kept; the tokens before it
+observation window is the last `w = min(window, n)` positions (windowkv's average scoring: `window // 2`), always kept; the tokens before it
 are scored by the last `w` queries, or all of the round's when it has fewer (a short last chunk).
 Budgets are those of the whole prompt (`prompt_len`), at most `n`.
 """
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..config import KVPolicyConfig
 
 ORACLE_ATTENTION = "kvcomp_oracle"
-WINDOWED = ("snapkv", "pyramid", "windowkv")
+WINDOWED = ("snapkv", "pyramid", "windowkv", "windowkv-per-head")
+GROUPED = ("windowkv", "windowkv-per-head")  # the group's first layer selects for the whole group
 
 
 class Kept(NamedTuple):
@@ -86,15 +87,37 @@ def staircase_steps(budgets: list[int], tiers: int) -> list[int]:
     return out
 
 
+def windowkv_layer_budgets(config: KVPolicyConfig, num_layers: int, prompt_len: int) -> list[int]:
+    """WindowKV's per-group budgets: the window plus a share falling linearly over the groups from 2s - top to
+    top = s * min(group, 14) / 14 (s = budget - window), the first group at most the whole prefix, rounded
+    to the exact total (floors, then one more to the largest fractional parts, earlier groups on ties)."""
+    b = resolved_budget(config, prompt_len)
+    w, s, g = config.window, b - config.window, config.layer_group(num_layers)
+    groups = num_layers // g
+    if b >= prompt_len:
+        return [prompt_len] * num_layers
+    if groups == 1:
+        return [b] * num_layers
+    top = Fraction(s * min(g, 14), 14)
+    first = min(2 * s - top, Fraction(prompt_len - w))
+    line = [first + (2 * s - 2 * first) * i / (groups - 1) for i in range(groups)]
+    share = [math.floor(x) for x in line]
+    for i in sorted(range(groups), key=lambda i: (-(line[i] - share[i]), i))[: groups * s - sum(share)]:
+        share[i] += 1
+    return [w + share[layer // g] for layer in range(num_layers)]
+
+
 def layer_budget(config: KVPolicyConfig, num_layers: int, layer: int, prompt_len: int) -> int:
     """Tokens per KV head `layer` keeps (its own key and value) once the whole prompt is read."""
     if config.policy == "full":
         return prompt_len
     if config.policy == "pod":
-        owner = layer % config.group_size == 0
+        owner = layer % config.layer_group(num_layers) == 0
         return prompt_len if owner else min(prompt_len, config.sink + config.recent)
     if config.policy == "pyramid":
         return pyramid_layer_budgets(config, num_layers, prompt_len)[layer]
+    if config.policy == "windowkv":
+        return windowkv_layer_budgets(config, num_layers, prompt_len)[layer]
     return resolved_budget(config, prompt_len)
 
 
@@ -155,22 +178,58 @@ def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: i
     return Kept(with_observation(chosen, n, w))
 
 
-def windowkv_size(config: KVPolicyConfig, votes: torch.Tensor, selectable: int) -> int:
-    """The configured window size, or (auto) the concentrated or spread size by the top-5% attention share,
-    shrunk so that at least three runs fit in `selectable` tokens."""
-    if config.window_size != "auto":
-        return config.window_size
+def concentrated(config: KVPolicyConfig, votes: torch.Tensor) -> bool:
+    """Whether the top 5% of prefix tokens draw at least `concentration_threshold` of the votes (mean over heads)."""
     top = max(1, math.ceil(0.05 * votes.shape[-1]))
     ranked = votes.sort(dim=-1, descending=True).values
-    share = float((ranked[:, :top].sum(-1) / votes.sum(-1).clamp_min(1e-30)).mean())
-    spread, concentrated = config.window_sizes
-    size = concentrated if share >= config.concentration_threshold else spread
-    return max(1, min(size, (selectable - 1) // 2))
+    return float((ranked[:, :top].sum(-1) / votes.sum(-1).clamp_min(1e-30)).mean()) >= config.concentration_threshold
 
 
 def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
-    """WindowKV: the best whole windows of `size` tokens tiled from the start, then the best free run of the
-    remaining `< size` tokens, plus the observation window."""
+    """WindowKV (paper): prefix windows of `window_size` tokens from the start, the last one shorter, scored over
+    all heads ("max": per head the mean of its top size // 2 votes, then over heads; "average": the mean of all
+    its votes), best first into `budget - w` tokens, the last taken cut to its leading tokens; the same for every
+    head. "max" observes `window` queries, "average" `window // 2`; auto takes "max" for concentrated votes."""
+    n, kv_heads = keys.shape[1], keys.shape[0]
+    if budget >= n:
+        return Kept(None)
+    scoring, w = config.window_scoring, min(config.window, n)
+    if scoring != "average":
+        votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+        if scoring == "auto":
+            scoring = "max" if concentrated(config, votes) else "average"
+    if scoring == "average":
+        w = min(max(1, config.window // 2), n)
+        votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+    size, left, picked, rank = config.window_size or 8, budget - w, [], []
+    starts = list(range(0, n - w, size))
+    for a in starts:
+        tile = votes[:, a : a + size]
+        if scoring == "average":
+            rank.append(float(tile.sum()) / tile.numel())
+        else:
+            top = min(max(1, size // 2), tile.shape[1])
+            rank.append(float(sum(float(row.sort(descending=True).values[:top].sum()) / top for row in tile)) / kv_heads)
+    for i in best_first(rank):
+        take = min(left, size, n - w - starts[i])
+        picked += range(starts[i], starts[i] + take)
+        left -= take
+    return Kept(with_observation([picked] * kv_heads, n, w))
+
+
+def windowkv_size(config: KVPolicyConfig, votes: torch.Tensor, selectable: int) -> int:
+    """The configured window size, or (auto) the concentrated or spread size by the top-5% attention share,
+    shrunk so that at least three runs fit in `selectable` tokens."""
+    if config.window_size not in (None, "auto"):
+        return config.window_size
+    spread, dense = config.window_sizes
+    size = dense if concentrated(config, votes) else spread
+    return max(1, min(size, (selectable - 1) // 2))
+
+
+def select_windowkv_per_head(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+    """WindowKV per KV head (our variant): the best whole windows of `size` tokens tiled from the start, then the
+    best free run of the remaining `< size` tokens, plus the observation window."""
     n = keys.shape[1]
     if budget >= n:
         return Kept(None)
@@ -193,10 +252,10 @@ def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget:
     return Kept(with_observation(chosen, n, w))
 
 
-def select_pod(config: KVPolicyConfig, layer: int, n: int, kv_heads: int) -> Kept:
+def select_pod(config: KVPolicyConfig, num_layers: int, layer: int, n: int, kv_heads: int) -> Kept:
     """PoD: group owners keep all; members keep the first `sink` and last `recent` tokens' own keys and take
     the distant tokens' keys from their owner (values stay their own)."""
-    owner = layer - layer % config.group_size
+    owner = layer - layer % config.layer_group(num_layers)
     if owner == layer or config.sink + config.recent >= n:
         return Kept(None)
     proximal = list(range(config.sink)) + list(range(n - config.recent, n))
@@ -207,14 +266,15 @@ def select_pod(config: KVPolicyConfig, layer: int, n: int, kv_heads: int) -> Kep
 def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Kept]:
     """`select(layer, keys, queries, scale, prompt_len)` for one request, layers called in order each round;
     windowkv's other layers of a group repeat the group's first layer."""
+    group = config.layer_group(num_layers)
     plans: dict[int, Kept] = {}
 
     def select(layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float, prompt_len: int) -> Kept:
         kv_heads, n, _ = keys.shape
         budget = min(n, layer_budget(config, num_layers, layer, prompt_len))
         p = config.policy
-        if p == "windowkv" and layer % config.group_size:
-            return plans[layer - layer % config.group_size]
+        if p in GROUPED and layer % group:
+            return plans[layer - layer % group]
         if p == "full":
             plan = Kept(None)
         elif p == "streaming":
@@ -223,8 +283,10 @@ def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Ke
             plan = select_snapkv(config, keys, queries, scale, budget)
         elif p == "windowkv":
             plan = select_windowkv(config, keys, queries, scale, budget)
+        elif p == "windowkv-per-head":
+            plan = select_windowkv_per_head(config, keys, queries, scale, budget)
         else:
-            plan = select_pod(config, layer, n, kv_heads)
+            plan = select_pod(config, num_layers, layer, n, kv_heads)
         plans[layer] = plan
         return plan
 

@@ -105,14 +105,19 @@ class CompressingAttention:
             request.window_queries.setdefault(layer_idx, []).append(part.clone())
 
     def _prompt_view(self, state, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
-        """The `held` prompt tokens this layer's cache holds at the point; scores come from the paged cache."""
+        """The `held` prompt tokens this layer's cache holds at the point; scores come from the paged cache.
+
+        The window queries are gathered once, so a policy may score with several windows (windowkv's auto).
+        """
         request = state.requests[span.req_id]
+        gathered: list[torch.Tensor] = []
 
         def scores(w: int) -> torch.Tensor:
-            parts = request.window_queries.pop(layer_idx, [])
-            window = torch.cat([*parts, self._window_part(state, span, query)])
-            window = window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1)
-            return for_tensor(window_scores, key_cache)(window[:, -w:], key_cache, blocks, held, self.scale)
+            if not gathered:
+                parts = request.window_queries.pop(layer_idx, [])
+                window = torch.cat([*parts, self._window_part(state, span, query)])
+                gathered.append(window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1))
+            return for_tensor(window_scores, key_cache)(gathered[0][:, -w:], key_cache, blocks, held, self.scale)
 
         return PromptView(held, key_cache.shape[1], key_cache.device, scores, context_len=request.prompt_len)
 

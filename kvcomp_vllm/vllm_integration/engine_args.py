@@ -55,8 +55,10 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-tiers": ("tiers", int, "pyramid: budget steps (KV cache groups); default one per layer"),
     "--kv-sink": ("sink", int, "first tokens always kept (streaming, pod)"),
     "--kv-recent": ("recent", int, "pod: last prompt tokens with per-layer keys"),
-    "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv) or keys (pod)"),
-    "--kv-window-size": ("window_size", str, "windowkv: tokens per window, or auto"),
+    "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv: and a budget) or keys (pod)"),
+    "--kv-window-size": ("window_size", str, "windowkv: tokens per window (default 8); windowkv-per-head: or auto"),
+    "--kv-window-scoring": ("window_scoring", str, "windowkv: window scoring, max, average or auto (from the attention pattern)"),
+    "--kv-concentration-threshold": ("concentration_threshold", float, "windowkv auto: top-5% attention share that counts as concentrated"),
     "--kv-prefill-chunk": ("prefill_chunk", int, "compress every N prompt tokens during prefill, so prompts longer than the KV pool fit"),
 }
 

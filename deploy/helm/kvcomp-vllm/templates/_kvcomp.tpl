@@ -37,7 +37,7 @@ is read as a token count. Returns JSON {"settings": {...}, "flags": [...]}.
   {{- $_ := set $settings "budget" $text -}}
   {{- $flags = concat $flags (list "--kv-budget" $text) -}}
 {{- end -}}
-{{- range $key := list "window" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "prefillChunk" -}}
+{{- range $key := list "window" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "windowScoring" "concentrationThreshold" "prefillChunk" -}}
   {{- $params := $v.kvParams | default dict -}}
   {{- if and (hasKey $params $key) (not (kindIs "invalid" (get $params $key))) -}}
     {{- $x := get $params $key -}}
@@ -47,6 +47,18 @@ is read as a token count. Returns JSON {"settings": {...}, "flags": [...]}.
       {{- $text = printf "%d" (int64 $x) -}}
     {{- end -}}
     {{- $flags = concat $flags (list (printf "--kv-%s" (kebabcase $key)) $text) -}}
+  {{- end -}}
+{{- end -}}
+{{- with $v.kvOverrides -}}
+  {{- with .allow -}}{{- $flags = concat $flags (list "--kv-overrides" .) -}}{{- end -}}
+  {{- with .policies -}}{{- $flags = concat $flags (list "--kv-override-policies" (join "," .)) -}}{{- end -}}
+  {{- $m := .maxBudget -}}
+  {{- if and (not (kindIs "invalid" $m)) (ne (toString $m) "") -}}
+    {{- $text := toString $m -}}
+    {{- if and (not (kindIs "string" $m)) (eq (floor $m) (float64 $m)) -}}
+      {{- $text = printf "%d" (int64 $m) -}}
+    {{- end -}}
+    {{- $flags = concat $flags (list "--kv-override-max-budget" $text) -}}
   {{- end -}}
 {{- end -}}
 {{- dict "settings" $settings "flags" $flags | toJson -}}

@@ -27,11 +27,12 @@ left to values.schema.json.
     "streaming" (list "budget" "prefill_chunk" "sink")
     "snapkv" (list "budget" "kernel" "pooling" "prefill_chunk" "window")
     "pyramid" (list "beta" "budget" "kernel" "pooling" "prefill_chunk" "tiers" "window")
-    "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
+    "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_scoring" "window_size")
+    "windowkv-per-head" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
     "pod" (list "group_size" "recent" "sink") -}}
 {{- $policy := $s.policy | default "full" -}}
 {{- if not (hasKey $fields $policy) -}}
-  {{- include "kvcomp-vllm.kvFail" (printf "policy: must be one of full, streaming, snapkv, pyramid, windowkv, pod, got %q (values: kvPolicy)" $policy) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "policy: must be one of full, streaming, snapkv, pyramid, windowkv, windowkv-per-head, pod, got %q (values: kvPolicy)" $policy) -}}
 {{- end -}}
 {{- $allowed := get $fields $policy -}}
 {{- $extra := list -}}
@@ -62,13 +63,22 @@ left to values.schema.json.
 {{- if and (hasKey $s "window_size") (ne (toString $s.window_size) "auto") (not (include "kvcomp-vllm.intAtLeast" (list $s.window_size 1))) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "window_size: must be 'auto' or an integer >= 1, got %v (values: kvParams.windowSize)" $s.window_size) -}}
 {{- end -}}
-{{- if and (hasKey $s "prefill_chunk") (has $policy (list "snapkv" "pyramid" "windowkv")) -}}
+{{- if and (eq $policy "windowkv") (hasKey $s "window_size") (eq (toString $s.window_size) "auto") -}}
+  {{- include "kvcomp-vllm.kvFail" "window_size: windowkv tiles windows of one size (default 8); 'auto' sizes belong to policy 'windowkv-per-head' (values: kvParams.windowSize)" -}}
+{{- end -}}
+{{- if and (hasKey $s "concentration_threshold") (not (and (kindIs "float64" $s.concentration_threshold) (gt $s.concentration_threshold 0.0) (lt $s.concentration_threshold 1.0))) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "concentration_threshold: must be a number in (0, 1), got %v (values: kvParams.concentrationThreshold)" $s.concentration_threshold) -}}
+{{- end -}}
+{{- if and (hasKey $s "window_scoring") (not (has $s.window_scoring (list "auto" "max" "average"))) -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "window_scoring: must be auto, max or average, got %v (values: kvParams.windowScoring)" $s.window_scoring) -}}
+{{- end -}}
+{{- if and (hasKey $s "prefill_chunk") (has $policy (list "snapkv" "pyramid" "windowkv" "windowkv-per-head")) -}}
   {{- $window := int64 (hasKey $s "window" | ternary $s.window 32) -}}
   {{- if lt (int64 $s.prefill_chunk) $window -}}
     {{- include "kvcomp-vllm.kvFail" (printf "prefill_chunk: %d tokens is less than window (%d); each chunk's last queries score its compression (values: kvParams.prefillChunk)" (int64 $s.prefill_chunk) $window) -}}
   {{- end -}}
 {{- end -}}
-{{- if and (has $policy (list "streaming" "snapkv" "pyramid" "windowkv")) (not (hasKey $s "budget")) -}}
+{{- if and (has $policy (list "streaming" "snapkv" "pyramid" "windowkv" "windowkv-per-head")) (not (hasKey $s "budget")) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "budget: policy '%s' needs a budget (token count or ratio in (0, 1]) (values: kvBudget)" $policy) -}}
 {{- end -}}
 {{- with $s.budget -}}
