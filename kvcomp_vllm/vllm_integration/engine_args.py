@@ -2,7 +2,8 @@
 
 The flags fold into `additional_config["kvcomp"]`; `LLM(..., additional_config={"kvcomp": {...}})`
 is the same setting from Python. Settings are validated when vLLM builds its engine config, after
-the model's config is read but before any weights load, so a bad value stops start-up at once.
+the model's config is read but before any weights load, so a bad value, or a vLLM feature the
+compression is not tested with (`refusals`), stops start-up at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from ..config import POLICY_NAMES, KVPolicyConfig, load_preset
 from ..policies import make_policy
 from .compat import EngineArgs, init_logger, patch, platform_name, without_full_cudagraphs
+from .refusals import check_features
 from .settings import CONFIG_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
@@ -104,9 +106,8 @@ def check_engine_config(vllm_config) -> None:
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
+    check_features(config.policy, vllm_config)
     check_device(config, vllm_config)
-    if vllm_config.speculative_config is not None:
-        raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")
     if vllm_config.cache_config.enable_prefix_caching:
         logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
         vllm_config.cache_config.enable_prefix_caching = False
