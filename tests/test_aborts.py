@@ -1,7 +1,7 @@
 """Requests aborted mid-prompt in a real vLLM CPU engine: between prefill chunks before the first
 compression point, in the step that compacts, and between `prefill_chunk` rounds. Every block goes
-back to the pool, no bookkeeping stays behind, and requests served alongside and afterwards produce
-exactly the oracle's tokens."""
+back to the pool, no bookkeeping stays behind, requests served alongside and afterwards produce
+exactly the oracle's tokens, and the workers' kept/evicted counts include only prompts compacted whole."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.testing.engine import drive, scheduler_of
+from kvcomp_vllm.policies import make_policy
+from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration.worker import worker_state
 
@@ -56,6 +57,13 @@ def tracked(req_id: str) -> list[str]:
     return [r for r in worker_state().requests if r == req_id or r.startswith(req_id + "-")]
 
 
+def expected_counts(prompts: list[list[int]]) -> tuple[int, int]:
+    """Kept and evicted token-layers of these prompts compacted whole under SETTINGS (4 layers)."""
+    policy = make_policy(KVPolicyConfig(**SETTINGS), 4)
+    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
+    return kept, 4 * sum(map(len, prompts)) - kept
+
+
 # Steps run before the abort, and where the aborted 900-token prompt then stands.
 ABORT_POINTS = {
     "between-chunks-before-compression": (1, 96),  # chunk 0-96 done, the first point is 128
@@ -70,6 +78,7 @@ def test_aborted_prompts_leak_no_blocks_and_other_requests_match_the_oracle(llm,
     steps, where = ABORT_POINTS[abort]
     engine, scheduler = llm.llm_engine, scheduler_of(llm)
     free_before = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
+    counts_before = compacted_counts(llm, "snapkv")
     victim = prompt_ids(tiny_llama_dir, 60, 70, length=900)
     bystander = prompt_ids(tiny_llama_dir, 40, 71, length=300)  # chunked too, sharing the victim's steps
     engine.add_request("victim", {"prompt_token_ids": victim}, greedy(10))
@@ -85,6 +94,8 @@ def test_aborted_prompts_leak_no_blocks_and_other_requests_match_the_oracle(llm,
     assert finished == {"bystander": generate(hf_llama, bystander, config, 10).tokens}
     assert_nothing_left(scheduler, free_before)
     assert not tracked("victim")  # the bystander's later steps told the worker
+    # Only the bystander's prompt counts: the victim's, aborted before its last point, kept nothing.
+    assert [a - b for a, b in zip(compacted_counts(llm, "snapkv"), counts_before)] == list(expected_counts([bystander]))
 
     later = [prompt_ids(tiny_llama_dir, 60, 72, length=700), prompt_ids(tiny_llama_dir, 10, 73)]
     run = drive(llm, later, greedy(8))
@@ -92,6 +103,7 @@ def test_aborted_prompts_leak_no_blocks_and_other_requests_match_the_oracle(llm,
         assert run.tokens[req_id] == generate(hf_llama, prompt, config, 8).tokens, req_id
     assert run.free_blocks_after == free_before
     assert not tracked("victim") and not tracked("bystander")
+    assert [a - b for a, b in zip(compacted_counts(llm, "snapkv"), counts_before)] == list(expected_counts([bystander, *later]))
 
 
 def test_beam_search_on_a_compressing_engine_is_refused(llm):

@@ -116,22 +116,24 @@ class CompressingAttention:
         for span in state.compress_rows:
             request = state.requests[span.req_id]
             before = request.evicted[tier]
+            held = span.point - before  # prompt positions the layer holds; after a move, those it kept
             plan = None
             if request.evicted_after(span.point)[tier] > before:
-                held = span.point - before
                 view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
                 with timed("scoring", request.compressor.policy.name, key_cache.device):
                     plan = request.compressor.plan(layer_idx, view)
             request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
             request.compacted_at = span.point
-            if plan is None or plan.keep is None:
-                continue
-            # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
-            sources.append(move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before))
-            rows.append(span.row)
-            if plan.shared is not None:
-                start, count = request.compressor.policy.distant_span(request.prompt_len)
-                request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
+            if plan is not None and plan.keep is not None:
+                # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
+                sources.append(move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before))
+                rows.append(span.row)
+                held = sources[-1].shape[-1] - (span.end - span.point)
+                if plan.shared is not None:
+                    start, count = request.compressor.policy.distant_span(request.prompt_len)
+                    request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
+            if span.point == request.prompt_len:
+                state.prompt_compacted(span.req_id, layer_idx, held)
         if not rows:
             return
         with timed("compaction", state.policy.name, key_cache.device):  # one move for requests of any policy

@@ -299,3 +299,11 @@ def beam_search_owner() -> type:
     from vllm import LLM
 
     return next(c for c in LLM.__mro__ if "beam_search" in c.__dict__)
+
+
+__all__ += ["worker_rank"]
+
+
+def worker_rank(worker) -> int:
+    """A worker's rank in its engine's executor (its tensor-parallel rank: kvcomp refuses pipeline stages)."""
+    return int(getattr(worker, "global_rank", 0) or 0)

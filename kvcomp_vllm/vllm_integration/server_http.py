@@ -4,7 +4,7 @@ A completion or chat request may carry `kv_policy`, `kv_budget`, ... as top-leve
 OpenAI SDK's `extra_body`) or inside `vllm_xargs`. They become flat `kv_<field>` keys of the
 request's sampling params and are checked there, so a bad one is answered 400 before it reaches the
 engine. Every completion and chat response carries a `kvcomp-policy` header with the settings the
-request runs with. A scrape of `/metrics` first pulls the workers' scoring and compaction times.
+request runs with. A scrape of `/metrics` first pulls the workers' compaction counts and timings.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from types import SimpleNamespace
 from ..config import request_config
 from .admission import check_request
 from .compat import engine_client_of, openai_request_classes, patch
-from .metrics import pull_worker_timings
+from .metrics import pull_worker_reports
 from .settings import FLAT_PREFIX, engine_policy, request_overrides, served_config, server_policy
 
 HEADER = b"kvcomp-policy"
 PATHS = ("/v1/completions", "/v1/chat/completions")
-MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerTimingsMiddleware")
+MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerReportsMiddleware")
 
 
 def _to_sampling_params(original):
@@ -73,8 +73,8 @@ class PolicyHeaderMiddleware:
         await self.app(scope, replay, send_with_header)
 
 
-class WorkerTimingsMiddleware:
-    """ASGI middleware that refreshes the workers' timing histograms before `/metrics` answers."""
+class WorkerReportsMiddleware:
+    """ASGI middleware that refreshes the workers' numbers (compaction counts, timings) before `/metrics` answers."""
 
     def __init__(self, app):
         self.app = app
@@ -83,7 +83,7 @@ class WorkerTimingsMiddleware:
         if scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics" and engine_policy(served_config()):
             client = engine_client_of(scope)
             if client is not None:
-                await pull_worker_timings(client)
+                await pull_worker_reports(client)
         await self.app(scope, receive, send)
 
 
