@@ -30,10 +30,12 @@ def _version(dist: str) -> str:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    """Print versions, device, plugin registration and the effective config of the given flags."""
+    """Print versions, device, plugin registration, the effective config of the given flags and the
+    vLLM features a compressing policy refuses."""
     import torch
 
     from .vllm_integration.engine_args import settings_from_args, validated
+    from .vllm_integration.refusals import BEAM_SEARCH, REFUSED
 
     plugins = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
     device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
@@ -49,6 +51,8 @@ def doctor(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     config = validated(settings) if settings else None
     lines.append(f"effective config: {config.describe() if config else 'none given (vLLM serves full KV)'}")
+    refused = ", ".join(f"{r.feature} ({r.flag})" for r in (*REFUSED.values(), BEAM_SEARCH))
+    lines.append(f"refused with a compressing policy (untested): {refused}")
     print("\n".join(lines))
     return 0 if "kvcomp" in plugins else 1
 

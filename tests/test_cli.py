@@ -12,6 +12,8 @@ def test_doctor_reports_registration_and_effective_config(capsys):
     assert "plugin registered with vLLM: yes (kvcomp_vllm.vllm_integration.plugin:register)" in out
     assert "effective config: pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32" in out
     assert ("device: cuda" if torch.cuda.is_available() else "device: cpu") in out
+    assert "refused with a compressing policy (untested): a quantized KV cache (--kv-cache-dtype), " in out
+    assert "pipeline parallelism (--pipeline-parallel-size)" in out and "beam search (use_beam_search" in out
 
 
 def test_doctor_names_the_cpu_kv_packing_of_each_dtype(capsys, monkeypatch):

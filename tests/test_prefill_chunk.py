@@ -77,6 +77,7 @@ def test_oracle_with_one_chunk_equals_compression_after_prefill(tiny_llama_dir, 
     assert rounds.tokens != once.tokens or rounds.logprobs != once.logprobs  # earlier rounds saw other windows
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("settings", CHUNKED, ids=lambda s: s["policy"])
 def test_engine_compressing_every_chunk_matches_the_oracle(tiny_llama_dir, hf_llama, settings):
     # Scheduler chunks of 64 split each compression round, so window queries span scheduler steps.
@@ -97,6 +98,7 @@ def long_prompt_engine(tiny_llama_dir, settings):
     return make_llm(tiny_llama_dir, settings, num_gpu_blocks_override=POOL + 1, max_model_len=4096)
 
 
+@pytest.mark.vllm
 def test_prompt_longer_than_the_kv_pool_is_served(tiny_llama_dir, hf_llama):
     settings = dict(policy="snapkv", budget=64, prefill_chunk=96)
     prompts = [prompt_ids(tiny_llama_dir, 200, 50, length=3000), prompt_ids(tiny_llama_dir, 200, 51, length=2500)]
@@ -111,6 +113,7 @@ def test_prompt_longer_than_the_kv_pool_is_served(tiny_llama_dir, hf_llama):
     gc.collect()
 
 
+@pytest.mark.vllm
 def test_requests_that_cannot_fit_the_pool_fail_with_a_clear_message(tiny_llama_dir):
     llm = long_prompt_engine(tiny_llama_dir, dict(policy="snapkv", budget=64, prefill_chunk=96))
     prompt = prompt_ids(tiny_llama_dir, 200, 52, length=3000)
@@ -126,6 +129,7 @@ def test_requests_that_cannot_fit_the_pool_fail_with_a_clear_message(tiny_llama_
     gc.collect()
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("settings", [None, dict(policy="snapkv", budget=64)], ids=["vanilla", "no-prefill-chunk"])
 def test_without_prefill_chunk_a_pool_shorter_than_max_model_len_fails_at_start(tiny_llama_dir, settings):
     with pytest.raises(Exception, match=r"max seq len \(4096\)"):
@@ -133,6 +137,7 @@ def test_without_prefill_chunk_a_pool_shorter_than_max_model_len_fails_at_start(
     gc.collect()
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize(
     "settings",
     [dict(policy="snapkv", budget=64), dict(policy="pyramid", budget=0.1), dict(policy="pod", group_size=2),

@@ -95,6 +95,8 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         assert status == 400 and "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 2.5" in body["error"]["message"]
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_policy": "pod"})
         assert status == 400 and "policy 'pod' changes the cache layout and is engine-wide only" in body["error"]["message"]
+        status, body, _ = post_status(url + "/v1/completions", {**base, "use_beam_search": True, "n": 2})
+        assert status == 400 and "kv policy 'pyramid' cannot be combined with beam search" in body["error"]["message"]
         chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
         ok, _, applied = post_status(url + "/v1/chat/completions", chat)  # no override: the server's settings
         assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32"

@@ -249,6 +249,7 @@ def test_server_stays_up_frees_every_block_and_counts_every_admitted_request(loa
         n = job.body.get("n", 1)
         admitted += [(expected_policy(job.extra).policy, reply.prompt_tokens)] * n  # usage counts the prompt once
     admitted += [("pyramid", reply.prompt_tokens) for _, reply in load.of("fixed")]
+    # hung up after their first streamed token: their prompts were compacted whole, so they count
     admitted += [("snapkv", prompt_len[job.path, json.dumps(job.body["prompt"])]) for job, _ in load.of("abort")]
     for policy in {p for p, _ in admitted}:
         lengths = [n for p, n in admitted if p == policy]

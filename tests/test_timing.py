@@ -1,13 +1,11 @@
-"""Worker timings: histograms per stage and policy, their RPC method, and their Prometheus form."""
+"""Worker timings: histograms per stage and policy (their RPC and Prometheus form: test_worker_report)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry, generate_latest
 
 from kvcomp_vllm.vllm_integration import timing
-from kvcomp_vllm.vllm_integration.metrics import WorkerTimings
 
 
 @pytest.fixture(autouse=True)
@@ -54,29 +52,3 @@ def test_timed_on_cuda_reads_events_at_the_snapshot():
             x @ x
     counts, total = timing.snapshot()["scoring"]["snapkv"]
     assert sum(counts) == 3 and total > 0
-
-
-def test_workers_answer_the_rpc_by_name():
-    from vllm.v1.worker.worker_base import WorkerWrapperBase
-
-    timing.install_timing_rpc()
-    timing.record("scoring", 0.01, "pyramid")
-    assert getattr(WorkerWrapperBase, timing.RPC_METHOD)(None) == timing.snapshot()
-
-
-def test_collector_sums_workers_into_vllm_style_histograms():
-    timing.record("scoring", 0.003, "snapkv")
-    timing.record("scoring", 0.2, "snapkv")
-    timing.record("compaction", 0.0004, "snapkv")
-    collector = WorkerTimings()
-    collector.update([timing.snapshot(), timing.snapshot()])  # two workers
-    registry = CollectorRegistry()
-    registry.register(collector)
-    text = generate_latest(registry).decode()
-    assert "# TYPE vllm:kvcomp_scoring_seconds histogram" in text
-    assert 'vllm:kvcomp_scoring_seconds_bucket{le="0.001",policy="snapkv"} 0.0' in text
-    assert 'vllm:kvcomp_scoring_seconds_bucket{le="0.005",policy="snapkv"} 2.0' in text
-    assert 'vllm:kvcomp_scoring_seconds_bucket{le="+Inf",policy="snapkv"} 4.0' in text
-    assert 'vllm:kvcomp_scoring_seconds_count{policy="snapkv"} 4.0' in text
-    assert 'vllm:kvcomp_scoring_seconds_sum{policy="snapkv"} 0.406' in text
-    assert 'vllm:kvcomp_compaction_seconds_bucket{le="0.0005",policy="snapkv"} 2.0' in text

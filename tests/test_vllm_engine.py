@@ -17,7 +17,7 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import drive, scheduler_of
+from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
 from kvcomp_vllm.vllm_integration.worker import worker_state
 
 pytestmark = pytest.mark.vllm
@@ -70,11 +70,18 @@ def release():
 def test_policy_matches_the_oracle_generator(tiny_model_dir, hf_model, settings, release):
     # Long prompts and one shorter than the budget (kept whole), batched together.
     prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
-    run = drive(make_llm(tiny_model_dir, settings), prompts, greedy(12))
+    llm = make_llm(tiny_model_dir, settings)
+    before = compacted_counts(llm, settings["policy"])
+    run = drive(llm, prompts, greedy(12))
     config = KVPolicyConfig(**settings)
     for req_id, prompt in zip(run.tokens, prompts):
         assert run.tokens[req_id] == generate(hf_model, prompt, config, 12).tokens, (req_id, len(prompt))
     assert run.free_blocks_after == run.free_blocks_before
+    # The workers' counts of what they compacted equal the slots the policy gives each layer.
+    policy = make_policy(config, 4)
+    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
+    counted = compacted_counts(llm, settings["policy"])
+    assert (counted[0] - before[0], counted[1] - before[1]) == (kept, 4 * sum(map(len, prompts)) - kept)
 
 
 @pytest.mark.parametrize(

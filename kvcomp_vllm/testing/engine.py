@@ -122,3 +122,13 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
     run.tokens = {i: run.tokens[i] for i in ids}
     run.logprobs = {i: run.logprobs[i] for i in ids}
     return run
+
+
+def compacted_counts(llm, policy: str) -> tuple[int, int]:
+    """Prompt token-layers kept and evicted so far under `policy`, as the engine's lowest-rank worker
+    reports them over vLLM's collective RPC (what its compactions did, not what the policy predicts)."""
+    from ..vllm_integration.report import RPC_METHOD
+
+    report = min(llm.collective_rpc(RPC_METHOD), key=lambda r: r["rank"])
+    counts = report["compacted"].get(policy, {})
+    return counts.get("kept", 0), counts.get("evicted", 0)

@@ -132,6 +132,7 @@ class CompressingAttention:
             request.compacted_at = span.point
             if span.req_id in state.failed:
                 continue
+            held = span.point - request.evicted[tier]  # prompt positions the layer holds; after a move, those it kept
             try:
                 source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata)
             except Exception:
@@ -140,6 +141,9 @@ class CompressingAttention:
             if source is not None:
                 sources.append(source)
                 rows.append(span.row)
+                held = source.shape[-1] - (span.end - span.point)
+            if span.point == request.prompt_len:
+                state.prompt_compacted(span.req_id, layer_idx, held)
         if not rows:
             return
         try:

@@ -303,3 +303,44 @@ def finish_with_errors(scheduler: Scheduler, outputs: dict, req_ids: list[str]) 
     for request in scheduler.finish_requests(failed, RequestStatus.FINISHED_ERROR):
         eco = outputs.setdefault(request.client_index, EngineCoreOutputs())
         eco.outputs.append(EngineCoreOutput(request.request_id, [], finish_reason=FinishReason.ERROR))
+
+
+__all__ += ["beam_search_owner", "untested_features"]
+
+
+def untested_features(vllm_config) -> dict[str, object]:
+    """The vLLM features kvcomp's compression is not tested with that this engine config turns on,
+    by key of `refusals.REFUSED`, each with the value that turns it on."""
+    cache, model = vllm_config.cache_config, vllm_config.model_config
+    found: dict[str, object] = {}
+    if cache.cache_dtype not in ("auto", str(model.dtype).removeprefix("torch.")):
+        found["kv_cache_dtype"] = cache.cache_dtype
+    if getattr(cache, "kv_offloading_size", None) is not None:  # vLLM turns it into an offloading connector
+        found["kv_offloading"] = cache.kv_offloading_size
+    elif vllm_config.kv_transfer_config is not None and vllm_config.kv_transfer_config.kv_connector:
+        found["kv_transfer"] = vllm_config.kv_transfer_config.kv_connector
+    events = getattr(vllm_config, "kv_events_config", None)
+    if events is not None and events.enable_kv_cache_events:
+        found["kv_events"] = True
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        found["pipeline_parallel"] = vllm_config.parallel_config.pipeline_parallel_size
+    if vllm_config.lora_config is not None:
+        found["lora"] = True
+    if vllm_config.speculative_config is not None:
+        found["speculative"] = getattr(vllm_config.speculative_config, "method", None) or True
+    return found
+
+
+def beam_search_owner() -> type:
+    """The class in `LLM`'s MRO that defines `beam_search` (0.32: a mixin), for `patch`."""
+    from vllm import LLM
+
+    return next(c for c in LLM.__mro__ if "beam_search" in c.__dict__)
+
+
+__all__ += ["worker_rank"]
+
+
+def worker_rank(worker) -> int:
+    """A worker's rank in its engine's executor (its tensor-parallel rank: kvcomp refuses pipeline stages)."""
+    return int(getattr(worker, "global_rank", 0) or 0)

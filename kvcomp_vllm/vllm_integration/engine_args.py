@@ -2,7 +2,8 @@
 
 The flags fold into `additional_config["kvcomp"]`; `LLM(..., additional_config={"kvcomp": {...}})`
 is the same setting from Python. Settings are validated when vLLM builds its engine config, after
-the model's config is read but before any weights load, so a bad value stops start-up at once.
+the model's config is read but before any weights load, so a bad value, or a vLLM feature the
+compression is not tested with (`refusals`), stops start-up at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .compat import (
     serve_subcommand,
     without_full_cudagraphs,
 )
+from .refusals import check_features
 from .settings import CONFIG_KEY, OVERRIDES_KEY, engine_settings, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
@@ -155,11 +157,10 @@ def check_engine_config(vllm_config) -> None:
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
+    check_features(config.policy, vllm_config)
     check_device(config, vllm_config)
     if platform_name() == "cpu":
         check_cpu_packing(vllm_config)
-    if vllm_config.speculative_config is not None:
-        raise ValueError(f"kv policy '{config.policy}' cannot be combined with speculative decoding")
     if vllm_config.cache_config.enable_prefix_caching:
         logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
         vllm_config.cache_config.enable_prefix_caching = False

@@ -15,6 +15,7 @@ def register() -> None:
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
     from .metrics import install_metrics_hooks
+    from .refusals import install_beam_search_hooks
     from .scheduler import install_scheduler_hooks
     from .server_http import install_http_hooks
     from .worker import install_runner_hooks
@@ -28,6 +29,7 @@ def register() -> None:
     install_scheduler_hooks()
     install_engine_args_hooks()
     install_admission_hooks()
+    install_beam_search_hooks()
     install_http_hooks()
     install_metrics_hooks()
     _registered = True

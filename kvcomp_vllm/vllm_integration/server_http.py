@@ -7,7 +7,7 @@ engine. A response whose request was admitted carries a `kvcomp-policy` header w
 runs with, as resolved from its sampling params. A route that does not carry `kv_*` fields into
 sampling params (`/v1/responses`, `/v1/messages`, ...) answers 400 to a body holding them, rather than
 serving the request with other settings than it asked for. A scrape of `/metrics` first pulls the
-workers' scoring and compaction times.
+workers' compaction counts and timings.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from contextvars import ContextVar
 
 from .admission import check_request
 from .compat import engine_client_of, openai_request_classes, patch
-from .metrics import pull_worker_timings
+from .metrics import pull_worker_reports
 from .settings import FLAT_PREFIX, engine_policy, served_config
 
 HEADER = b"kvcomp-policy"
 APPLYING_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/chat/completions/batch", "/invocations")
-MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerTimingsMiddleware")
+MIDDLEWARES = (f"{__name__}.PolicyHeaderMiddleware", f"{__name__}.WorkerReportsMiddleware")
 
 # Settings of the requests admitted while serving one HTTP request (a batch route admits several).
 _APPLIED: ContextVar[list[str] | None] = ContextVar("kvcomp_applied", default=None)
@@ -115,8 +115,8 @@ class PolicyHeaderMiddleware:
             _APPLIED.reset(token)
 
 
-class WorkerTimingsMiddleware:
-    """ASGI middleware that refreshes the workers' timing histograms before `/metrics` answers."""
+class WorkerReportsMiddleware:
+    """ASGI middleware that refreshes the workers' numbers (compaction counts, timings) before `/metrics` answers."""
 
     def __init__(self, app):
         self.app = app
@@ -125,7 +125,7 @@ class WorkerTimingsMiddleware:
         if scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics" and engine_policy(served_config()):
             client = engine_client_of(scope)
             if client is not None:
-                await pull_worker_timings(client)
+                await pull_worker_reports(client)
         await self.app(scope, receive, send)
 
 

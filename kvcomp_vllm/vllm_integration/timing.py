@@ -2,7 +2,7 @@
 
 Scoring and compaction run in the worker (inside vLLM's engine core under `vllm serve`), while
 `/metrics` is served by the API server; when it is scraped, the API server pulls `snapshot()` from
-every worker over vLLM's collective RPC (`metrics.pull_worker_timings`). On CUDA a stage is timed
+every worker over vLLM's collective RPC (`report`). On CUDA a stage is timed
 with events, read back at the next snapshot or once done, so timing adds no device sync.
 """
 
@@ -17,7 +17,6 @@ import torch
 
 STAGES = ("scoring", "compaction")
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-RPC_METHOD = "kvcomp_timings"  # the worker method the API server calls (see `install_timing_rpc`)
 
 _lock = threading.Lock()
 _histograms: dict[tuple[str, str], list] = {}  # (stage, policy) -> [counts per bucket and +Inf, sum]
@@ -77,14 +76,3 @@ def reset() -> None:
     with _lock:
         _histograms.clear()
         _pending.clear()
-
-
-def _worker_snapshot(worker) -> dict[str, dict[str, list]]:
-    return snapshot()
-
-
-def install_timing_rpc() -> None:
-    """Let the API server read this process's timings by name over vLLM's collective RPC (idempotent)."""
-    from .compat import add_worker_method
-
-    add_worker_method(RPC_METHOD, _worker_snapshot)

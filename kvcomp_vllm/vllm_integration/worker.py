@@ -21,6 +21,7 @@ import torch
 from ..config import KVPolicyConfig
 from ..cache_layout import MemberLayout
 from ..policies import KVPolicy, RequestCompressor, make_policy
+from . import compacted
 from .compat import (
     FullAttentionSpec,
     GPUModelRunner,
@@ -48,6 +49,7 @@ class CompressedRequest:
     evicted: dict[int, int] = field(default_factory=dict)  # tier -> tokens evicted as the block rows stand
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
     members: dict[int, MemberLayout] = field(default_factory=dict)  # PoD member layer -> its compacted layout
+    prompt_slots: dict[int, int] = field(default_factory=dict)  # layer -> positions it holds of the whole prompt
     compacted_at: int = 0  # compression point of the latest compaction
     truncated_at: int = 0  # compression point the block rows are cut for
     evicts: bool = False  # whether any tier evicts any prompt token
@@ -84,6 +86,8 @@ class WorkerCompression:
         self.policy = policy
         self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
+        self.block_size = next((s.block_size for s in group_specs if isinstance(s, CompressedAttentionSpec)), 1)
+        self.counted: set[str] = set()  # requests whose compacted prompt is counted (kept across preemption)
         self.requests: dict[str, CompressedRequest] = {}
         self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
         self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
@@ -123,6 +127,7 @@ class WorkerCompression:
         for req_id in (*out.finished_req_ids, *(getattr(out, "preempted_req_ids", None) or ())):
             self.requests.pop(req_id, None)
             self.failed.discard(req_id)
+        self.counted.difference_update(out.finished_req_ids)
         for new in out.scheduled_new_reqs:
             self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params)
         cached = out.scheduled_cached_reqs
@@ -161,10 +166,15 @@ class WorkerCompression:
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
                 row_evicted[tier][row] = evicted
-            if not state.evicts or req_id in self.failed:
+            if req_id in self.failed:
                 continue
             start = int(batch.num_computed_tokens_cpu[row])
             end = start + out.num_scheduled_tokens.get(req_id, 0)
+            ends_prompt = start < state.prompt_len <= end
+            if not state.evicts:
+                if ends_prompt:
+                    self._count_as_held(req_id, state)
+                continue
             policy = state.compressor.policy
             point = policy.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
             span = RowSpan(row, req_id, start, end, point)
@@ -173,12 +183,31 @@ class WorkerCompression:
                 for layer in state.members:
                     self.member_rows.setdefault(layer, []).append(span)
             if not point or not state.compresses_at(point):
+                if ends_prompt:  # the last point moves nothing: the layers keep what they hold
+                    self._count_as_held(req_id, state)
                 continue
             if point <= end:
                 self.compress_rows.append(span)
             elif end > point - policy.observation_window:
                 self.window_rows.append(span)
         self.row_evicted = {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}
+
+    def prompt_compacted(self, req_id: str, layer: int, slots: int) -> None:
+        """Note the positions `layer` holds of a request's prompt after its last compaction; the request
+        is counted once every layer has compacted it."""
+        state = self.requests[req_id]
+        state.prompt_slots[layer] = slots
+        if len(state.prompt_slots) == self.policy.num_layers:
+            self._count(req_id, state, [state.prompt_slots[layer] for layer in range(self.policy.num_layers)])
+
+    def _count_as_held(self, req_id: str, state: CompressedRequest) -> None:
+        layers = range(self.policy.num_layers)
+        self._count(req_id, state, [state.prompt_len - state.evicted[self.policy.budget_tier(layer)] for layer in layers])
+
+    def _count(self, req_id: str, state: CompressedRequest, slots: list[int]) -> None:
+        if req_id not in self.counted:
+            self.counted.add(req_id)
+            compacted.record(state.compressor.policy.name, state.prompt_len, slots, self.block_size)
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""

@@ -1,0 +1,44 @@
+"""What the worker's compactions actually kept of each prompt, as cumulative counts per policy.
+
+A request is counted once its prompt's last compression point is compacted in every layer (or, for
+a request that evicts nothing, once its prompt is read), so an aborted prompt counts nothing. The
+API server pulls `snapshot()` with the timings (`report`) and serves it on `/metrics`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+
+from .compat import cdiv
+
+RATIO_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+
+_lock = threading.Lock()
+_counts: dict[str, dict] = {}  # policy -> {"kept", "evicted", "blocks_saved", "ratio": [bucket counts, sum]}
+
+
+def record(policy: str, prompt_len: int, slots: list[int], block_size: int) -> None:
+    """Count one prompt of `prompt_len` tokens whose layers hold `slots` cache positions after compaction."""
+    kept = sum(slots)
+    ratio = kept / (len(slots) * prompt_len) if prompt_len else 1.0
+    with _lock:
+        into = _counts.setdefault(policy, {"kept": 0, "evicted": 0, "blocks_saved": 0,
+                                           "ratio": [[0] * (len(RATIO_BUCKETS) + 1), 0.0]})
+        into["kept"] += kept
+        into["evicted"] += len(slots) * prompt_len - kept
+        into["blocks_saved"] += sum(cdiv(prompt_len, block_size) - cdiv(s, block_size) for s in slots)
+        into["ratio"][0][bisect.bisect_left(RATIO_BUCKETS, ratio)] += 1
+        into["ratio"][1] += ratio
+
+
+def snapshot() -> dict[str, dict]:
+    """Every count so far: `{policy: {"kept", "evicted", "blocks_saved", "ratio": [bucket counts (last +Inf), sum]}}`."""
+    with _lock:
+        return {p: {**c, "ratio": [list(c["ratio"][0]), c["ratio"][1]]} for p, c in _counts.items()}
+
+
+def reset() -> None:
+    """Forget every count (tests)."""
+    with _lock:
+        _counts.clear()
