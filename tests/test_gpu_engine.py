@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.testing.oracle import generate
+from kvcomp_vllm.testing.oracle import largest_logprob_gaps
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import drive
 
@@ -56,10 +56,7 @@ def test_policy_on_flash_attention_matches_the_oracle(tiny_llama_dir, settings):
     run = drive(llm, prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
     config = KVPolicyConfig(**settings)
-    worst = []
-    for got, prompt in zip(run.tokens.values(), prompts):
-        scored = generate(model, prompt, config, NEW_TOKENS, forced=got)
-        worst.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
+    worst = largest_logprob_gaps(model, prompts, list(run.tokens.values()), config, NEW_TOKENS)
     print(settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
     assert max(worst) <= (CHUNKED_LOGPROB_TOLERANCE if "prefill_chunk" in settings else LOGPROB_TOLERANCE)
     assert run.free_blocks_after == run.free_blocks_before

@@ -149,8 +149,8 @@ class KVPolicy(ABC):
 
     @property
     def observation_window(self) -> int:
-        """Prompt queries the policy scores with (0: it never calls `PromptView.scores`)."""
-        return 0
+        """Prompt queries the policy scores with: its `window`, or 0 where it never scores."""
+        return self.config.window if "window" in POLICY_FIELDS[self.name] else 0
 
     @abstractmethod
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:

@@ -11,10 +11,6 @@ class SnapKVPolicy(KVPolicy):
 
     name = "snapkv"
 
-    @property
-    def observation_window(self) -> int:
-        return self.config.window
-
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)

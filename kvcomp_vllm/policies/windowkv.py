@@ -99,10 +99,6 @@ class WindowKVPolicy(KVPolicy):
         groups = self.num_layers // self.group_size
         return group_budgets(budget, self.config.window, groups, self.group_size, prompt_len)[layer // self.group_size]
 
-    @property
-    def observation_window(self) -> int:
-        return self.config.window
-
     def scoring(self, scores: torch.Tensor) -> str:
         """The configured window scoring, or (auto) "max" for concentrated observation attention, else "average"."""
         if self.config.window_scoring != "auto":

@@ -66,10 +66,6 @@ class PerHeadWindowKVPolicy(KVPolicy):
         size = concentrated if attention_concentration(scores) >= self.config.concentration_threshold else spread
         return max(1, min(size, (selectable - 1) // (MIN_RUNS - 1)))  # then cdiv(selectable, size) >= MIN_RUNS
 
-    @property
-    def observation_window(self) -> int:
-        return self.config.window
-
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)

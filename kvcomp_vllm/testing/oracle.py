@@ -395,3 +395,14 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
     finally:
         _RUN.reset(token)
     return GenerateOutput(tokens, logprobs, best, [run.kept[layer] for layer in range(num_layers)])
+
+
+def largest_logprob_gaps(model, prompts: list[list[int]], outputs: list[list[int]], config: KVPolicyConfig,
+                         new_tokens: int) -> list[float]:
+    """Per prompt, the largest gap between the oracle's best token and another engine's token at that
+    step, fed that engine's `outputs`: how far a lower-precision engine strays from the oracle."""
+    gaps = []
+    for prompt, got in zip(prompts, outputs):
+        scored = generate(model, prompt, config, new_tokens, forced=got)
+        gaps.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
+    return gaps
