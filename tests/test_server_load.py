@@ -51,7 +51,7 @@ OVERRIDES = [  # per-request settings as top-level body fields; the last via vll
 ]
 BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must contain)
     (COMPLETIONS, b'{"prompt": "Ka lo", "max_tokens": ', "JSON decode error"),
-    (COMPLETIONS, {"kv_policy": "lru"}, "kvcomp: invalid settings in request: kv_policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv' or 'pod' (got 'lru')"),
+    (COMPLETIONS, {"kv_policy": "lru"}, "kvcomp: invalid settings in request: kv_policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (got 'lru')"),
     (CHAT, {"kv_budget": 1.5}, "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 1.5"),
     (COMPLETIONS, {"kv_budget": "64"}, "kvcomp: invalid settings in request: kv_budget: should be a valid integer or should be a valid number (got '64')"),
     (COMPLETIONS, {"kv_sink": 4}, "kvcomp: invalid settings in request: kv_sink: not a parameter of policy 'pyramid' (its parameters: kv_beta, kv_budget"),
@@ -285,9 +285,9 @@ def test_scoring_and_compaction_times_reach_metrics_as_histograms(load):
     for stage in "scoring", "compaction":
         name = f"vllm:kvcomp_{stage}_seconds"
         policies = {k.split('policy="')[1].split('"')[0] for k in samples if k.startswith(name + "_count")}
-        for policy in policies:
-            count = samples[f'{name}_count{{policy="{policy}"}}']
-            assert samples[f'{name}_bucket{{le="+Inf",policy="{policy}"}}'] == count
-            assert count > 0 and samples[f'{name}_sum{{policy="{policy}"}}'] > 0
+        for policy in policies:  # one worker: rank 0
+            count = samples[f'{name}_count{{policy="{policy}",rank="0"}}']
+            assert samples[f'{name}_bucket{{le="+Inf",policy="{policy}",rank="0"}}'] == count
+            assert count > 0 and samples[f'{name}_sum{{policy="{policy}",rank="0"}}'] > 0
         assert "snapkv" in policies or stage == "compaction", policies
         assert "pyramid" in policies, policies

@@ -248,7 +248,7 @@ def test_full_policy_equals_vllm_without_the_plugin(tiny_llama_dir, release):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        (dict(policy="nope"), "Input should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (field policy)"),
+        (dict(policy="nope"), "invalid kvcomp settings: policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (got 'nope')"),
         (dict(policy="snapkv", budget=8192), "budget: 8192 tokens is larger than the model's context (4096 tokens)"),
         (dict(policy="windowkv", budget=64, group_size=3), "group_size: 3 does not divide the model's 4 layers"),
     ],
@@ -276,8 +276,8 @@ def test_requests_choose_their_own_policy_in_one_batch(tiny_model_dir, hf_model,
 @pytest.mark.parametrize(
     "server,override,message",
     [
-        (dict(policy="pyramid", budget=0.1), {"budget": 2.5}, "invalid kvcomp settings in request: budget: a ratio must lie in (0, 1]"),
-        (dict(policy="pyramid", budget=0.1), {"policy": "h2o"}, "Input should be 'full', 'streaming'"),
+        (dict(policy="pyramid", budget=0.1), {"budget": 2.5}, "kvcomp: invalid settings in request: budget: a ratio must lie in (0, 1], got 2.5"),
+        (dict(policy="pyramid", budget=0.1), {"policy": "h2o"}, "kvcomp: invalid settings in request: policy: should be 'full', 'streaming'"),
         (dict(policy="snapkv", budget=64), {"policy": "pyramid", "budget": 0.1}, "policy 'pyramid' needs per-layer budgets that this server's KV groups (policy 'snapkv') cannot hold"),
         (dict(policy="pyramid", budget=0.1), {"policy": "pod"}, "policy 'pod' changes the cache layout and is engine-wide only"),
         (dict(policy="full"), {"policy": "snapkv", "budget": 64}, "this server runs without KV compression"),
