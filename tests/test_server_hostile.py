@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 
@@ -134,3 +135,11 @@ def test_the_request_that_killed_the_engine_is_a_400(server):
     assert status == 400
     assert "kv_kernel: should be less than or equal to 255 (got 2147483649)" in answer["error"]["message"]
     assert healthy(url) and "Traceback" not in log.read_text()
+
+
+def test_a_ratio_keeping_fewer_than_the_window_of_this_prompt_is_a_400(server):
+    url, model, _ = server
+    status, answer, applied = post(url, "/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": 2, "kv_budget": 0.05})
+    assert status == 400 and applied is None
+    assert re.fullmatch(r"kvcomp: invalid settings in request: kv_budget: ratio 0\.05 keeps \d+ of \d+ prompt tokens, fewer "
+                        r"than kv_window \(32\) for policy 'pyramid'; raise it or give a token count", answer["error"]["message"])

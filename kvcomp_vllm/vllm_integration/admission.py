@@ -64,15 +64,20 @@ def _blocks(server: KVPolicy, block_size: int, slots) -> int:
 
 
 def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
-    """Raise `RequestRejected` where a request's own settings go past what the operator allows
-    (`OverrideRules`), counting the refusal by reason."""
+    """Raise `RequestRejected` where a request's own settings cannot serve its prompt (a ratio budget
+    below the window) or go past what the operator allows (`OverrideRules`, refusals counted by reason)."""
     asked = request_overrides(sampling_params)
     server = server_policy(vllm_config)
     if not asked or server.name == "full":
         return
+    policy, prefix = request_policy(server, sampling_params), client_prefix(sampling_params)
+    if "budget" in asked:
+        try:
+            policy.config.check_prompt(prompt_len, prefix)
+        except ValueError as err:
+            raise RequestRejected(f"kvcomp: invalid settings in request: {err}") from None
     rules = override_rules(vllm_config)
-    policy = request_policy(server, sampling_params)
-    refusal = rules.refusal(policy.config, asked, prompt_len, client_prefix(sampling_params))
+    refusal = rules.refusal(policy.config, asked, prompt_len, prefix)
     if refusal is None and rules.allow == "lower":
         max_tokens = sampling_params.max_tokens or 1
         block_size = vllm_config.cache_config.block_size
@@ -97,11 +102,6 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
     if pool is None or server.name == "full" or sampling_params is None:
         return
     policy = request_policy(server, sampling_params)
-    if "budget" in (request_overrides(sampling_params) or {}):
-        try:
-            policy.config.check_prompt(prompt_len, client_prefix(sampling_params))
-        except ValueError as err:
-            raise RequestRejected(f"kvcomp: invalid settings in request: {err}") from None
     max_tokens = sampling_params.max_tokens or 1
     need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
     if need <= pool:
