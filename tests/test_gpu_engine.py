@@ -27,6 +27,7 @@ POLICIES = [
     dict(policy="snapkv", budget=96),
     dict(policy="pyramid", budget=0.12),
     dict(policy="windowkv", budget=100, group_size=2),
+    dict(policy="windowkv-per-head", budget=100, group_size=2),
     dict(policy="pod", recent=48, group_size=2),
     dict(policy="snapkv", budget=96, prefill_chunk=128),  # compression rounds while the prompt is read
     dict(policy="pyramid", budget=0.12, prefill_chunk=128),
@@ -132,3 +133,32 @@ def test_async_scheduling_gives_the_tokens_of_sync_scheduling_under_preemption(t
     assert runs[True].preemptions > 0
     assert runs[True].tokens == runs[False].tokens
     assert runs[True].free_blocks_after == runs[True].free_blocks_before
+
+
+def test_window_queries_split_across_chunks_wait_on_the_host(tiny_llama_dir, monkeypatch):
+    """With 128-token chunks a 906-token prompt's observation window starts in one chunk and ends in
+    the next: the first part waits in host memory (outside the pool and the profiled scratch) and
+    scoring must still see the whole window, as the oracle does."""
+    from vllm import LLM, SamplingParams
+
+    from kvcomp_vllm.vllm_integration.backend import CompressingAttention
+
+    stashed = []
+    original = CompressingAttention._stash_window
+
+    def recording(self, state, span, layer_idx, query):
+        original(self, state, span, layer_idx, query)
+        stashed.extend(part.device.type for part in state.requests[span.req_id].window_queries.get(layer_idx, ()))
+
+    monkeypatch.setattr(CompressingAttention, "_stash_window", recording)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    prompts = [tokenizer(" ".join(synthetic_text(60, 20))).input_ids[: 7 * 128 + 10]]
+    settings = dict(policy="snapkv", budget=96)
+    llm = LLM(model=str(tiny_llama_dir), dtype="float16", enforce_eager=True, gpu_memory_utilization=0.05,
+              max_model_len=4096, block_size=32, max_num_batched_tokens=128, additional_config={"kvcomp": settings})
+    run = drive(llm, prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))
+    assert stashed and set(stashed) == {"cpu"}
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
+    worst = largest_logprob_gaps(model, prompts, list(run.tokens.values()), KVPolicyConfig(**settings), NEW_TOKENS)
+    print("largest logprob gap to the oracle's best token, window split across chunks:", worst)
+    assert max(worst) <= CHUNKED_LOGPROB_TOLERANCE

@@ -189,6 +189,33 @@ def test_chunked_prefill_matches_the_oracle(tiny_llama_dir, release):
     assert run.free_blocks_after == run.free_blocks_before
 
 
+@pytest.mark.parametrize("settings", [dict(policy="snapkv", budget=200), dict(policy="pod", recent=48)],
+                         ids=["snapkv", "pod"])
+def test_requests_compacting_in_one_step_move_in_groups_of_at_most_max_model_len(
+    tiny_llama_dir, settings, monkeypatch, release
+):
+    """The move buffer is the scratch vLLM's profiling counted (`scratch`): three prompts ending in one
+    step, whose kept tokens together exceed max_model_len, move in several batched moves."""
+    from kvcomp_vllm.vllm_integration.backend import CompressingAttention
+
+    moves = []
+    original = CompressingAttention._move
+
+    def recording(state, rows, sources, *args):
+        moves.append((len(rows), len(rows) * max(s.shape[-1] for s in sources)))
+        return original(state, rows, sources, *args)
+
+    monkeypatch.setattr(CompressingAttention, "_move", staticmethod(recording))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    prompts = [prompt_ids(tiny_llama_dir, 40, 40 + i, length=300) for i in range(3)]
+    run = drive(make_llm(tiny_llama_dir, settings, max_model_len=512), prompts, greedy(8))
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 8).tokens
+    assert run.free_blocks_after == run.free_blocks_before
+    assert max(padded for _, padded in moves) <= 512
+    assert sum(rows for rows, _ in moves) % 3 == 0 and min(rows for rows, _ in moves) < 3  # split, none lost
+
+
 @pytest.mark.parametrize(
     "settings,num_blocks",
     [

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import POLICY_FIELDS, KVPolicyConfig
-from .scoring import observation_scores
+from .scoring import observation_scores, with_window
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,23 @@ class KVPolicy(ABC):
     @abstractmethod
     def select(self, layer: int, prompt: PromptView) -> LayerPlan:
         """Plan for `layer` of one request."""
+
+
+class ObservedSelection(KVPolicy):
+    """SnapKV's frame: keep the observation window, and choose the rest of the layer's budget from the
+    window's scores of the prefix. Subclasses say how in `choose`."""
+
+    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+        n = prompt.prompt_len
+        budget = self.view_budget(layer, prompt)
+        if budget >= n:
+            return LayerPlan(keep=None)
+        scores, w = prompt.observe(self.config.window)
+        return LayerPlan(keep=with_window(self.choose(scores, budget - w), n - w, n))
+
+    @abstractmethod
+    def choose(self, scores: torch.Tensor, count: int) -> torch.Tensor:
+        """`count` prefix positions per KV head, `[kv_heads, count]`, from `[kv_heads, prefix]` scores."""
 
 
 class RequestCompressor:

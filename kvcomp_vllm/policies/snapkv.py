@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from .base import KVPolicy, LayerPlan, PromptView
-from .scoring import pool_scores, top_positions, with_window
+from .base import ObservedSelection
+from .scoring import pool_scores, top_positions
 
 
-class SnapKVPolicy(KVPolicy):
+class SnapKVPolicy(ObservedSelection):
     """Top-(budget - window) pooled observation scores per KV head, plus the window itself."""
 
     name = "snapkv"
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
-        n = prompt.prompt_len
-        budget = self.view_budget(layer, prompt)
-        if budget >= n:
-            return LayerPlan(keep=None)
-        scores, w = prompt.observe(self.config.window)
-        scores = pool_scores(scores, self.config.kernel, self.config.pooling)
-        return LayerPlan(keep=with_window(top_positions(scores, budget - w), n - w, n))
+    def choose(self, scores, count):
+        return top_positions(pool_scores(scores, self.config.kernel, self.config.pooling), count)

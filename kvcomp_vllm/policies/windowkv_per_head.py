@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVPolicy, LayerPlan, PromptView
-from .scoring import attention_concentration, top_positions, with_window
+from .base import ObservedSelection
+from .scoring import attention_concentration, top_positions
 
 MIN_RUNS = 3  # an adaptive window size leaves room for at least this many runs
 
@@ -50,7 +50,7 @@ def select_windows(scores: torch.Tensor, k: int, size: int) -> torch.Tensor:
     return chosen
 
 
-class PerHeadWindowKVPolicy(KVPolicy):
+class PerHeadWindowKVPolicy(ObservedSelection):
     """Per-KV-head whole-window selection with a task-adaptive window size, shared within layer groups."""
 
     name = "windowkv-per-head"
@@ -66,11 +66,5 @@ class PerHeadWindowKVPolicy(KVPolicy):
         size = concentrated if attention_concentration(scores) >= self.config.concentration_threshold else spread
         return max(1, min(size, (selectable - 1) // (MIN_RUNS - 1)))  # then cdiv(selectable, size) >= MIN_RUNS
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
-        n = prompt.prompt_len
-        budget = self.view_budget(layer, prompt)
-        if budget >= n:
-            return LayerPlan(keep=None)
-        scores, w = prompt.observe(self.config.window)
-        chosen = select_windows(scores, budget - w, self.window_size(scores, budget - w))
-        return LayerPlan(keep=with_window(chosen, n - w, n))
+    def choose(self, scores, count):
+        return select_windows(scores, count, self.window_size(scores, count))

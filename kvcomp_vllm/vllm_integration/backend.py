@@ -98,11 +98,16 @@ class CompressingAttention:
         return query[base + first : base + last]
 
     def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query) -> None:
-        """Keep this chunk's window queries for the layer's scoring in a later chunk (scoring layers only)."""
+        """Keep this chunk's window queries for the layer's scoring in a later chunk (scoring layers only).
+
+        They wait in host memory: any number of requests may wait, and the GPU holds only the pool and
+        the scratch vLLM's profiling counted. The copy back is queued on the same stream.
+        """
         request = state.requests[span.req_id]
         if request.compressor.policy.source_layer(layer_idx) == layer_idx:
             part = self._window_part(state, span, query)
-            request.window_queries.setdefault(layer_idx, []).append(part.clone())
+            part = part.to("cpu", non_blocking=True) if part.is_cuda else part.clone()
+            request.window_queries.setdefault(layer_idx, []).append(part)
 
     def _prompt_view(self, state, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
         """The `held` prompt tokens this layer's cache holds at the point; scores come from the paged cache.
@@ -115,6 +120,7 @@ class CompressingAttention:
         def scores(w: int) -> torch.Tensor:
             if not gathered:
                 parts = request.window_queries.pop(layer_idx, [])
+                parts = [p.to(query.device, non_blocking=True) for p in parts]
                 window = torch.cat([*parts, self._window_part(state, span, query)])
                 gathered.append(window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1))
             return for_tensor(window_scores, key_cache)(gathered[0][:, -w:], key_cache, blocks, held, self.scale)
@@ -122,10 +128,22 @@ class CompressingAttention:
         return PromptView(held, key_cache.shape[1], key_cache.device, scores, context_len=request.prompt_len)
 
     def _compact(self, state: WorkerCompression, layer, layer_idx, query, kv_cache, metadata) -> None:
-        """Plan every request reaching a compression point in this step, then move all their kept tokens at once."""
+        """Plan every request reaching a compression point in this step and move their kept tokens in
+        batched moves, each of at most `state.move_tokens` padded tokens (the scratch profiling counted)."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         tier = state.policy.budget_tier(layer_idx)
         rows, sources = [], []
+
+        def flush() -> None:
+            try:
+                self._move(state, rows, sources, key_cache, value_cache, metadata)
+            except Exception:
+                for span in state.compress_rows:
+                    if span.row in rows:
+                        state.fail(span.req_id, f"compaction of layer {layer_idx}")
+            rows.clear()
+            sources.clear()
+
         for span in state.compress_rows:
             request = state.requests[span.req_id]
             # The block rows are cut as planned even for a failed request: the scheduler has freed its blocks.
@@ -139,19 +157,16 @@ class CompressingAttention:
                 state.fail(span.req_id, f"scoring layer {layer_idx}")
                 continue
             if source is not None:
+                width = max([source.shape[-1], *(s.shape[-1] for s in sources)])  # of the padded move
+                if rows and (len(rows) + 1) * width > state.move_tokens:
+                    flush()
                 sources.append(source)
                 rows.append(span.row)
                 held = source.shape[-1] - (span.end - span.point)
             if span.point == request.prompt_len:
                 state.prompt_compacted(span.req_id, layer_idx, held)
-        if not rows:
-            return
-        try:
-            self._move(state, rows, sources, key_cache, value_cache, metadata)
-        except Exception:
-            for span in state.compress_rows:
-                if span.row in rows:
-                    state.fail(span.req_id, f"compaction of layer {layer_idx}")
+        if rows:
+            flush()
 
     def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata):
         """Score and plan one request at its compression point: the move sources of its kept tokens,

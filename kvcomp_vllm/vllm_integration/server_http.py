@@ -46,7 +46,10 @@ def _to_sampling_params(original):
 
 def carries_kv_fields(body: bytes) -> bool:
     """Whether a JSON body holds `kv_*` fields at its top level or in `vllm_xargs`; False for any body
-    that is not a JSON object (vLLM's own parser answers those), however deeply nested."""
+    that is not a JSON object (vLLM's own parser answers those), however deeply nested. Bodies without
+    `kv_` or a `\\u` escape (which could spell it) are not parsed: vLLM parses every body again."""
+    if b"kv_" not in body and b"\\u" not in body:
+        return False
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):

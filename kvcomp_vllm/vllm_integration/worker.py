@@ -34,6 +34,7 @@ from .compat import (
     set_row_num_blocks,
 )
 from .kv_spec import CompressedAttentionSpec
+from .scratch import engine_scratch_shape, scratch_bytes
 from .settings import engine_policy, num_layers, request_policy
 
 logger = init_logger("vllm.kvcomp")
@@ -80,10 +81,12 @@ class WorkerCompression:
     """Per-process state shared by the runner hooks, the metadata builder and the attention impl.
 
     `policy` is the server's: its budget tiers are the KV groups; each request plans with its own.
+    `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
     """
 
-    def __init__(self, policy: KVPolicy, group_specs: list):
+    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int):
         self.policy = policy
+        self.move_tokens = move_tokens
         self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
         self.block_size = next((s.block_size for s in group_specs if isinstance(s, CompressedAttentionSpec)), 1)
@@ -235,7 +238,9 @@ def _state_for(runner: GPUModelRunner) -> WorkerCompression | None:
     if not hasattr(runner, "_kvcomp_state"):
         config = engine_policy(runner.vllm_config)
         groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
-        runner._kvcomp_state = None if config is None else WorkerCompression(_make_policy(runner, config), groups)
+        runner._kvcomp_state = None if config is None else WorkerCompression(
+            _make_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len
+        )
     _STATE = runner._kvcomp_state
     return _STATE
 
@@ -302,6 +307,23 @@ def _initialize_kv_cache_tensors(original):
     return initialize_kv_cache_tensors
 
 
+def _profile_run(original):
+    def profile_run(self: GPUModelRunner, *args, **kwargs):
+        """Hold compaction's scratch bound on the GPU while vLLM profiles its peak memory, so the KV
+        pool it sizes from that peak leaves room for compaction inside real forwards."""
+        if engine_policy(self.vllm_config) is None or self.device.type != "cuda":
+            return original(self, *args, **kwargs)
+        size = scratch_bytes(engine_scratch_shape(self.vllm_config))
+        held = torch.empty(size, dtype=torch.uint8, device=self.device)
+        logger.info("kvcomp: holding %.1f MiB of compaction scratch through memory profiling", size / 2**20)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del held
+
+    return profile_run
+
+
 FAILED_FIELD = "kvcomp_failed"  # ModelRunnerOutput attribute: request ids whose kvcomp work failed
 
 
@@ -333,4 +355,5 @@ def install_runner_hooks() -> None:
     patch(GPUModelRunner, "get_kv_cache_spec", _get_kv_cache_spec)
     patch(GPUModelRunner, "initialize_kv_cache_tensors", _initialize_kv_cache_tensors)
     patch(GPUModelRunner, "_update_states", _update_states)
+    patch(GPUModelRunner, "profile_run", _profile_run)
     patch(MultiGroupBlockTable, "compute_slot_mapping", _compute_slot_mapping)
