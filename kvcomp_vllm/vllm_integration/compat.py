@@ -163,7 +163,7 @@ def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> No
 
 def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value views of a CPU layer cache, tiled `[blocks, kv_heads, block_size // tile, tile,
-    head_dim // pack, pack]` (see `kvcomp_vllm.paged`).
+    head_dim // pack, pack]` (see `kvcomp_kernels.paged_torch`).
 
     vLLM's CPU backend stores, per block and head, the block's keys and then its values, each packed
     as its ISA's kernels want: `vec` keys are dim-major, `amx` keys are 16-token rows of dimension
