@@ -12,7 +12,7 @@ import argparse
 
 from pydantic import ValidationError
 
-from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides
+from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides, settings_error
 from ..overrides import OverrideRules
 from ..policies import make_policy
 from .compat import (
@@ -122,22 +122,6 @@ def validated(settings: dict) -> KVPolicyConfig:
         return KVPolicyConfig(**settings)
     except ValidationError as err:
         raise KVSettingsError(f"invalid kvcomp settings: {settings_error(err)}") from None
-
-
-def settings_error(err: ValidationError, prefix: str = "") -> str:
-    """One clause per field at fault, naming it as the client did (`prefix`) and what it sent (cut short)."""
-    clauses: dict[str, tuple[list[str], str]] = {}
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if not e.get("loc"):  # a model-level check: its message names the fields already
-            clauses.setdefault(msg, ([], ""))
-            continue
-        got = repr(e.get("input"))
-        got = got if len(got) <= 40 else got[:37] + "..."
-        messages, _ = clauses.setdefault(prefix + str(e["loc"][0]), ([], f" (got {got})"))
-        if msg.removeprefix("Input ") not in messages:
-            messages.append(msg.removeprefix("Input "))
-    return "; ".join(f"{head}: {' or '.join(msgs)}{got}" if msgs else head for head, (msgs, got) in clauses.items())
 
 
 def check_engine_config(vllm_config) -> None:
