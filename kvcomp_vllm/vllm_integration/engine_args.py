@@ -23,6 +23,9 @@ from .compat import (
     patch,
     platform_name,
     serve_subcommand,
+    vllm_support,
+    vllm_tested,
+    vllm_version,
     without_full_cudagraphs,
 )
 from .refusals import check_features
@@ -124,8 +127,15 @@ def validated(settings: dict) -> KVPolicyConfig:
         raise KVSettingsError(f"invalid kvcomp settings: {settings_error(err)}") from None
 
 
+def warn_if_untested_vllm() -> None:
+    """One warning line at start-up where the installed vLLM is not a minor kvcomp-vllm is tested with."""
+    if not vllm_tested():
+        logger.warning("kvcomp: vLLM %s on %s is %s", vllm_version(), platform_name(), vllm_support())
+
+
 def check_engine_config(vllm_config) -> None:
     """Validate the engine's kvcomp settings against its model, adapt the engine, log the budgets."""
+    warn_if_untested_vllm()
     remember_served(vllm_config)
     rules = (vllm_config.additional_config or {}).get(OVERRIDES_KEY)
     if rules is not None:
