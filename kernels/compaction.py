@@ -14,9 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kvcomp_vllm.paged import gather, scatter_, span
-
 from .paged import jit, token_offsets
+from .paged_torch import gather, scatter_, span
 
 BLOCK_L = 32
 

@@ -21,10 +21,9 @@ import triton.language as tl
 
 from typing import NamedTuple
 
-from kvcomp_vllm.attention import causal_attention
-from kvcomp_vllm.paged import gather
-
+from .attention import causal_attention
 from .paged import dot_precision, jit, token_offsets
+from .paged_torch import gather
 
 
 class Tile(NamedTuple):

@@ -1,7 +1,7 @@
 """Triton helpers for reading a paged KV cache laid out as `[blocks, kv_heads, block_size, head_dim]`.
 
 Any strides work (vLLM's FlashAttention cache is token-major with K and V in one tensor); position
-`p` of a request lives in block `table[p // BLOCK_SIZE]`, slot `p % BLOCK_SIZE`, as in `kvcomp_vllm.paged`.
+`p` of a request lives in block `table[p // BLOCK_SIZE]`, slot `p % BLOCK_SIZE`, as in `paged_torch`.
 """
 
 from __future__ import annotations

@@ -12,10 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kvcomp_vllm.paged import read_tokens
-from kvcomp_vllm.policies.scoring import observation_scores
-
+from .attention import observation_scores
 from .paged import dot_precision, jit, token_offsets
+from .paged_torch import read_tokens
 
 BLOCK_W = 16
 BLOCK_N = 64

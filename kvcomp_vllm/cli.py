@@ -30,10 +30,12 @@ def _version(dist: str) -> str:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    """Print versions, device, plugin registration, the effective config of the given flags and the
-    vLLM features a compressing policy refuses."""
+    """Print versions (whether kvcomp-vllm is tested with this vLLM), device, plugin registration, the
+    effective config of the given flags, the vLLM features a compressing policy refuses and the vLLM
+    internals kvcomp patches."""
     import torch
 
+    from .vllm_integration.compat import PATCHED_INTERNALS, platform_name, vllm_support, vllm_version
     from .vllm_integration.engine_args import settings_from_args, validated
     from .vllm_integration.refusals import BEAM_SEARCH, REFUSED
 
@@ -42,6 +44,7 @@ def doctor(args: argparse.Namespace) -> int:
     lines = [
         f"kvcomp-vllm {__version__}",
         f"vllm {_version('vllm')}, torch {torch.__version__}, transformers {_version('transformers')}",
+        f"vLLM {vllm_version()} on {platform_name()}: {vllm_support()}",
         f"device: {device}",
         f"plugin registered with vLLM: {'yes' if 'kvcomp' in plugins else 'no'}"
         + (f" ({plugins['kvcomp']})" if "kvcomp" in plugins else ""),
@@ -53,6 +56,8 @@ def doctor(args: argparse.Namespace) -> int:
     lines.append(f"effective config: {config.describe() if config else 'none given (vLLM serves full KV)'}")
     refused = ", ".join(f"{r.feature} ({r.flag})" for r in (*REFUSED.values(), BEAM_SEARCH))
     lines.append(f"refused with a compressing policy (untested): {refused}")
+    lines.append("patched vLLM internals:")
+    lines += [f"  {target}: {why} [checked on vLLM {', '.join(on)}]" for target, why, on in PATCHED_INTERNALS]
     print("\n".join(lines))
     return 0 if "kvcomp" in plugins else 1
 

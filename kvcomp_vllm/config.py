@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
 
 PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head", "pod"]
 POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
@@ -249,6 +249,22 @@ def request_config(server: KVPolicyConfig, overrides: dict | None, prefix: str =
     if overrides.get("policy", server.policy) != server.policy:
         return KVPolicyConfig.model_validate(overrides, context=context)
     return KVPolicyConfig.model_validate({**server.model_dump(exclude_unset=True), **overrides}, context=context)
+
+
+def settings_error(err: ValidationError, prefix: str = "") -> str:
+    """One clause per field at fault, naming it as the client did (`prefix`) and what it sent (cut short)."""
+    clauses: dict[str, tuple[list[str], str]] = {}
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e.get("loc"):  # a model-level check: its message names the fields already
+            clauses.setdefault(msg, ([], ""))
+            continue
+        got = repr(e.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        messages, _ = clauses.setdefault(prefix + str(e["loc"][0]), ([], f" (got {got})"))
+        if msg.removeprefix("Input ") not in messages:
+            messages.append(msg.removeprefix("Input "))
+    return "; ".join(f"{head}: {' or '.join(msgs)}{got}" if msgs else head for head, (msgs, got) in clauses.items())
 
 
 def _preset(path: str | Path) -> dict:

@@ -15,7 +15,7 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
-from kvcomp_vllm.vllm_integration.worker import worker_state
+from kvcomp_vllm.vllm_integration.worker_state import worker_state
 
 from test_vllm_engine import greedy, make_llm, prompt_ids
 

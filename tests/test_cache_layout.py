@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from kvcomp_kernels import move_tokens_reference_, paged_decode_reference
-from kvcomp_vllm.attention import causal_attention
+from kvcomp_kernels.attention import causal_attention
+from kvcomp_kernels.paged_torch import read_tokens, scatter_, span
 from kvcomp_vllm.cache_layout import MemberLayout, move_sources
-from kvcomp_vllm.paged import read_tokens, scatter_, span
 from kvcomp_vllm.policies import LayerPlan, apply_plan
 from kvcomp_vllm.testing.caches import empty_cache
 

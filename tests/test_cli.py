@@ -57,3 +57,27 @@ def test_presets_lists_every_yaml_with_its_settings(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "configs/pod-35pct.yaml: pod group_size=4 recent=1024 sink=4" in lines
     assert len(lines) == 4
+
+
+def test_doctor_says_whether_the_installed_vllm_is_tested(capsys, monkeypatch):
+    import vllm
+
+    from kvcomp_vllm.vllm_integration.compat import platform_name
+
+    main(["doctor"])
+    assert f"vLLM {vllm.__version__} on {platform_name()}: tested\n" in capsys.readouterr().out
+    monkeypatch.setattr(vllm, "__version__", "0.27.1")
+    main(["doctor"])
+    assert (
+        f"vLLM 0.27.1 on {platform_name()}: untested: kvcomp-vllm is tested with vLLM 0.26.x (CUDA) and 0.32.x (CPU)\n"
+    ) in capsys.readouterr().out
+
+
+def test_doctor_lists_the_patched_vllm_internals(capsys):
+    from kvcomp_vllm.vllm_integration.compat import PATCHED_INTERNALS
+
+    main(["doctor"])
+    out = capsys.readouterr().out.split("patched vLLM internals:\n")[1].splitlines()
+    assert len(out) == len(PATCHED_INTERNALS)
+    assert "  EngineArgs.add_cli_args: the --kv-* flags [checked on vLLM 0.26.0 (CUDA), 0.32.0 (CPU)]" in out
+    assert out[-1] == "  AsyncModelRunnerOutput.get_output: set per output: failures carried once resolved [checked on vLLM 0.26.0 (CUDA)]"

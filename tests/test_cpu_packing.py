@@ -10,7 +10,7 @@ host, the offsets it wrote on an AMX host (Sapphire Rapids, vLLM 0.32) are check
 import pytest
 import torch
 
-from kvcomp_vllm.paged import gather, scatter_, span
+from kvcomp_kernels.paged_torch import gather, scatter_, span
 from kvcomp_vllm.vllm_integration.compat import _tiling_from_probe, cpu_kv_views
 
 pytestmark = pytest.mark.vllm

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvcomp_vllm.paged import read_tokens, scatter_, span
+from kvcomp_kernels.paged_torch import read_tokens, scatter_, span
 from kvcomp_vllm.testing.caches import LAYOUTS, empty_cache
 
 BS, D = 8, 4

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from kvcomp_kernels.attention import observation_scores
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import PromptView, RequestCompressor, apply_plan, make_policy
-from kvcomp_vllm.policies.scoring import attention_concentration, observation_scores, pool_scores
+from kvcomp_vllm.policies.scoring import attention_concentration, pool_scores
 
 D = 16
 SCALE = D**-0.5

@@ -18,7 +18,7 @@ from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
-from kvcomp_vllm.vllm_integration.worker import worker_state
+from kvcomp_vllm.vllm_integration.worker_state import worker_state
 
 pytestmark = pytest.mark.vllm
 

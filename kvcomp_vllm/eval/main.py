@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .corpus import CORPORA, load_corpus
 from .plan import HEADROOM, Plan, engine_context, model_context
-from .runner import OfflineEngine, ServerEngine, grid, parse_budget
+from .budgets import parse_budget
+from .runner import OfflineEngine, ServerEngine, grid
 from .tasks import DEFAULT_DEPTHS, TASKS, PromptBuilder, build_suite
 from .variants import parse_variants
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .runner import Setting, budget_label
+from .budgets import budget_label
+from .runner import Setting
 from .tasks import Sample
 
 HEADROOM = 64  # default context beyond the longest prompt, when the model allows it

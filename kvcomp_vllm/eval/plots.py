@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runner import budget_label
+from .budgets import budget_label
 
 
 def _pyplot():

@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-from .runner import Setting, budget_label
+from .budgets import budget_label
+from .runner import Setting
 from .scoring import check_answer
 from .tasks import Sample
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from ..config import KVPolicyConfig
+from .budgets import budget_label
 from .tasks import Sample
 from .variants import Variant, messages
 
@@ -55,18 +56,6 @@ class Setting:
         if self.policy == "pod":
             return {"policy": "pod", "recent": int(self.budget), **dict(self.params)}
         return {"policy": self.policy, "budget": self.budget, **dict(self.params)}
-
-
-def budget_label(budget: int | float) -> str:
-    return f"{budget * 100:g}%" if isinstance(budget, float) else f"{budget}tok"
-
-
-def parse_budget(text: str) -> int | float:
-    """'0.1' or '10%' -> 0.1 (ratio); '512' -> 512 (tokens)."""
-    text = text.strip()
-    if text.endswith("%"):
-        return float(text[:-1]) / 100
-    return float(text) if any(c in text for c in ".eE") else int(text)
 
 
 def grid(policies: list[str], budgets: list[int | float], params: dict[str, dict] | None = None,

@@ -12,6 +12,7 @@ import re
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..config import POLICY_NAMES
+from .budgets import parse_budget
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
@@ -63,8 +64,6 @@ def _value(text: str) -> int | float | bool | str:
 
 def parse_variant(text: str) -> Variant:
     """'NAME=POLICY[:KEY=VALUE,...]' -> a `Variant`; `budget=` pins one budget (a ratio or tokens)."""
-    from .runner import parse_budget
-
     name, sep, rest = text.strip().partition("=")
     if not sep:
         raise ValueError(f"variant {text.strip()!r}: write NAME=POLICY[:KEY=VALUE,...]")

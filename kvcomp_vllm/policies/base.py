@@ -18,16 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
+from kvcomp_kernels.attention import observation_scores
+
 from ..config import POLICY_FIELDS, KVPolicyConfig
-from .scoring import observation_scores, with_window
+from .scoring import with_window
 
 
 @dataclass(frozen=True)
 class PromptView:
     """What a policy may read of one layer of one request.
 
-    `scores(w)` gives the attention the last `w` prompt queries pay each of the first
-    `prompt_len - w` tokens, `[num_kv_heads, prompt_len - w]` (see `scoring.observation_scores`).
+    `scores(w)` gives the attention the last `w` prompt queries pay each of the first `prompt_len - w`
+    tokens, `[num_kv_heads, prompt_len - w]` (see `kvcomp_kernels.attention.observation_scores`).
     A compression round has only its new tokens' queries, so fewer than `w` when the prompt's last
     chunk is shorter: the scores then cover every earlier token (`observe` cuts them to the prefix).
     `context_len` is the whole prompt's length when the view is a compression round inside it.

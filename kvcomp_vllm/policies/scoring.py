@@ -1,4 +1,7 @@
-"""Observation-window token scores (SnapKV's signal), shared by snapkv, pyramid and windowkv."""
+"""Helpers on observation-window scores shared by the policies: concentration, pooling, top positions.
+
+The scores themselves are `kvcomp_kernels.attention.observation_scores`, also the kernels' reference.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-
-def observation_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention the window queries pay each prefix token: `[num_kv_heads, prompt_len - window]`.
-
-    keys: `[num_kv_heads, n, d]`; queries: `[num_heads, w, d]`, the queries of positions n-w..n-1.
-    Each query row is a causal softmax over all n keys (as in the model's own attention); the
-    prefix columns are summed over the window and averaged over the query heads of each KV group.
-    """
-    num_kv_heads, n, d = keys.shape
-    num_heads, w, _ = queries.shape
-    dtype = torch.promote_types(keys.dtype, torch.float32)  # at least fp32, whatever the cache dtype
-    q = queries.to(dtype).view(num_kv_heads, num_heads // num_kv_heads, w, d)
-    logits = torch.einsum("hgwd,hnd->hgwn", q, keys.to(dtype)) * scale
-    future = torch.arange(n, device=keys.device) > torch.arange(n - w, n, device=keys.device)[:, None]
-    probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
-    return probs[..., : n - w].sum(dim=2).mean(dim=1)
 
 
 def attention_concentration(scores: torch.Tensor) -> float:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from ..config import POLICY_FIELDS, KVPolicyConfig, request_config
+from ..config import POLICY_FIELDS, KVPolicyConfig, request_config, settings_error
 from ..policies import KVPolicy, incompatibility, make_policy
 from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
-from .engine_args import settings_error
 from .metrics import count_refused_override
 from .settings import client_prefix, override_rules, request_overrides, request_policy, server_policy
 

@@ -24,7 +24,7 @@ from ..policies import PromptView
 from .compat import extract_layer_index, layer_context
 from .kv_spec import CompressedAttentionSpec
 from .timing import timed
-from .worker import RowSpan, WorkerCompression, worker_state
+from .worker_state import RowSpan, WorkerCompression, worker_state
 
 
 class ShiftedSeqLens:

@@ -1,7 +1,7 @@
 """Every vLLM internal the plugin touches, in one place, for vLLM 0.26 (GPU) and 0.32 (CPU).
 
-The rest of `vllm_integration` imports vLLM names from here only, so a vLLM upgrade means reading
-this file and its tests, not the whole package.
+The rest of `vllm_integration` imports vLLM names from here only, and every vLLM method it replaces is
+listed in `PATCHED_INTERNALS`, so a vLLM upgrade means reading this file and its tests, not the whole package.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sys
 from functools import lru_cache
 
 import torch
+import vllm
 from vllm import _custom_ops as ops
 from vllm.engine.arg_utils import EngineArgs
 from vllm.exceptions import VLLMValidationError
@@ -60,6 +61,8 @@ __all__ = [
     "platform_name",
     "openai_request_classes",
     "patch",
+    "CHECKED",
+    "PATCHED_INTERNALS",
     "register_backend",
     "register_kv_spec",
     "set_row_num_blocks",
@@ -67,7 +70,37 @@ __all__ = [
     "cpu_attention_isa",
     "cpu_block_tilings",
     "cpu_kv_views",
+    "TESTED_VLLM",
+    "UNTESTED_VLLM",
+    "vllm_support",
+    "vllm_tested",
+    "vllm_version",
 ]
+
+
+# The vLLM minor kvcomp-vllm is tested with on each platform (pyproject's `gpu` and `cpu` extras pin them).
+TESTED_VLLM = {"cuda": "0.26", "cpu": "0.32"}
+UNTESTED_VLLM = "untested: kvcomp-vllm is tested with vLLM " + " and ".join(
+    f"{minor}.x ({platform.upper()})" for platform, minor in TESTED_VLLM.items()
+)
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version, as vLLM reports it."""
+    return vllm.__version__
+
+
+def vllm_tested(version: str | None = None, platform: str | None = None) -> bool:
+    """Whether a vLLM version (default: the installed one) on a platform (default: this one) is a tested minor."""
+    version = vllm_version() if version is None else version
+    platform = platform_name() if platform is None else platform
+    minor = re.match(r"\d+\.\d+", version)
+    return minor is not None and TESTED_VLLM.get(platform) == minor.group()
+
+
+def vllm_support() -> str:
+    """`tested`, or the `untested: ...` line naming the tested minors, for the installed vLLM here."""
+    return "tested" if vllm_tested() else UNTESTED_VLLM
 
 
 def without_full_cudagraphs(vllm_config) -> bool:
@@ -126,6 +159,37 @@ def patch(owner: type, name: str, make_wrapper) -> None:
     setattr(owner, name, kind(wrapped) if kind else wrapped)
 
 
+CHECKED = ("0.26.0 (CUDA)", "0.32.0 (CPU)")  # the vLLM releases the project's test suites run on
+
+# (target, why, vLLM versions it was checked on) of every vLLM method kvcomp replaces or adds: each
+# `patch(Owner, "name", ...)` call's `Owner.name` (tests/test_vllm_compat.py checks), then the direct ones.
+PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("GPUModelRunner.get_kv_cache_spec", "compressing layers get kvcomp's KV spec", CHECKED),
+    ("GPUModelRunner.initialize_kv_cache_tensors", "CPU packings probed, Triton kernels compiled", CHECKED),
+    ("GPUModelRunner._update_states", "compressed requests tracked, block rows cut after compaction", CHECKED),
+    ("GPUModelRunner.profile_run", "compaction scratch held while vLLM profiles peak memory (CUDA)", CHECKED),
+    ("GPUModelRunner.sample_tokens", "the output names requests whose kvcomp work failed", CHECKED),
+    ("MultiGroupBlockTable.compute_slot_mapping", "slots shifted by the tokens evicted", CHECKED),
+    ("Scheduler.__init__", "prefill chunks stop at compression points", CHECKED),
+    ("Scheduler.update_from_output", "requests whose kvcomp work failed finish as errors", CHECKED),
+    ("ServeSubcommand.cmd", "`vllm serve` prints a kvcomp settings error as one line", CHECKED),
+    ("EngineArgs.add_cli_args", "the --kv-* flags", CHECKED),
+    ("EngineArgs.from_cli_args", "flags into additional_config, kvcomp's HTTP middlewares", CHECKED),
+    ("EngineArgs.create_engine_config", "the start-up check of kvcomp's settings", CHECKED),
+    ("InputProcessor._validate_params", "a request's own kvcomp settings checked", CHECKED),
+    ("InputProcessor.process_inputs", "overrides and KV footprint checked; requests counted", CHECKED),
+    ("CompletionRequest.to_sampling_params", "kv_* body fields into sampling params", CHECKED),
+    ("ChatCompletionRequest.to_sampling_params", "kv_* body fields into sampling params", CHECKED),
+    ("CompletionRequest.to_beam_search_params", "beam search refused when compressing", CHECKED),
+    ("ChatCompletionRequest.to_beam_search_params", "beam search refused when compressing", CHECKED),
+    ("LLM.beam_search", "beam search refused when compressing (on the MRO class defining it)", CHECKED),
+    ("Scheduler._mamba_block_aligned_split", "set per scheduler: the chunk-split hook (split_chunks_at)", CHECKED),
+    ("WorkerWrapperBase.kvcomp_report", "added: the workers' metrics RPC (add_worker_method)", CHECKED),
+    # vLLM's CPU platform turns async scheduling off, so only CUDA runs this one:
+    ("AsyncModelRunnerOutput.get_output", "set per output: failures carried once resolved", ("0.26.0 (CUDA)",)),
+)
+
+
 def inproc_scheduler(llm) -> Scheduler:
     """The scheduler of an `LLM` whose engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
     return llm.llm_engine.engine_core.engine_core.scheduler
@@ -163,7 +227,7 @@ def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> No
 
 def cpu_kv_views(kv_cache: torch.Tensor, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value views of a CPU layer cache, tiled `[blocks, kv_heads, block_size // tile, tile,
-    head_dim // pack, pack]` (see `kvcomp_vllm.paged`).
+    head_dim // pack, pack]` (see `kvcomp_kernels.paged_torch`).
 
     vLLM's CPU backend stores, per block and head, the block's keys and then its values, each packed
     as its ISA's kernels want: `vec` keys are dim-major, `amx` keys are 16-token rows of dimension

@@ -12,7 +12,7 @@ import argparse
 
 from pydantic import ValidationError
 
-from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides
+from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides, settings_error
 from ..overrides import OverrideRules
 from ..policies import make_policy
 from .compat import (
@@ -23,6 +23,9 @@ from .compat import (
     patch,
     platform_name,
     serve_subcommand,
+    vllm_support,
+    vllm_tested,
+    vllm_version,
     without_full_cudagraphs,
 )
 from .refusals import check_features
@@ -124,24 +127,15 @@ def validated(settings: dict) -> KVPolicyConfig:
         raise KVSettingsError(f"invalid kvcomp settings: {settings_error(err)}") from None
 
 
-def settings_error(err: ValidationError, prefix: str = "") -> str:
-    """One clause per field at fault, naming it as the client did (`prefix`) and what it sent (cut short)."""
-    clauses: dict[str, tuple[list[str], str]] = {}
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if not e.get("loc"):  # a model-level check: its message names the fields already
-            clauses.setdefault(msg, ([], ""))
-            continue
-        got = repr(e.get("input"))
-        got = got if len(got) <= 40 else got[:37] + "..."
-        messages, _ = clauses.setdefault(prefix + str(e["loc"][0]), ([], f" (got {got})"))
-        if msg.removeprefix("Input ") not in messages:
-            messages.append(msg.removeprefix("Input "))
-    return "; ".join(f"{head}: {' or '.join(msgs)}{got}" if msgs else head for head, (msgs, got) in clauses.items())
+def warn_if_untested_vllm() -> None:
+    """One warning line at start-up where the installed vLLM is not a minor kvcomp-vllm is tested with."""
+    if not vllm_tested():
+        logger.warning("kvcomp: vLLM %s on %s is %s", vllm_version(), platform_name(), vllm_support())
 
 
 def check_engine_config(vllm_config) -> None:
     """Validate the engine's kvcomp settings against its model, adapt the engine, log the budgets."""
+    warn_if_untested_vllm()
     remember_served(vllm_config)
     rules = (vllm_config.additional_config or {}).get(OVERRIDES_KEY)
     if rules is not None:

@@ -1,0 +1,235 @@
+"""This worker's bookkeeping of compressed requests (`WorkerCompression`): the runner hooks (`worker`)
+update it every step, the attention backend (`backend`) reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..cache_layout import MemberLayout
+from ..config import KVPolicyConfig
+from ..policies import KVPolicy, RequestCompressor, make_policy
+from . import compacted
+from .compat import GPUModelRunner, cdiv, init_logger, set_row_num_blocks
+from .kv_spec import CompressedAttentionSpec
+from .settings import engine_policy, num_layers, request_policy
+
+logger = init_logger("vllm.kvcomp")
+
+
+@dataclass
+class CompressedRequest:
+    """One request's compression state on this worker."""
+
+    prompt_len: int
+    compressor: RequestCompressor
+    tier_layers: dict[int, int]  # budget tier -> a layer of it
+    evicted: dict[int, int] = field(default_factory=dict)  # tier -> tokens evicted as the block rows stand
+    window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
+    members: dict[int, MemberLayout] = field(default_factory=dict)  # PoD member layer -> its compacted layout
+    prompt_slots: dict[int, int] = field(default_factory=dict)  # layer -> positions it holds of the whole prompt
+    compacted_at: int = 0  # compression point of the latest compaction
+    truncated_at: int = 0  # compression point the block rows are cut for
+    evicts: bool = False  # whether any tier evicts any prompt token
+
+    def evicted_after(self, point: int) -> dict[int, int]:
+        """Tokens each tier has evicted once the prompt is compressed at `point`."""
+        policy = self.compressor.policy
+        return {t: policy.evicted_after(layer, self.prompt_len, point) for t, layer in self.tier_layers.items()}
+
+    def compresses_at(self, point: int) -> bool:
+        """Whether some tier evicts tokens at this compression point."""
+        return any(after > self.evicted.get(t, 0) for t, after in self.evicted_after(point).items())
+
+
+@dataclass(frozen=True)
+class RowSpan:
+    """A batch row of this step: its request, the positions `[start, end)` it processes, and the
+    compression point its prompt chunk leads up to (0 past the prompt)."""
+
+    row: int
+    req_id: str
+    start: int
+    end: int
+    point: int = 0
+
+
+class WorkerCompression:
+    """Per-process state shared by the runner hooks, the metadata builder and the attention impl.
+
+    `policy` is the server's: its budget tiers are the KV groups; each request plans with its own.
+    `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
+    """
+
+    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int):
+        self.policy = policy
+        self.move_tokens = move_tokens
+        self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
+        self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
+        self.block_size = next((s.block_size for s in group_specs if isinstance(s, CompressedAttentionSpec)), 1)
+        self.counted: set[str] = set()  # requests whose compacted prompt is counted (kept across preemption)
+        self.requests: dict[str, CompressedRequest] = {}
+        self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
+        self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
+        self.starts: list[int] = [0]  # each row's first token in the step's flattened batch (host copy)
+        self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
+        self.compress_rows: list[RowSpan] = []  # rows whose chunk reaches a compression point
+        self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the next point's observation window
+        self.member_rows: dict[int, list[RowSpan]] = {}  # PoD member layer -> rows past their prompt this step
+        self.member_inputs: dict[tuple, tuple] = {}  # this step's member-decode inputs, shared by equal layouts
+        self.failed: set[str] = set()  # requests whose kvcomp work raised here: finished as errors
+        self.unreported: list[str] = []  # failures the scheduler has not yet been told of
+
+    def fail(self, req_id: str, stage: str) -> None:
+        """Record that kvcomp's work for one request raised (called inside `except`): the request
+        stops compressing here and the scheduler finishes it as an error; other requests go on."""
+        logger.exception("kvcomp: %s failed for request %s; finishing it with an error", stage, req_id)
+        if req_id not in self.failed:
+            self.failed.add(req_id)
+            self.unreported.append(req_id)
+
+    def take_failed(self) -> list[str]:
+        """Failures since the last call, for the scheduler to finish (sent with the step's output)."""
+        failed, self.unreported = self.unreported, []
+        return failed
+
+    def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
+        """Start following a request under its own policy (the server's unless it overrides it)."""
+        policy = request_policy(self.policy, sampling_params)
+        state = CompressedRequest(prompt_len, RequestCompressor(policy), self.tier_layers)
+        state.evicted = dict.fromkeys(self.tier_layers, 0)
+        state.evicts = state.compresses_at(prompt_len)
+        self.requests[req_id] = state
+        return state
+
+    def before_update(self, runner: GPUModelRunner, out) -> None:
+        """Forget ended requests, track new ones, and cut the rows of requests compacted last step."""
+        for req_id in (*out.finished_req_ids, *(getattr(out, "preempted_req_ids", None) or ())):
+            self.requests.pop(req_id, None)
+            self.failed.discard(req_id)
+        self.counted.difference_update(out.finished_req_ids)
+        for new in out.scheduled_new_reqs:
+            self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params)
+        cached = out.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            state = self.requests.get(req_id)
+            if state is None:  # resumed after preemption: prefilled (and compressed) again
+                resumed = runner.requests[req_id]
+                state = self.track(req_id, resumed.num_prompt_tokens, resumed.sampling_params)
+            if state.compacted_at > state.truncated_at:
+                self._truncate(runner, req_id, state, cached.num_computed_tokens[i])
+
+    def _truncate(self, runner: GPUModelRunner, req_id: str, state: CompressedRequest, num_computed: int) -> None:
+        """Cut the request's block rows to what the scheduler kept after its latest compaction."""
+        row = runner.input_batch.req_id_to_index.get(req_id)
+        block_ids = runner.requests[req_id].block_ids
+        after = state.evicted_after(state.compacted_at)
+        for group, tier in enumerate(self.group_tiers):
+            if tier is not None and after[tier] > state.evicted[tier]:
+                keep = cdiv(num_computed - after[tier], runner.input_batch.block_table[group].block_size)
+                del block_ids[group][keep:]
+                if row is not None:
+                    set_row_num_blocks(runner.input_batch.block_table[group], row, keep)
+        state.evicted = after
+        state.truncated_at = state.compacted_at
+
+    def after_update(self, runner: GPUModelRunner, out) -> None:
+        """Per-row offsets and prefill ends for this step, in the batch's final row order."""
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        row_evicted = {t: [0] * num_reqs for t in self.tier_layers}  # lists: per-element tensor writes are slow
+        self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
+        self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
+        self.rows, self.compress_rows, self.window_rows = [], [], []
+        self.member_rows, self.member_inputs = {}, {}
+        for row, req_id in enumerate(batch.req_ids[:num_reqs]):
+            state = self.requests[req_id]
+            for tier, evicted in state.evicted.items():
+                row_evicted[tier][row] = evicted
+            if req_id in self.failed:
+                continue
+            start = int(batch.num_computed_tokens_cpu[row])
+            end = start + out.num_scheduled_tokens.get(req_id, 0)
+            ends_prompt = start < state.prompt_len <= end
+            if not state.evicts:
+                if ends_prompt:
+                    self._count_as_held(req_id, state)
+                continue
+            policy = state.compressor.policy
+            point = policy.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
+            span = RowSpan(row, req_id, start, end, point)
+            self.rows.append(span)
+            if start >= state.prompt_len:
+                for layer in state.members:
+                    self.member_rows.setdefault(layer, []).append(span)
+            if not point or not state.compresses_at(point):
+                if ends_prompt:  # the last point moves nothing: the layers keep what they hold
+                    self._count_as_held(req_id, state)
+                continue
+            if point <= end:
+                self.compress_rows.append(span)
+            elif end > point - policy.observation_window:
+                self.window_rows.append(span)
+        self.row_evicted = {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}
+
+    def prompt_compacted(self, req_id: str, layer: int, slots: int) -> None:
+        """Note the positions `layer` holds of a request's prompt after its last compaction; the request
+        is counted once every layer has compacted it."""
+        state = self.requests[req_id]
+        state.prompt_slots[layer] = slots
+        if len(state.prompt_slots) == self.policy.num_layers:
+            self._count(req_id, state, [state.prompt_slots[layer] for layer in range(self.policy.num_layers)])
+
+    def _count_as_held(self, req_id: str, state: CompressedRequest) -> None:
+        layers = range(self.policy.num_layers)
+        self._count(req_id, state, [state.prompt_len - state.evicted[self.policy.budget_tier(layer)] for layer in layers])
+
+    def _count(self, req_id: str, state: CompressedRequest, slots: list[int]) -> None:
+        if req_id not in self.counted:
+            self.counted.add(req_id)
+            compacted.record(state.compressor.policy.name, state.prompt_len, slots, self.block_size)
+
+    def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
+        """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
+        tier = self.group_tiers[group]
+        if tier is None or not bool(self.row_evicted[tier].any()):
+            return None
+        # numpy, not torch.repeat_interleave: on the H100 host that small CPU op cost 1-3 ms a call.
+        offsets = torch.from_numpy(np.repeat(self.row_evicted[tier].numpy(), self.row_tokens.numpy()))
+        if offsets.shape[0] != num_tokens:
+            raise RuntimeError(f"kvcomp: {offsets.shape[0]} scheduled tokens, {num_tokens} positions")
+        return offsets.to(device, non_blocking=True)
+
+
+_STATE: WorkerCompression | None = None
+
+
+def worker_state() -> WorkerCompression | None:
+    """This process's compression state, or None while no compressing policy is active."""
+    return _STATE
+
+
+def forget_worker_state() -> None:
+    """Drop this process's state: a new engine's warm-up must not see an earlier engine's."""
+    global _STATE
+    _STATE = None
+
+
+def state_for(runner: GPUModelRunner) -> WorkerCompression | None:
+    """The runner's compression state (made on first use), also published as this process's."""
+    global _STATE
+    if not hasattr(runner, "_kvcomp_state"):
+        config = engine_policy(runner.vllm_config)
+        groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
+        runner._kvcomp_state = None if config is None else WorkerCompression(
+            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len
+        )
+    _STATE = runner._kvcomp_state
+    return _STATE
+
+
+def runner_policy(runner: GPUModelRunner, config: KVPolicyConfig) -> KVPolicy:
+    """The server's policy for the runner's model."""
+    return make_policy(config, num_layers(runner.vllm_config))
