@@ -17,5 +17,5 @@ class SnapKVPolicy(KVPolicy):
         if budget >= n:
             return LayerPlan(keep=None)
         scores, w = prompt.observe(self.config.window)
-        scores = pool_scores(scores, self.config.kernel, self.config.pooling)
+        scores = pool_scores(scores, self.config.pool_size, self.config.pooling)
         return LayerPlan(keep=with_window(top_positions(scores, budget - w), n - w, n))
