@@ -5,7 +5,7 @@
     python benchmarks/budget_sweep.py --combine a.json b.json --out DIR    # one table and plot from several runs
 
 Budgets change per request (SamplingParams extra_args), so one engine per KV layout serves a whole
-line: a snapkv engine (one KV group) serves snapkv, windowkv-per-head and streaming; pyramid (one group
+line: a snapkv engine (one tier) serves snapkv, windowkv-per-head and streaming; pyramid (one tier
 per layer) and windowkv (one per layer group) get their own; vanilla vLLM runs without the plugin. Each engine, in its own process:
 1. per policy it serves, a prefill pass first thing after start (the prefill prompts, max_tokens=1,
    at the first budget), then a second identical pass: the first shows that nothing is compiled
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--prefill", default="4x1024", help="prefill-pass prompts, COUNTxLENGTH")
     parser.add_argument("--sweep", help="comma list of the policies whose budget points run (default: all; "
                                          "the others get their prefill passes only)")
-    parser.add_argument("--pyramid-tiers", type=int, help="pyramid's budget steps (KV groups); default one per layer")
+    parser.add_argument("--pyramid-tiers", type=int, help="pyramid's tiers (layers sharing a budget, one KV cache group each); default one per layer")
     parser.add_argument("--requests", type=int, help="requests per point (default: the preset's)")
     parser.add_argument("--model-root", default=".cache")
     parser.add_argument("--out", default=str(RESULTS))

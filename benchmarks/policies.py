@@ -8,7 +8,7 @@
 Every configuration runs in a fresh process on a KV pool of the same bytes; vanilla vLLM runs
 without the plugin loaded and with its default settings. Reported, from vLLM's own block pool and
 scheduler: the pool's capacity in tokens (all layers), the KV memory a request holds after prefill
-(blocks of every KV group times their bytes) and at its peak, the requests of that size the pool holds (capacity),
+(blocks of every KV cache group times their bytes) and at its peak, the requests of that size the pool holds (capacity),
 peak concurrently running requests in this run, prefill time (the
 batch with one output token; presets without a prefill pass report 0), decode time (the rest of the
 full run), output tokens per second end to end, and output tokens per second over decode-only steps
@@ -66,7 +66,7 @@ PRESETS = {
     "cpu-tiny": Preset(16, 1536, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=2),
     "cpu-long": Preset(8, 6144, 32, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=0.5,
                        kv_extra={"prefill_chunk": 512}),
-    # Per-step host work of many KV groups (pyramid: one per layer): 32 thin layers, where compute is small.
+    # Per-step host work of many tiers, each a KV cache group (pyramid: one per layer): 32 thin layers, where compute is small.
     "cpu-layers": Preset(32, 1024, 64, "float32", {"block_size": 32, "enforce_eager": True}, pool_requests=8,
                          tiny_layers=32),
     "h100-8b": Preset(24, 32000, 256, "bfloat16", _H100),

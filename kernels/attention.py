@@ -29,7 +29,7 @@ def observation_scores(keys: torch.Tensor, queries: torch.Tensor, scale: float) 
 
     keys: `[num_kv_heads, n, d]`; queries: `[num_heads, w, d]`, the queries of positions n-w..n-1.
     Each query row is a causal softmax over all n keys (as in the model's own attention); the
-    prefix columns are summed over the window and averaged over the query heads of each KV group.
+    prefix columns are summed over the window and averaged over the query heads of each KV head (its GQA group).
     """
     num_kv_heads, n, d = keys.shape
     num_heads, w, _ = queries.shape

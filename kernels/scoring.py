@@ -2,7 +2,7 @@
 
 Two passes over the prompt keys: the first finds each window query's softmax normaliser (log-sum-exp)
 with an online softmax; the second recomputes each prefix key's logits tile by tile and sums the
-normalised probabilities over the window and over the query heads of its KV group. Memory beyond
+normalised probabilities over the window and over the query heads of its KV head (its GQA group). Memory beyond
 the output is `[heads, window]` floats. `window_scores_reference` is the torch definition it must match.
 """
 

@@ -6,12 +6,13 @@ Every entry point (CLI flags, YAML presets, per-request overrides, the reference
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
 
 PolicyName = Literal["full", "streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head", "pod"]
 POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
@@ -19,7 +20,7 @@ POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
 # Which parameters each policy reads. Setting one a policy does not read is an error rather than a
 # silent no-op, so a request is never served with different settings than it asked for.
 _SELECTION = {"budget", "window", "prefill_chunk"}
-_POOLED = _SELECTION | {"kernel", "pooling"}
+_POOLED = _SELECTION | {"pool_size", "pooling"}
 POLICY_FIELDS: dict[str, frozenset[str]] = {
     "full": frozenset(),
     "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
@@ -38,15 +39,71 @@ WINDOWKV_GROUP = 8  # windowkv's default layers per group (the paper's and the o
 # Upper bounds that hold before the model is known: no setting may ask a worker for work or memory
 # beyond them. `check_model` then bounds token counts by the model's context length.
 MAX_TOKENS = 1 << 24  # token counts: beyond any model's context
-MAX_KERNEL = 255  # pooling width: SnapKV pools over 5-13 tokens; the pooling buffer grows with it
-MAX_LAYERS = 1024  # layer counts (group sizes, budget steps)
+MAX_POOL_SIZE = 255  # pooling width: SnapKV pools over 5-13 tokens; the pooling buffer grows with it
+MAX_LAYERS = 1024  # layer counts (group sizes, tiers)
 MAX_BETA = 1000.0  # pyramid steepness: PyramidKV uses 20
 _TOKEN_FIELDS = ("window", "sink", "recent", "prefill_chunk")  # token counts bounded by the context
+
+
+# Old field names still accepted, for one release, as aliases of the new ones (old -> new). Each logs a
+# deprecation warning once per process; giving both with different values is an error naming both.
+RENAMED = {"kernel": "pool_size"}
+logger = logging.getLogger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
+_WARNED: set[str] = set()
 
 
 def field_name(field: str, info: ValidationInfo | None = None) -> str:
     """A field as the client spelled it: HTTP requests send `kv_<field>` (validation context `prefix`)."""
     return ((info.context or {}).get("prefix", "") if info is not None else "") + field
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def warn_renamed(old: str) -> None:
+    """Log, once per process, that field `old` is deprecated (in every spelling: field, flag, HTTP field)."""
+    if old in _WARNED:
+        return
+    _WARNED.add(old)
+    new, flag = RENAMED[old], lambda f: "--kv-" + f.replace("_", "-")
+    logger.warning(
+        "kvcomp: %s (%s, kv_%s) is deprecated and will be removed in the next release: "
+        "use %s (%s, kv_%s), the same setting", old, flag(old), old, new, flag(new), new,
+    )
+
+
+def _check_renamed(fields: dict, name=lambda field: field) -> set[str]:
+    """Log each deprecated name among `fields` (once per process) and raise ValueError, naming both as
+    `name` spells them, where a field is given by both names with different values; returns the old
+    names given alongside an equal new one."""
+    both = set()
+    for old, new in RENAMED.items():
+        if old not in fields:
+            continue
+        warn_renamed(old)
+        if new not in fields:
+            continue
+        if fields[new] != fields[old]:
+            o, n = name(old), name(new)
+            raise ValueError(
+                f"{o}, {n}: both given, with different values ({_short(fields[old])} and {_short(fields[new])}); "
+                f"{o} is the deprecated name of {n}: give {n} alone"
+            )
+        both.add(old)  # the new name's own checks still apply to its value
+    return both
+
+
+def new_names(fields: dict) -> dict:
+    """`fields` (KVPolicyConfig fields) with each deprecated name replaced by its new one, logging the
+    deprecation once; ValueError where both names are given with different values."""
+    _check_renamed(fields)
+    renamed = {k: v for k, v in fields.items() if k not in RENAMED}
+    for old, new in RENAMED.items():
+        if old in fields:
+            renamed.setdefault(new, fields[old])
+    return renamed
 
 
 class KVPolicyConfig(BaseModel):
@@ -68,7 +125,13 @@ class KVPolicyConfig(BaseModel):
         32, ge=1, le=MAX_TOKENS,
         description="observation window: last prompt queries used for scoring (windowkv average scoring: its last half)",
     )
-    kernel: int = Field(7, ge=1, le=MAX_KERNEL, description="1-D pooling kernel over token scores (odd)")
+    pool_size: int = Field(
+        7,
+        ge=1,
+        le=MAX_POOL_SIZE,
+        validation_alias=AliasChoices("pool_size", "kernel"),  # `kernel`: its earlier name, deprecated (RENAMED)
+        description="width of the 1-D pooling of token scores (odd), so neighbours of strong tokens are kept too",
+    )
     pooling: Literal["avg", "max"] = Field("avg", description="pooling of token scores")
     beta: float = Field(
         20.0, ge=1.0, le=MAX_BETA, description="pyramid steepness: top layer keeps 1/beta of the bottom's share"
@@ -77,8 +140,8 @@ class KVPolicyConfig(BaseModel):
         None,
         ge=1,
         le=MAX_LAYERS,
-        description="pyramid: budget steps, each one KV cache group (fewer steps: less work per decode step); "
-        "unset: one step per layer, as in PyramidKV",
+        description="pyramid: number of tiers (layers sharing one budget, each tier one vLLM KV cache group; "
+        "fewer tiers: less work per decode step); unset: one tier per layer, as in PyramidKV",
     )
     sink: int = Field(4, ge=0, le=MAX_TOKENS, description="first tokens always kept (streaming, pod)")
     recent: int = Field(256, ge=1, le=MAX_TOKENS, description="pod: last prompt tokens that keep per-layer keys")
@@ -119,12 +182,30 @@ class KVPolicyConfig(BaseModel):
         description="windowkv and windowkv-per-head auto: attention mass in the top 5% tokens that counts as concentrated",
     )
 
-    @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> KVPolicyConfig:
-        name = lambda field: field_name(field, info)  # noqa: E731
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate(cls, data, handler, info: ValidationInfo) -> KVPolicyConfig:
+        """Validate, with errors naming each field as it was given (a deprecated name included)."""
+        data, given = cls._renamed(data, info)
+        config = handler(data)
+        config._check(info, given)
+        return config
+
+    @staticmethod
+    def _renamed(data, info: ValidationInfo) -> tuple[object, dict[str, str]]:
+        """`data` with a deprecated name kept only where the new one is absent (the `pool_size` field also
+        reads `kernel`, so its errors name the field as given), and {new: old} for those fields."""
+        if not isinstance(data, dict):
+            return data, {}
+        both = _check_renamed(data, lambda field: field_name(field, info))
+        given = {new: old for old, new in RENAMED.items() if old in data and new not in data}
+        return {k: v for k, v in data.items() if k not in both}, given
+
+    def _check(self, info: ValidationInfo, given: dict[str, str]) -> None:
+        name = lambda field: field_name(given.get(field, field), info)  # noqa: E731 - as the client gave it
         extra = sorted(self.model_fields_set - POLICY_FIELDS[self.policy] - {"policy"})
         if extra:
-            allowed = ", ".join(name(f) for f in sorted(POLICY_FIELDS[self.policy])) or "none"
+            allowed = ", ".join(field_name(f, info) for f in sorted(POLICY_FIELDS[self.policy])) or "none"
             raise ValueError(
                 f"{', '.join(map(name, extra))}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
             )
@@ -132,8 +213,8 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(f"{name('budget')}: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
         if self.budget is not None:
             self._check_budget(name)
-        if self.kernel % 2 == 0:
-            raise ValueError(f"{name('kernel')}: must be odd so pooling keeps positions centred, got {self.kernel}")
+        if self.pool_size % 2 == 0:
+            raise ValueError(f"{name('pool_size')}: must be odd so pooling keeps positions centred, got {self.pool_size}")
         sizes = [("window_size", self.window_size)] if isinstance(self.window_size, int) else []
         for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
             if not 1 <= size <= MAX_TOKENS:
@@ -148,7 +229,6 @@ class KVPolicyConfig(BaseModel):
                 f"{name('prefill_chunk')}: {self.prefill_chunk} tokens is less than {name('window')} ({self.window}); "
                 "each chunk's last queries score its compression"
             )
-        return self
 
     def _floor(self, prefix: str = "") -> tuple[int, str]:
         """The fewest tokens a budget may keep, and what sets it."""
@@ -190,7 +270,8 @@ class KVPolicyConfig(BaseModel):
                 )
         if self.tiers is not None and self.tiers > num_layers:
             raise ValueError(
-                f"{prefix}tiers: {self.tiers} budget steps for a model of {num_layers} layers; use at most {num_layers}"
+                f"{prefix}tiers: {self.tiers} for a model of {num_layers} layers (a tier holds one layer or more); "
+                f"use at most {num_layers}"
             )
         if max_model_len is None:
             return
@@ -248,7 +329,11 @@ def request_config(server: KVPolicyConfig, overrides: dict | None, prefix: str =
     context = {"prefix": prefix}
     if overrides.get("policy", server.policy) != server.policy:
         return KVPolicyConfig.model_validate(overrides, context=context)
-    return KVPolicyConfig.model_validate({**server.model_dump(exclude_unset=True), **overrides}, context=context)
+    own = server.model_dump(exclude_unset=True)
+    for old, new in RENAMED.items():
+        if old in overrides:  # the request's old name replaces the server's field, as its new name would
+            own.pop(new, None)
+    return KVPolicyConfig.model_validate({**own, **overrides}, context=context)
 
 
 def settings_error(err: ValidationError, prefix: str = "") -> str:

@@ -56,16 +56,16 @@ def boundary_lengths(budget: int, window: int, beta: float) -> list[int]:
 @pytest.mark.parametrize("tiers", [None, 2, 3])
 def test_pyramid_layers_keep_the_budget_on_average_for_every_prompt_longer_than_it(budget, window, num_layers, beta, tiers):
     if tiers is not None and tiers > num_layers:
-        pytest.skip("more steps than layers is refused by check_model")
+        pytest.skip("more tiers than layers is refused by check_model")
     settings = dict(policy="pyramid", budget=budget, window=window, beta=beta, tiers=tiers)
     policy = make_policy(KVPolicyConfig(**settings), num_layers)
     runs = [sum(layer * tiers // num_layers == t for layer in range(num_layers)) for t in range(tiers)] if tiers else [1]
     for n in boundary_lengths(budget, window, beta):
         kept = [policy.layer_budget(layer, n) for layer in range(num_layers)]
         want = n if n <= budget else budget  # a prompt within budget is kept whole
-        if len(set(runs)) == 1:  # one layer per step, or steps of equal length: exact
+        if len(set(runs)) == 1:  # one layer per tier, or tiers of equal length: exact
             assert sum(kept) == num_layers * want, (n, kept)
-        else:  # steps of unequal length may lose the top step's remainder, under one token per layer
+        else:  # tiers of unequal length may lose the top tier's remainder, under one token per layer
             assert 0 <= num_layers * want - sum(kept) < max(runs), (n, kept)
         assert max(kept) <= n and min(kept) >= min(window, n), (n, kept)
         assert kept == sorted(kept, reverse=True), (n, kept)
@@ -90,7 +90,7 @@ def test_staircase_hand_case():
 @pytest.mark.parametrize("tiers", [1, 2, 3, 4, 8])
 def test_staircase_keeps_steps_order_and_mean(budget, num_layers, tiers):
     if tiers > num_layers:
-        pytest.skip("more steps than layers is refused by check_model")
+        pytest.skip("more tiers than layers is refused by check_model")
     schedule = pyramid_budgets(budget, num_layers, 32, 20.0, LONG)
     steps = staircase(schedule, tiers)
     runs = [[b for layer, b in enumerate(steps) if layer * tiers // num_layers == t] for t in range(tiers)]

@@ -10,7 +10,7 @@ def test_doctor_reports_registration_and_effective_config(capsys):
     assert main(["doctor", "--kv-policy", "pyramid", "--kv-budget", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "plugin registered with vLLM: yes (kvcomp_vllm.vllm_integration.plugin:register)" in out
-    assert "effective config: pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32" in out
+    assert "effective config: pyramid beta=20.0 budget=0.1 pool_size=7 pooling=avg window=32" in out
     assert ("device: cuda" if torch.cuda.is_available() else "device: cpu") in out
     assert "refused with a compressing policy (untested): a quantized KV cache (--kv-cache-dtype), " in out
     assert "pipeline parallelism (--pipeline-parallel-size)" in out and "beam search (use_beam_search" in out
@@ -42,7 +42,7 @@ def test_doctor_names_the_cpu_kv_packing_of_each_dtype(capsys, monkeypatch):
 
 def test_doctor_with_a_preset_and_an_override(capsys):
     assert main(["doctor", "--kv-config", str(PRESETS / "snapkv-2k.yaml"), "--kv-budget", "1024"]) == 0
-    assert "effective config: snapkv budget=1024 kernel=15 pooling=avg window=32" in capsys.readouterr().out
+    assert "effective config: snapkv budget=1024 pool_size=15 pooling=avg window=32" in capsys.readouterr().out
 
 
 def test_doctor_rejects_bad_values_with_the_validation_message(capsys):

@@ -39,7 +39,7 @@ def test_zero_or_negative_budget_must_be_positive(budget):
     assert f"budget: must be positive (a token count, or a ratio in (0, 1]), got {budget}" in text
 
 
-@pytest.mark.parametrize("field, value", [("budget", "64"), ("budget", True), ("window", "32"), ("kernel", 7.0),
+@pytest.mark.parametrize("field, value", [("budget", "64"), ("budget", True), ("window", "32"), ("pool_size", 7.0),
                                           ("beta", "20"), ("window_sizes", ["8", 32]), ("pooling", 1)])
 def test_types_are_strict_not_coerced(field, value):
     policy = {"beta": "pyramid", "window_sizes": "windowkv-per-head"}.get(field, "snapkv")
@@ -50,7 +50,7 @@ def test_types_are_strict_not_coerced(field, value):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("kernel", 2147483649, "less than or equal to 255"),
+    ("pool_size", 2147483649, "less than or equal to 255"),
     ("window", 1 << 40, "less than or equal to 16777216"),
     ("beta", 1e308, "less than or equal to 1000"),
     ("budget", 1 << 40, "budget: 1099511627776 tokens is more than any context (16777216 tokens)"),
@@ -109,12 +109,12 @@ def test_budget_required_for_selection_policies():
 def test_parameter_of_another_policy_is_rejected():
     text = error_text(policy="snapkv", budget=64, beta=10)
     assert "beta: not a parameter of policy 'snapkv'" in text
-    assert "budget, kernel, pooling, prefill_chunk, window" in text
+    assert "budget, pool_size, pooling, prefill_chunk, window" in text
     assert "budget: not a parameter of policy 'full'" in error_text(policy="full", budget=0.1)
 
 
-def test_even_kernel_and_unknown_field():
-    assert "kernel: must be odd" in error_text(policy="snapkv", budget=64, kernel=4)
+def test_even_pool_size_and_unknown_field():
+    assert "pool_size: must be odd" in error_text(policy="snapkv", budget=64, pool_size=4)
     assert "budgett" in error_text(policy="snapkv", budgett=64)
 
 
@@ -127,7 +127,7 @@ def test_group_size_must_divide_layers():
 
 def test_pyramid_tiers_cannot_outnumber_layers():
     config = KVPolicyConfig(policy="pyramid", budget=0.1, tiers=6)
-    with pytest.raises(ValueError, match=r"tiers: 6 budget steps for a model of 4 layers; use at most 4"):
+    with pytest.raises(ValueError, match=r"tiers: 6 for a model of 4 layers \(a tier holds one layer or more\); use at most 4"):
         config.check_model(num_layers=4)
     config.check_model(num_layers=6)
     assert "tiers: not a parameter of policy 'snapkv'" in error_text(policy="snapkv", budget=64, tiers=2)
@@ -210,3 +210,100 @@ def test_windowkv_forms_take_their_own_parameters():
     with pytest.raises(ValueError, match=r"group_size: 8 does not divide the model's 12 layers"):
         KVPolicyConfig(policy="windowkv", budget=64, group_size=8).check_model(12)
     KVPolicyConfig(policy="windowkv", budget=64).check_model(30)  # the default group: 6 layers
+
+
+@pytest.fixture
+def deprecations(monkeypatch):
+    """The deprecation warnings KVPolicyConfig logs, each process-wide `once` reset for the test."""
+    import logging
+
+    from kvcomp_vllm import config
+
+    monkeypatch.setattr(config, "_WARNED", set())
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    config.logger.addHandler(handler)
+    yield records
+    config.logger.removeHandler(handler)
+
+
+def test_kernel_is_a_deprecated_name_of_pool_size(deprecations):
+    old = KVPolicyConfig(policy="snapkv", budget=64, kernel=5)
+    assert old == KVPolicyConfig(policy="snapkv", budget=64, pool_size=5)
+    assert old.model_dump(exclude_unset=True) == {"policy": "snapkv", "budget": 64, "pool_size": 5}
+    assert old.describe() == "snapkv budget=64 pool_size=5 pooling=avg window=32"
+    KVPolicyConfig(policy="pyramid", budget=0.1, kernel=3)
+    assert deprecations == [
+        "kvcomp: kernel (--kv-kernel, kv_kernel) is deprecated and will be removed in the next release: "
+        "use pool_size (--kv-pool-size, kv_pool_size), the same setting"
+    ]  # once per process
+    KVPolicyConfig(policy="snapkv", budget=64, pool_size=5)
+    assert len(deprecations) == 1
+
+
+def test_errors_name_pool_size_as_it_was_given(deprecations):
+    from kvcomp_vllm.config import request_config
+
+    assert "kernel: must be odd so pooling keeps positions centred, got 4" in error_text(policy="snapkv", budget=64, kernel=4)
+    assert "kernel: not a parameter of policy 'streaming'" in error_text(policy="streaming", budget=64, kernel=5)
+    with pytest.raises(ValidationError) as err:
+        KVPolicyConfig(policy="snapkv", budget=64, kernel=2147483649)
+    assert err.value.errors()[0]["loc"] == ("kernel",)
+    server = KVPolicyConfig(policy="snapkv", budget=64, pool_size=15)
+    with pytest.raises(ValueError, match="kv_kernel: must be odd"):
+        request_config(server, {"kernel": 4}, prefix="kv_")
+    with pytest.raises(ValueError, match="kv_pool_size: must be odd"):
+        request_config(server, {"pool_size": 4}, prefix="kv_")
+    with pytest.raises(ValueError, match=r"kv_kernel: not a parameter of policy 'streaming' \(its parameters: kv_budget"):
+        request_config(server, {"policy": "streaming", "budget": 64, "kernel": 5}, prefix="kv_")
+    with pytest.raises(ValueError, match=r"kv_beta: not a parameter of policy 'snapkv' \(its parameters: kv_budget, "
+                       r"kv_pool_size, kv_pooling"):
+        request_config(server, {"kernel": 5, "beta": 2.0}, prefix="kv_")
+
+
+def test_kernel_and_pool_size_together_must_agree(deprecations):
+    from kvcomp_vllm.config import new_names, request_config
+
+    both = "kernel, pool_size: both given, with different values (3 and 5); kernel is the deprecated name of pool_size"
+    assert both in error_text(policy="snapkv", budget=64, kernel=3, pool_size=5)
+    assert KVPolicyConfig(policy="snapkv", budget=64, kernel=5, pool_size=5).pool_size == 5
+    assert "pool_size: must be odd" in error_text(policy="snapkv", budget=64, kernel=4, pool_size=4)
+    server = KVPolicyConfig(policy="snapkv", budget=64, pool_size=15)
+    assert request_config(server, {"kernel": 5}, prefix="kv_").pool_size == 5  # replaces the server's pool_size
+    with pytest.raises(ValueError, match="kv_kernel, kv_pool_size: both given, with different values"):
+        request_config(server, {"kernel": 3, "pool_size": 5}, prefix="kv_")
+    assert new_names({"kernel": 5, "pooling": "max"}) == {"pool_size": 5, "pooling": "max"}
+    with pytest.raises(ValueError, match="kernel, pool_size: both given"):
+        new_names({"kernel": 5, "pool_size": 7})
+
+
+def test_presets_may_still_say_kernel(tmp_path, deprecations):
+    preset = tmp_path / "old.yaml"
+    preset.write_text("policy: snapkv\nbudget: 2048\nkernel: 15\n")
+    assert load_preset(preset) == load_preset(CONFIGS / "snapkv-2k.yaml")
+    assert len(deprecations) == 1
+    preset.write_text("policy: snapkv\nbudget: 2048\nkernel: 15\npool_size: 7\n")
+    with pytest.raises(ValueError, match="kernel, pool_size: both given"):
+        load_preset(preset)
+
+
+def test_flags_take_kv_pool_size_and_the_deprecated_kv_kernel(deprecations):
+    import argparse
+
+    from kvcomp_vllm.vllm_integration import engine_args
+
+    parser = argparse.ArgumentParser()
+    engine_args.add_kv_arguments(parser)
+
+    def settings(*argv):
+        return engine_args.settings_from_args(parser.parse_args(["--kv-policy", "snapkv", "--kv-budget", "64", *argv]))
+
+    assert settings("--kv-pool-size", "5") == settings("--kv-kernel", "5") == {"policy": "snapkv", "budget": 64, "pool_size": 5}
+    assert len(deprecations) == 1
+    preset = ["--kv-config", str(CONFIGS / "snapkv-2k.yaml")]
+    assert settings(*preset, "--kv-kernel", "5")["pool_size"] == 5  # over the preset's pool_size: 15
+    with pytest.raises(ValueError, match="invalid kvcomp settings: kernel, pool_size: both given"):
+        settings("--kv-kernel", "5", "--kv-pool-size", "7")
+    with pytest.raises(ValueError, match="invalid kvcomp settings: kernel: must be odd"):
+        settings("--kv-kernel", "4")

@@ -75,17 +75,18 @@ def test_entrypoint_covers_every_kv_flag_of_the_plugin(tmp_path, engine_args):
 
 
 def test_entrypoint_args_parse_with_the_plugins_parser(tmp_path, engine_args):
-    got = argv(tmp_path, MODEL="m", KV_CONFIG="snapkv-2k", KV_BUDGET="512", KV_KERNEL="5")
     parser = argparse.ArgumentParser()
     engine_args.add_kv_arguments(parser)
-    known, _ = parser.parse_known_args(got[2:])
-    assert engine_args.settings_from_args(known) == {
-        "policy": "snapkv",
-        "budget": 512,
-        "window": 32,
-        "kernel": 5,
-        "pooling": "avg",
-    }
+    for pool_size in ({"KV_POOL_SIZE": "5"}, {"KV_KERNEL": "5"}):  # KV_KERNEL: --kv-kernel, its deprecated name
+        got = argv(tmp_path, MODEL="m", KV_CONFIG="snapkv-2k", KV_BUDGET="512", **pool_size)
+        known, _ = parser.parse_known_args(got[2:])
+        assert engine_args.settings_from_args(known) == {
+            "policy": "snapkv",
+            "budget": 512,
+            "window": 32,
+            "pool_size": 5,
+            "pooling": "avg",
+        }
 
 
 def test_kv_config_takes_a_preset_name_or_a_path(tmp_path):

@@ -99,19 +99,22 @@ def test_grid_and_budgets():
 
 
 def test_grid_params_reach_the_requests_and_are_checked_first():
-    settings = grid(["snapkv", "pyramid"], [0.1], {"pyramid": {"kernel": 15, "beta": 4.0}})
+    settings = grid(["snapkv", "pyramid"], [0.1], {"pyramid": {"pool_size": 15, "beta": 4.0}})
     assert [s.kvcomp() for s in settings] == [
         {"policy": "full"},
         {"policy": "snapkv", "budget": 0.1},
-        {"policy": "pyramid", "budget": 0.1, "beta": 4.0, "kernel": 15},
+        {"policy": "pyramid", "budget": 0.1, "beta": 4.0, "pool_size": 15},
     ]
+    assert grid(["pyramid"], [0.1], {"pyramid": {"kernel": 15, "beta": 4.0}}) == settings[::2]  # its old name
     with pytest.raises(ValueError, match=r"params for windowkv: not among the evaluated policies \(snapkv\)"):
         grid(["snapkv"], [0.1], {"windowkv": {"window_size": 8}})
-    with pytest.raises(ValueError, match=r"^snapkv@10%: .*kernel: must be odd"):
+    with pytest.raises(ValueError, match=r"^snapkv@10%: .*pool_size: must be odd"):
+        grid(["snapkv"], [0.1], {"snapkv": {"pool_size": 4}})
+    with pytest.raises(ValueError, match=r"^snapkv@10%: .*kernel: must be odd"):  # named as given
         grid(["snapkv"], [0.1], {"snapkv": {"kernel": 4}})
-    named = Setting("snapkv", 0.1, (("kernel", 15),), name="snapkv-wide")
+    named = Setting("snapkv", 0.1, (("pool_size", 15),), name="snapkv-wide")
     assert named.label == "snapkv-wide@10%" and named.variant == "snapkv-wide"
-    assert named.kvcomp() == {"policy": "snapkv", "budget": 0.1, "kernel": 15}
+    assert named.kvcomp() == {"policy": "snapkv", "budget": 0.1, "pool_size": 15}
 
 
 def test_summary_scores_relative_to_full():

@@ -25,16 +25,18 @@ README_MODEL = "models/smollm2-135m"
 
 
 def test_variants_parse_into_rows_of_one_grid():
-    variants = parse_variants("snapkv-k7=snapkv:kernel=7; snapkv-k15=snapkv:kernel=15,pooling=max;"
+    variants = parse_variants("snapkv-k7=snapkv:pool_size=7; snapkv-k15=snapkv:pool_size=15,pooling=max;"
                               "wk-10=windowkv:group_size=1,budget=10%")
-    assert variants == [Variant(name="snapkv-k7", policy="snapkv", params={"kernel": 7}),
-                        Variant(name="snapkv-k15", policy="snapkv", params={"kernel": 15, "pooling": "max"}),
+    assert variants == [Variant(name="snapkv-k7", policy="snapkv", params={"pool_size": 7}),
+                        Variant(name="snapkv-k15", policy="snapkv", params={"pool_size": 15, "pooling": "max"}),
                         Variant(name="wk-10", policy="windowkv", params={"group_size": 1}, budget=0.1)]
     settings = grid(["streaming"], [0.025, 128], {}, variants)
     assert [s.label for s in settings] == [
         "full", "streaming@2.5%", "streaming@128tok", "snapkv-k7@2.5%", "snapkv-k7@128tok",
         "snapkv-k15@2.5%", "snapkv-k15@128tok", "wk-10@10%"]
-    assert settings[5].kvcomp() == {"policy": "snapkv", "budget": 0.025, "kernel": 15, "pooling": "max"}
+    assert settings[5].kvcomp() == {"policy": "snapkv", "budget": 0.025, "pool_size": 15, "pooling": "max"}
+    old = grid([], [0.025], {}, parse_variants("snapkv-k15=snapkv:kernel=15,pooling=max"))  # the deprecated name
+    assert old[1] == settings[5]
     assert settings[-1].kvcomp() == {"policy": "windowkv", "budget": 0.1, "group_size": 1}
 
 
@@ -45,7 +47,7 @@ def test_variants_parse_into_rows_of_one_grid():
     ("p=pod:recent=64", "variant p: pod's `recent` is the budget: pin it with budget=N or sweep it with --budgets"),
     ("a=snapkv;a=pyramid", "variant names repeat: a"),
     ("snapkv", "variant 'snapkv': write NAME=POLICY[:KEY=VALUE,...]"),
-    ("k=snapkv:kernel", "variant k: 'kernel' is not KEY=VALUE"),
+    ("k=snapkv:pool_size", "variant k: 'pool_size' is not KEY=VALUE"),
 ])
 def test_bad_variants_say_what_is_wrong(text, message):
     with pytest.raises(ValueError) as err:
@@ -59,10 +61,14 @@ def test_grid_checks_variants_before_any_engine():
             grid(policies, list(budgets), {}, parse_variants(variants) if variants else [])
         return str(err.value)
 
+    assert fails([], "k=snapkv:pool_size=4") == "k@10%: pool_size: must be odd so pooling keeps positions centred, got 4"
     assert fails([], "k=snapkv:kernel=4") == "k@10%: kernel: must be odd so pooling keeps positions centred, got 4"
+    assert fails([], "k=snapkv:kernel=5,pool_size=7") == (
+        "k@10%: kernel, pool_size: both given, with different values (5 and 7); kernel is the deprecated name of "
+        "pool_size: give pool_size alone")
     assert fails([], "k=snapkv:bogus=1") == "k@10%: bogus: Extra inputs are not permitted"
     assert fails([], "p=pod:budget=0.1") == "variant p: pod's budget is its `recent`, a token count, not 0.1"
-    assert fails(["snapkv"], "snapkv=snapkv:kernel=15") == (
+    assert fails(["snapkv"], "snapkv=snapkv:pool_size=15") == (
         "variant names snapkv: already policies of the grid; name them apart")
     assert fails([], "") == "nothing to compare with full KV: give --policies or --variants"
 
@@ -97,7 +103,7 @@ def _sample(task, length, depth=None):
 
 def test_plan_describes_the_grid_and_estimates_its_time():
     samples = [_sample("needle", 1000, d) for d in (0.0, 1.0)] + [_sample("passkey", 3000)]
-    settings = grid(["pod"], [0.1, 64, 128], {"pod": {"group_size": 2}}, parse_variants("k15=snapkv:kernel=15"))
+    settings = grid(["pod"], [0.1, 64, 128], {"pod": {"group_size": 2}}, parse_variants("k15=snapkv:pool_size=15"))
     plan = Plan(samples, settings, "float32", 3064, 8192, "generated")
     assert plan.generations == 18 and plan.engines == 3
     assert plan.describe().splitlines() == [
@@ -105,7 +111,7 @@ def test_plan_describes_the_grid_and_estimates_its_time():
         "  prompts: needle 2, passkey 1; lengths 1000, 3000",
         "  full: the reference",
         "  pod (group_size=2): 64tok, 128tok",
-        "  k15 (snapkv kernel=15): 10%, 64tok, 128tok",
+        "  k15 (snapkv pool_size=15): 10%, 64tok, 128tok",
         "  engines: 3, dtype float32, max_model_len 3064 of the model's 8192",
         "  filler: generated",
     ]
@@ -120,7 +126,7 @@ def test_plan_describes_the_grid_and_estimates_its_time():
 
 
 def test_variants_are_rows_of_the_summary():
-    settings = [Setting("full"), Setting("snapkv", 0.1, (("kernel", 7),), "k7"), Setting("snapkv", 0.1, (), "k15")]
+    settings = [Setting("full"), Setting("snapkv", 0.1, (("pool_size", 7),), "k7"), Setting("snapkv", 0.1, (), "k15")]
     samples = [_sample("needle", 10, 0.0), _sample("passkey", 10)]
     texts = {"full": ["1", "1"], "k7@10%": ["1", "2"], "k15@10%": ["1", "1"]}
     rows = records(samples, settings, texts)

@@ -43,7 +43,7 @@ def scenarios(draw):
     if policy in ("snapkv", "pyramid", "windowkv", "windowkv-per-head"):
         params["window"] = window
     if policy in ("snapkv", "pyramid"):
-        params["kernel"] = draw(st.sampled_from([1, 3, 5, 7, 15]))
+        params["pool_size"] = draw(st.sampled_from([1, 3, 5, 7, 15]))
         params["pooling"] = draw(st.sampled_from(["avg", "max"]))
     if policy == "pyramid":
         params["beta"] = draw(st.sampled_from([1.0, 2.5, 20.0]))
@@ -133,7 +133,7 @@ def test_oracle_budgets_by_hand():
 def test_oracle_ties_go_to_the_earlier_position():
     keys = torch.zeros(1, 12, D, dtype=torch.float64)  # every key alike: all prefix scores equal
     queries = torch.ones(2, 4, D, dtype=torch.float64)
-    snap = oracle.select_snapkv(KVPolicyConfig(policy="snapkv", budget=7, window=4, kernel=1), keys, queries, 1.0, 7)
+    snap = oracle.select_snapkv(KVPolicyConfig(policy="snapkv", budget=7, window=4, pool_size=1), keys, queries, 1.0, 7)
     assert snap.keep.tolist() == [[0, 1, 2, 8, 9, 10, 11]]
     per_head = KVPolicyConfig(policy="windowkv-per-head", budget=9, window=4, window_size=2)
     assert oracle.select_windowkv_per_head(per_head, keys, queries, 1.0, 9).keep.tolist() == [[0, 1, 2, 3, 4, 8, 9, 10, 11]]

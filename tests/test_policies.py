@@ -50,22 +50,22 @@ def brute_scores(keys, queries, window):
     return out
 
 
-def brute_pool(s, kernel, pooling):
-    r = kernel // 2
+def brute_pool(s, pool_size, pooling):
+    r = pool_size // 2
     m = len(s)
     if pooling == "avg":
-        return [sum(s[j + o] for o in range(-r, r + 1) if 0 <= j + o < m) / kernel for j in range(m)]
+        return [sum(s[j + o] for o in range(-r, r + 1) if 0 <= j + o < m) / pool_size for j in range(m)]
     return [max(s[j + o] for o in range(-r, r + 1) if 0 <= j + o < m) for j in range(m)]
 
 
-def brute_snapkv(keys, queries, budget, window, kernel, pooling):
+def brute_snapkv(keys, queries, budget, window, pool_size, pooling):
     n = keys.shape[1]
     if budget >= n:
         return None
     w = min(window, n)
     keep = []
     for s in brute_scores(keys, queries, window):
-        pooled = brute_pool(s, kernel, pooling)
+        pooled = brute_pool(s, pool_size, pooling)
         top = sorted(range(n - w), key=lambda j: -pooled[j])[: budget - w]
         keep.append(sorted(top + list(range(n - w, n))))
     return keep
@@ -96,7 +96,7 @@ def test_pooling_matches_brute_force(pooling):
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_snapkv_matches_brute_force(num_heads, num_kv_heads, n, budget, window, pooling):
     keys, queries = random_layer(num_heads, num_kv_heads, n, window, seed=n + budget)
-    config = KVPolicyConfig(policy="snapkv", budget=budget, window=window, kernel=5, pooling=pooling)
+    config = KVPolicyConfig(policy="snapkv", budget=budget, window=window, pool_size=5, pooling=pooling)
     plan = make_policy(config, 4).select(0, view(keys, queries))
     assert kept(plan) == brute_snapkv(keys, queries, budget, window, 5, pooling)
 
@@ -107,9 +107,9 @@ def test_snapkv_hand_case_keeps_attended_token_and_its_neighbours():
     keys[0, 3, 0] = 40.0
     queries = torch.zeros(2, 4, D, dtype=torch.float64)
     queries[:, :, 0] = 1.0
-    one = KVPolicyConfig(policy="snapkv", budget=5, window=4, kernel=1)
+    one = KVPolicyConfig(policy="snapkv", budget=5, window=4, pool_size=1)
     assert kept(make_policy(one, 1).select(0, view(keys, queries))) == [[3, 16, 17, 18, 19]]
-    three = KVPolicyConfig(policy="snapkv", budget=7, window=4, kernel=3)
+    three = KVPolicyConfig(policy="snapkv", budget=7, window=4, pool_size=3)
     assert kept(make_policy(three, 1).select(0, view(keys, queries))) == [[2, 3, 4, 16, 17, 18, 19]]
 
 
@@ -130,7 +130,7 @@ def test_streaming_hand_case():
 
 def test_pyramid_layers_select_like_snapkv_with_their_budgets():
     keys, queries = random_layer(8, 2, 120, 8, seed=5)
-    config = KVPolicyConfig(policy="pyramid", budget=40, window=8, kernel=5, beta=4)
+    config = KVPolicyConfig(policy="pyramid", budget=40, window=8, pool_size=5, beta=4)
     policy = make_policy(config, 4)
     for layer in range(4):
         b = policy.layer_budget(layer, 120)

@@ -122,7 +122,7 @@ def test_requests_that_cannot_fit_the_pool_fail_with_a_clear_message(tiny_llama_
     with pytest.raises(ValueError, match=r"needs 27 KV cache blocks at its peak \(3000 prompt tokens under snapkv .*"
                        r"max_tokens=800\), more than the 24 blocks of the KV pool; lower max_tokens or the budget$"):
         engine.add_request("too-long-output", {"prompt_token_ids": prompt}, greedy(800))
-    with pytest.raises(ValueError, match=r"needs 94 KV cache blocks .* under snapkv budget=64 kernel=7 pooling=avg "
+    with pytest.raises(ValueError, match=r"needs 94 KV cache blocks .* under snapkv budget=64 pool_size=7 pooling=avg "
                        r"window=32, max_tokens=4\).*or set prefill_chunk \(--kv-prefill-chunk\)"):
         engine.add_request("no-chunks", {"prompt_token_ids": prompt}, greedy(4, kvcomp={"prefill_chunk": None}))
     assert not engine.has_unfinished_requests()

@@ -23,7 +23,7 @@ def post(url: str, body: dict) -> dict:
 @pytest.mark.parametrize("option", ["--help=all", "--help=kvcomp"])
 def test_help_lists_the_kv_flags(option):
     text = subprocess.run([*vllm_command(), "serve", option], capture_output=True, text=True, timeout=300).stdout
-    for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,windowkv-per-head,pod}", "--kv-budget", "--kv-window", "--kv-config"):
+    for flag in ("--kv-policy {full,streaming,snapkv,pyramid,windowkv,windowkv-per-head,pod}", "--kv-budget", "--kv-window", "--kv-pool-size", "--kv-config"):
         assert flag in text
 
 
@@ -50,6 +50,8 @@ def test_pyramid_server_answers_completions_and_chat(tiny_llama_dir, tmp_path):
     (("--kv-budget", "1.5"), "invalid kvcomp settings: budget: a ratio must lie in (0, 1], got 1.5; give an integer for a token count"),
     (("--kv-budget", "-5"), "invalid kvcomp settings: budget: must be positive (a token count, or a ratio in (0, 1]), got -5"),
     (("--kv-budget", "99999"), "budget: 99999 tokens is larger than the model's context (8192 tokens)"),
+    (("--kv-budget", "0.1", "--kv-kernel", "5", "--kv-pool-size", "7"), "invalid kvcomp settings: kernel, pool_size: both "
+     "given, with different values (5 and 7); kernel is the deprecated name of pool_size: give pool_size alone"),
 ])
 def test_bad_flag_value_stops_start_up_with_one_line(tiny_llama_dir, flags, message):
     proc = subprocess.run(
@@ -87,10 +89,10 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         base = {"model": str(tiny_llama_dir), "prompt": prompt, "max_tokens": 4, "temperature": 0}
         ok, body, applied = post_status(url + "/v1/completions", {**base, "kv_policy": "snapkv", "kv_budget": 64})
         assert ok == 200 and body["usage"]["completion_tokens"] == 4
-        assert applied == "snapkv budget=64 kernel=7 pooling=avg window=32"
+        assert applied == "snapkv budget=64 pool_size=7 pooling=avg window=32"
         prompt_len = body["usage"]["prompt_tokens"]
         ok, _, applied = post_status(url + "/v1/completions", {**base, "vllm_xargs": {"kv_budget": 128}})
-        assert ok == 200 and applied == "pyramid beta=20.0 budget=128 kernel=7 pooling=avg window=32"
+        assert ok == 200 and applied == "pyramid beta=20.0 budget=128 pool_size=7 pooling=avg window=32"
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_budget": 2.5})
         assert status == 400 and "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 2.5" in body["error"]["message"]
         status, body, _ = post_status(url + "/v1/completions", {**base, "kv_policy": "pod"})
@@ -99,7 +101,7 @@ def test_requests_override_the_policy_in_the_body_and_bad_overrides_get_400(tiny
         assert status == 400 and "kv policy 'pyramid' cannot be combined with beam search" in body["error"]["message"]
         chat = {"model": base["model"], "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
         ok, _, applied = post_status(url + "/v1/chat/completions", chat)  # no override: the server's settings
-        assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 kernel=7 pooling=avg window=32"
+        assert ok == 200 and applied == "pyramid beta=20.0 budget=0.1 pool_size=7 pooling=avg window=32"
         metrics = metric_samples(url)
     assert metrics['vllm:kvcomp_requests_total{policy="snapkv"}'] == 1
     assert metrics['vllm:kvcomp_requests_total{policy="pyramid"}'] == 2

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vllm
 
 ARGS = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "2048", "--enforce-eager")
 PROMPT = " ".join(["Ka lo mi the ren of tusa vel."] * 12)
-APPLIED = "pyramid beta=20.0 budget=64 kernel=7 pooling=avg window=32"
+APPLIED = "pyramid beta=20.0 budget=64 pool_size=7 pooling=avg window=32"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_pathological_bodies_get_400_and_the_server_stays_up(server, body):
 
 
 PLAUSIBLE = {  # values a server could serve, so fuzzed requests also reach the engine
-    "budget": [48, 64, 0.05, 0.5, 1.0], "window": [8, 16, 32], "kernel": [1, 5, 7], "pooling": ["avg", "max"],
+    "budget": [48, 64, 0.05, 0.5, 1.0], "window": [8, 16, 32], "pool_size": [1, 5, 7], "kernel": [1, 5, 7], "pooling": ["avg", "max"],
     "beta": [1.0, 5.0], "tiers": [1, 2], "sink": [0, 4], "recent": [16, 64], "group_size": [1, 2, 4],
     "window_size": ["auto", 4, 16], "window_sizes": [[4, 16]], "prefill_chunk": [64, 128],
     "concentration_threshold": [0.3, 0.9],
@@ -128,13 +128,31 @@ def test_fuzzed_overrides_get_200_or_400_never_500(server, kv, in_xargs):
     assert healthy(url), kv
 
 
-def test_the_request_that_killed_the_engine_is_a_400(server):
+@pytest.mark.parametrize("field", ["kv_pool_size", "kv_kernel"])  # kv_kernel: its deprecated name
+def test_the_request_that_killed_the_engine_is_a_400(server, field):
     url, model, log = server
-    body = {"model": model, "prompt": PROMPT, "max_tokens": 2, "kv_policy": "snapkv", "kv_budget": 64, "kv_kernel": 2147483649}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 2, "kv_policy": "snapkv", "kv_budget": 64, field: 2147483649}
     status, answer, _ = post(url, "/v1/completions", body)
     assert status == 400
-    assert "kv_kernel: should be less than or equal to 255 (got 2147483649)" in answer["error"]["message"]
+    assert f"{field}: should be less than or equal to 255 (got 2147483649)" in answer["error"]["message"]
     assert healthy(url) and "Traceback" not in log.read_text()
+
+
+def test_kv_kernel_is_read_as_kv_pool_size_and_named_as_sent(server):
+    url, model, log = server
+    base = {"model": model, "prompt": PROMPT, "max_tokens": 2, "kv_budget": 64}
+    applied = APPLIED.replace("pool_size=7", "pool_size=5")
+    for fields in ({"kv_pool_size": 5}, {"kv_kernel": 5}, {"vllm_xargs": {"kv_kernel": 5}}, {"kv_kernel": 5, "kv_pool_size": 5}):
+        assert post(url, "/v1/completions", {**base, **fields})[::2] == (200, applied), fields
+    for field in ("kv_pool_size", "kv_kernel"):
+        status, answer, _ = post(url, "/v1/completions", {**base, field: 4})
+        assert status == 400 and answer["error"]["message"] == (
+            f"kvcomp: invalid settings in request: {field}: must be odd so pooling keeps positions centred, got 4")
+    status, answer, _ = post(url, "/v1/completions", {**base, "kv_kernel": 5, "kv_pool_size": 7})
+    assert status == 400 and answer["error"]["message"] == (
+        "kvcomp: invalid settings in request: kv_kernel, kv_pool_size: both given, with different values (5 and 7); "
+        "kv_kernel is the deprecated name of kv_pool_size: give kv_pool_size alone")
+    assert log.read_text().count("kvcomp: kernel (--kv-kernel, kv_kernel) is deprecated") == 1  # once, in the front end
 
 
 def test_a_ratio_keeping_fewer_than_the_window_of_this_prompt_is_a_400(server):

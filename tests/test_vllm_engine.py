@@ -138,7 +138,7 @@ def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, tiers, rele
     prompts = [prompt_ids(tiny_llama_dir, 60, 5, length=1000), prompt_ids(tiny_llama_dir, 40, 6, length=700)]
     llm = make_llm(tiny_llama_dir, settings)
     groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
-    assert len(groups) == (tiers or 4)  # one KV group per budget step (per layer by default)
+    assert len(groups) == (tiers or 4)  # one KV cache group per tier (per layer by default)
     run = drive(llm, prompts, greedy(4))
     policy = make_policy(KVPolicyConfig(**settings), 4)
     for req_id, prompt in zip(run.tokens, prompts):

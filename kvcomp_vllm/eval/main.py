@@ -3,7 +3,7 @@
     kvcomp-vllm eval --model MODEL_DIR --out results/eval \
         [--policies streaming,snapkv,pyramid,windowkv,pod] [--budgets 0.025,0.05,0.1,0.2,0.5,128,512,2048]
         [--lengths 2048,4096,8000] [--tasks needle,passkey,...] [--samples 4] [--server URL]
-        [--params '{"pyramid": {"kernel": 15}}'] [--variants 'snapkv-k15=snapkv:kernel=15;...'] [--dry-run]
+        [--params '{"pyramid": {"pool_size": 15}}'] [--variants 'snapkv-k15=snapkv:pool_size=15;...'] [--dry-run]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"comma list (default {POLICIES}, or none when --variants is given)")
     a("--variants", type=_variants, default=[],
       help="named policy variants, each a row of the grid over --budgets (budget=B pins one): "
-           "'snapkv-k7=snapkv:kernel=7;snapkv-k15=snapkv:kernel=15'")
+           "'snapkv-k7=snapkv:pool_size=7;snapkv-k15=snapkv:pool_size=15'")
     a("--budgets", type=_list(parse_budget), default=_list(parse_budget)(BUDGETS),
       help=f"ratios (0.1 or 10%%) and token counts (default {BUDGETS}); pod uses the token counts as `recent`")
     a("--lengths", type=_list(int), default=[2048, 4096, 8000],
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            f"it defaults to {CPU_KV_CACHE_GIB:g} unless VLLM_CPU_KVCACHE_SPACE is set")
     a("--pod-group-size", type=int, default=2, help="pod: layers sharing one key (must divide the layer count)")
     a("--params", type=json.loads, default={},
-      help='per-policy parameters on top of the defaults, JSON: \'{"snapkv": {"kernel": 15}, "pyramid": {"kernel": 15}}\'')
+      help='per-policy parameters on top of the defaults, JSON: \'{"snapkv": {"pool_size": 15}, "pyramid": {"pool_size": 15}}\'')
     a("--dry-run", action="store_true", help="print the plan (prompts, settings, generations, engines) and stop")
     a("--no-plots", action="store_true")
     a("--quiet", action="store_true", help="no progress bars")

@@ -17,16 +17,16 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from ..config import KVPolicyConfig
+from ..config import KVPolicyConfig, new_names
 from .budgets import budget_label
 from .tasks import Sample
 from .variants import Variant, messages
 
-# Any non-pod policy can be served per request by an engine started with per-layer KV groups.
+# Any non-pod policy can be served per request by an engine started with one tier per layer.
 SHARED_ENGINE_POLICY = {"policy": "pyramid", "budget": 0.1}
 
 
@@ -85,10 +85,11 @@ def grid(policies: list[str], budgets: list[int | float], params: dict[str, dict
             settings.append(Setting(policy, budget, tuple(sorted(fields.items())), name))
     for setting in settings:
         try:
-            KVPolicyConfig(**setting.kvcomp())
+            KVPolicyConfig(**setting.kvcomp())  # errors name fields as given, a deprecated name included
         except ValueError as err:  # pydantic's ValidationError is a ValueError
             raise ValueError(f"{setting.label}: {messages(err)}") from None
-    return settings
+    # Deprecated names (kernel) become the new ones (pool_size) in labels, requests and results.
+    return [replace(s, params=tuple(sorted(new_names(dict(s.params)).items()))) for s in settings]
 
 
 FirstPrompt = Callable[[float, Sample], None]

@@ -1,4 +1,4 @@
-"""Named policy variants for one grid: `--variants 'snapkv-k7=snapkv:kernel=7;snapkv-k15=snapkv:kernel=15'`.
+"""Named policy variants for one grid: `--variants 'snapkv-k7=snapkv:pool_size=7;snapkv-k15=snapkv:pool_size=15'`.
 
 A variant is a policy with parameters of its own, swept over the grid's budgets (or one pinned with
 `budget=`) and reported as its own row, so several parameter sets share one full-KV reference.

@@ -24,10 +24,10 @@ def make_policy(config: KVPolicyConfig, num_layers: int) -> KVPolicy:
 
 
 def incompatibility(server: KVPolicy, request: KVPolicy) -> str | None:
-    """Why a server built for `server`'s KV groups cannot serve `request`'s policy, or None.
+    """Why a server built for `server`'s KV cache groups cannot serve `request`'s policy, or None.
 
-    The server gives each budget tier of its policy one KV group; a request policy fits when every
-    group's layers keep equal counts under it too. PoD's shared-key layout is engine-wide only.
+    The server gives each tier of its policy (layers sharing a budget) its own KV cache group; a request
+    policy fits when every tier's layers keep equal counts under it too. PoD's shared-key layout is engine-wide only.
     """
     if (server.name == "pod") != (request.name == "pod"):
         return f"policy 'pod' changes the cache layout and is engine-wide only; this server runs '{server.name}'"

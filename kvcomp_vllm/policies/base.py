@@ -135,11 +135,12 @@ class KVPolicy(ABC):
         return max(interior, last, decode)
 
     def budget_tier(self, layer: int) -> int:
-        """Layers of one tier keep the same number of tokens for every prompt (one KV cache group)."""
+        """`layer`'s tier: the layers of one tier keep the same number of tokens for every prompt, so vLLM
+        holds them in one KV cache group (one block table). One tier for all layers by default."""
         return 0
 
     def tier_layers(self) -> dict[int, list[int]]:
-        """Each budget tier's layers, ascending, tiers in order of their first layer."""
+        """Each tier's layers, ascending, tiers in order of their first layer."""
         tiers: dict[int, list[int]] = {}
         for layer in range(self.num_layers):
             tiers.setdefault(self.budget_tier(layer), []).append(layer)

@@ -23,6 +23,7 @@ class PoDPolicy(KVPolicy):
         return layer - layer % self.config.layer_group(self.num_layers)
 
     def budget_tier(self, layer: int) -> int:
+        """Two tiers: the owner layers (tier 0, every token) and the member layers (tier 1)."""
         return 0 if self.owner_layer(layer) == layer else 1
 
     def layer_budget(self, layer: int, prompt_len: int) -> int:

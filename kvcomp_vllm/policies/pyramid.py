@@ -41,15 +41,15 @@ def _linear_shares(s: int, num_layers: int, bottom: Fraction) -> tuple[int, ...]
 
 
 def tier_of(layer: int, num_layers: int, tiers: int | None) -> int:
-    """Budget step of `layer`: consecutive runs of near-equal size, or one per layer when `tiers` is unset."""
+    """Tier of `layer`: `tiers` consecutive runs of near-equal size, or one per layer when `tiers` is unset."""
     return layer if tiers is None else layer * tiers // num_layers
 
 
 @lru_cache(maxsize=256)
 def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
-    """`schedule` flattened to `tiers` steps: each run of layers keeps the mean of its budgets.
+    """`schedule` flattened to a staircase of `tiers` tiers: each tier's layers keep the mean of their budgets.
 
-    Means are floored from the bottom up, each run's remainder carried to the run above, so the
+    Means are floored from the bottom up, each tier's remainder carried to the tier above, so the
     result stays non-increasing. Its total equals `schedule`'s when the runs are of equal length
     (`tiers` divides the layers); otherwise it may fall short by less than the longest run.
     """
@@ -60,7 +60,7 @@ def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
     for budgets in runs.values():
         total = sum(budgets) + carry
         step = total // len(budgets)
-        if steps and step > steps[-1][0]:  # a carried remainder never lifts a step above the one below
+        if steps and step > steps[-1][0]:  # a carried remainder never lifts a tier above the one below
             step = steps[-1][0]
         carry = total - step * len(budgets)
         steps.append((step, len(budgets)))
@@ -70,8 +70,8 @@ def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
 class PyramidPolicy(SnapKVPolicy):
     """Lower layers keep more tokens, upper layers fewer; the mean over layers is the budget.
 
-    Every distinct budget is one KV cache group in vLLM, with its own block table and attention
-    metadata per step; `tiers` flattens the pyramid to that many steps to cut this per-step cost.
+    Every distinct budget is a tier, one KV cache group in vLLM with its own block table and attention
+    metadata per scheduler step; `tiers` flattens the pyramid to that many tiers to cut this per-step cost.
     """
 
     name = "pyramid"

@@ -18,15 +18,16 @@ def attention_concentration(scores: torch.Tensor) -> float:
     return float(mass.mean())
 
 
-def pool_scores(scores: torch.Tensor, kernel: int, pooling: str) -> torch.Tensor:
-    """Smooth `[heads, m]` scores along positions with an odd 1-D kernel, so neighbours of strong tokens survive."""
-    if kernel == 1 or scores.shape[-1] == 0:
+def pool_scores(scores: torch.Tensor, pool_size: int, pooling: str) -> torch.Tensor:
+    """Smooth `[heads, m]` scores along positions with an odd 1-D pooling of `pool_size` tokens, so
+    neighbours of strong tokens survive."""
+    if pool_size == 1 or scores.shape[-1] == 0:
         return scores
     x = scores.unsqueeze(1)
     if pooling == "avg":
-        x = F.avg_pool1d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=True)
+        x = F.avg_pool1d(x, pool_size, stride=1, padding=pool_size // 2, count_include_pad=True)
     else:
-        x = F.max_pool1d(x, kernel, stride=1, padding=kernel // 2)
+        x = F.max_pool1d(x, pool_size, stride=1, padding=pool_size // 2)
     return x.squeeze(1)
 
 

@@ -12,4 +12,4 @@ class SnapKVPolicy(ObservedSelection):
     name = "snapkv"
 
     def choose(self, scores, count):
-        return top_positions(pool_scores(scores, self.config.kernel, self.config.pooling), count)
+        return top_positions(pool_scores(scores, self.config.pool_size, self.config.pooling), count)

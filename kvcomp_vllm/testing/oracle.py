@@ -53,7 +53,7 @@ def resolved_budget(config: KVPolicyConfig, prompt_len: int) -> int:
 
 def pyramid_layer_budgets(config: KVPolicyConfig, num_layers: int, prompt_len: int) -> list[int]:
     """PyramidKV as KVCache-Factory budgets it: uniform under 2s prompt tokens (s = budget - window),
-    else a line from 2s - s/beta (at most the prompt) down, rounded to the exact total; then `tiers` steps."""
+    else a line from 2s - s/beta (at most the prompt) down, rounded to the exact total; then flattened to `tiers` tiers."""
     b = resolved_budget(config, prompt_len)
     w, s, layers = config.window, b - config.window, num_layers
     if b >= prompt_len:
@@ -74,8 +74,8 @@ def pyramid_layer_budgets(config: KVPolicyConfig, num_layers: int, prompt_len: i
 
 
 def staircase_steps(budgets: list[int], tiers: int) -> list[int]:
-    """Layer i joins step i * tiers // layers; each step keeps its layers' mean, floored bottom up with the
-    remainder carried upward, never above the step below."""
+    """Layer i joins tier i * tiers // layers; each tier keeps its layers' mean, floored bottom up with the
+    remainder carried upward, never above the tier below (the staircase's steps)."""
     layers = len(budgets)
     out, carry, below = [], 0, None
     for t in range(tiers):
@@ -170,10 +170,10 @@ def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: i
         return Kept(None)
     w = min(config.window, n)
     votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
-    if config.kernel > 1:
+    if config.pool_size > 1:
         pool = F.avg_pool1d if config.pooling == "avg" else F.max_pool1d
         extra = {"count_include_pad": True} if config.pooling == "avg" else {}
-        votes = pool(votes[:, None], config.kernel, stride=1, padding=config.kernel // 2, **extra)[:, 0]
+        votes = pool(votes[:, None], config.pool_size, stride=1, padding=config.pool_size // 2, **extra)[:, 0]
     chosen = [best_first(row.tolist())[: budget - w] for row in votes]
     return Kept(with_observation(chosen, n, w))
 

@@ -19,7 +19,7 @@ from ..config import POLICY_FIELDS, KVPolicyConfig, request_config, settings_err
 from ..policies import KVPolicy, incompatibility, make_policy
 from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
 from .metrics import count_refused_override
-from .settings import client_prefix, override_rules, request_overrides, request_policy, server_policy
+from .settings import adopt_new_names, client_prefix, override_rules, request_overrides, request_policy, server_policy
 
 
 def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
@@ -36,6 +36,7 @@ def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
         raise ValueError(f"kvcomp: invalid settings in request: {settings_error(err, prefix)}") from None
     except ValueError as err:
         raise ValueError(f"kvcomp: invalid settings in request: {err}") from None
+    adopt_new_names(sampling_params)
     if server.name == "full":
         if config.policy != "full":
             raise ValueError("kvcomp: this server runs without KV compression; start it with --kv-policy to allow per-request policies")
@@ -47,7 +48,7 @@ def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
 
 
 def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
-    """Blocks a request holds at its peak: each KV group (per tier of the server's policy) has its own."""
+    """Blocks a request holds at its peak: each KV cache group (of a tier of the server's policy) has its own."""
     return _blocks(server, block_size, lambda layer: policy.peak_slots(layer, prompt_len, max_tokens))
 
 

@@ -12,7 +12,7 @@ import argparse
 
 from pydantic import ValidationError
 
-from ..config import POLICY_NAMES, KVPolicyConfig, load_preset, preset_overrides, settings_error
+from ..config import POLICY_NAMES, RENAMED, KVPolicyConfig, load_preset, preset_overrides, settings_error
 from ..overrides import OverrideRules
 from ..policies import make_policy
 from .compat import (
@@ -54,10 +54,10 @@ def _budget(text: str) -> int | float:
 FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-budget": ("budget", _budget, "tokens kept per layer and KV head (2048) or ratio of the prompt (0.1)"),
     "--kv-window": ("window", int, "observation window: last prompt queries used for scoring"),
-    "--kv-kernel": ("kernel", int, "odd 1-D pooling kernel over token scores"),
+    "--kv-pool-size": ("pool_size", int, "odd width of the 1-D pooling of token scores (default 7)"),
     "--kv-pooling": ("pooling", str, "pooling of token scores: avg or max"),
     "--kv-beta": ("beta", float, "pyramid steepness"),
-    "--kv-tiers": ("tiers", int, "pyramid: budget steps (KV cache groups); default one per layer"),
+    "--kv-tiers": ("tiers", int, "pyramid: number of tiers (layers sharing a budget, each one KV cache group); default one per layer"),
     "--kv-sink": ("sink", int, "first tokens always kept (streaming, pod)"),
     "--kv-recent": ("recent", int, "pod: last prompt tokens with per-layer keys"),
     "--kv-group-size": ("group_size", int, "consecutive layers sharing a selection (windowkv: and a budget) or keys (pod)"),
@@ -66,6 +66,9 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-concentration-threshold": ("concentration_threshold", float, "windowkv auto: top-5% attention share that counts as concentrated"),
     "--kv-prefill-chunk": ("prefill_chunk", int, "compress every N prompt tokens during prefill, so prompts longer than the KV pool fit"),
 }
+# Deprecated flags, accepted for one release: flag -> (old KVPolicyConfig field, argparse type), the field
+# mapping to its new name in KVPolicyConfig (config.RENAMED), which also logs the deprecation once.
+OLD_FLAGS: dict[str, tuple[str, object]] = {"--kv-kernel": ("kernel", int)}
 
 
 def add_kv_arguments(parser) -> None:
@@ -75,6 +78,9 @@ def add_kv_arguments(parser) -> None:
     group.add_argument("--kv-config", default=None, help="YAML preset from configs/; flags override its fields")
     for flag, (field, kind, text) in FLAGS.items():
         group.add_argument(flag, dest=f"kv_{field}", type=kind, default=None, help=text)
+    for flag, (field, kind) in OLD_FLAGS.items():
+        new = "--kv-" + RENAMED[field].replace("_", "-")
+        group.add_argument(flag, dest=f"kv_{field}", type=kind, default=None, help=f"deprecated name of {new}")
     group.add_argument("--kv-overrides", choices=("none", "lower", "any"), default=None,
                        help="what a request may change: lower (default: no more KV than the server's settings), any, none")
     group.add_argument("--kv-override-policies", default=None, help="comma-separated policies a request may name")
@@ -114,6 +120,12 @@ def settings_from_args(args: argparse.Namespace) -> dict | None:
         value = getattr(args, f"kv_{field}", None)
         if value is not None:
             settings[field] = int(value) if field == "window_size" and str(value).isdigit() else value
+    for old, _ in OLD_FLAGS.values():
+        value = getattr(args, f"kv_{old}", None)
+        if value is not None:
+            if getattr(args, f"kv_{RENAMED[old]}", None) is None:
+                settings.pop(RENAMED[old], None)  # the flag overrides the preset's field, as its new name would
+            settings[old] = value
     if not settings:
         return None
     return validated(settings).model_dump(exclude_unset=True)

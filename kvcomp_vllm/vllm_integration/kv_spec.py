@@ -1,8 +1,9 @@
-"""Scheduler-side block accounting: one KV cache group per budget tier, blocks freed as prompts compress.
+"""Scheduler-side block accounting: KV cache groups per tier, blocks freed as prompts compress.
 
-Each decoder layer's spec becomes a `CompressedAttentionSpec` carrying its budget tier; specs of
-different tiers never merge, so vLLM's hybrid allocator gives every tier its own block table, all
-drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
+A tier is a set of layers sharing one per-layer budget (`KVPolicy.budget_tier`). Each decoder layer's
+spec becomes a `CompressedAttentionSpec` carrying its tier; specs of different tiers never merge, so
+vLLM's hybrid allocator gives every tier its own KV cache group (or several of equal size:
+`compat.kv_cache_group_sizes`), each with its own block table, all drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
 prompt is compressed, only the blocks its kept tokens and later tokens need: once the prompt is
 scheduled up to a compression point (that step may still run) it drops the blocks past
 `cdiv(computed - evicted, block_size)` back to the pool, and from then on counts slots as `num_tokens - evicted`
@@ -55,7 +56,7 @@ class CompressedAttentionSpec(FullAttentionSpec):
     @classmethod
     def merge(cls, specs: list[CompressedAttentionSpec]) -> CompressedAttentionSpec:
         tiers = {spec.tier for spec in specs}
-        assert all(isinstance(s, cls) for s in specs) and len(tiers) == 1, f"budget tiers {tiers} cannot share a group"
+        assert all(isinstance(s, cls) for s in specs) and len(tiers) == 1, f"tiers {tiers} cannot share a KV cache group"
         return specs[0]
 
     def is_uniform_with_collection(self, kv_cache_specs: dict[str, Any]) -> bool:
@@ -74,7 +75,7 @@ class CompressedAttentionManager(FullAttentionManager):
         super().__init__(kv_cache_spec, **kwargs)
         self.policy = kv_cache_spec.policy()
         self.layer = kv_cache_spec.layer
-        self.evicted: dict[str, int] = {}  # request id -> prompt tokens evicted in this tier
+        self.evicted: dict[str, int] = {}  # request id -> prompt tokens evicted in this group's tier
         self.requests: dict = {}  # the scheduler's requests (set by its hook), for per-request settings
         self.request_policies: dict[str, KVPolicy] = {}
         self.settled: set[str] = set()  # requests whose whole prompt is accounted: nothing more to free

@@ -11,7 +11,7 @@ import json
 from typing import Any
 from functools import lru_cache
 
-from ..config import KVPolicyConfig, request_config
+from ..config import RENAMED, KVPolicyConfig, request_config
 from ..overrides import OverrideRules
 from ..policies import KVPolicy, make_policy
 
@@ -69,6 +69,22 @@ def request_overrides(sampling_params: Any) -> dict | None:
     if not flat:
         return nested
     return {**(nested if isinstance(nested, dict) else {}), **flat}
+
+
+def adopt_new_names(sampling_params: Any) -> None:
+    """Rename a request's deprecated fields (`kv_kernel`, `kvcomp: {kernel: ...}`) to their new names in
+    place, once the front end has validated them, so the engine's processes read the new names only."""
+    extra = getattr(sampling_params, "extra_args", None)
+    if not extra:
+        return
+    for old, new in RENAMED.items():
+        if FLAT_PREFIX + old in extra:
+            extra.setdefault(FLAT_PREFIX + new, extra.pop(FLAT_PREFIX + old))  # both: equal, as validated
+        nested = extra.get(CONFIG_KEY)
+        if isinstance(nested, dict) and old in nested:
+            nested = dict(nested)
+            nested.setdefault(new, nested.pop(old))
+            extra[CONFIG_KEY] = nested
 
 
 def client_prefix(sampling_params: Any) -> str:

@@ -25,7 +25,7 @@ class CompressedRequest:
 
     prompt_len: int
     compressor: RequestCompressor
-    tier_layers: dict[int, int]  # budget tier -> a layer of it
+    tier_layers: dict[int, int]  # tier (layers sharing a budget) -> a layer of it
     evicted: dict[int, int] = field(default_factory=dict)  # tier -> tokens evicted as the block rows stand
     window_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> query chunks
     members: dict[int, MemberLayout] = field(default_factory=dict)  # PoD member layer -> its compacted layout
@@ -59,7 +59,7 @@ class RowSpan:
 class WorkerCompression:
     """Per-process state shared by the runner hooks, the metadata builder and the attention impl.
 
-    `policy` is the server's: its budget tiers are the KV groups; each request plans with its own.
+    `policy` is the server's: its tiers give the KV cache groups; each request plans with its own.
     `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
     """
 

@@ -20,13 +20,15 @@ left to values.schema.json.
 {{- end -}}
 
 {{- define "kvcomp-vllm.validateKv" -}}
-{{- $s := (include "kvcomp-vllm.kv" . | fromJson).settings -}}
+{{- $kv := include "kvcomp-vllm.kv" . | fromJson -}}
+{{- $s := $kv.settings -}}
+{{- $given := $kv.given -}}
 {{- if $s -}}
 {{- $fields := dict
     "full" (list)
     "streaming" (list "budget" "prefill_chunk" "sink")
-    "snapkv" (list "budget" "kernel" "pooling" "prefill_chunk" "window")
-    "pyramid" (list "beta" "budget" "kernel" "pooling" "prefill_chunk" "tiers" "window")
+    "snapkv" (list "budget" "pool_size" "pooling" "prefill_chunk" "window")
+    "pyramid" (list "beta" "budget" "pool_size" "pooling" "prefill_chunk" "tiers" "window")
     "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_scoring" "window_size")
     "windowkv-per-head" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
     "pod" (list "group_size" "recent" "sink") -}}
@@ -37,7 +39,7 @@ left to values.schema.json.
 {{- $allowed := get $fields $policy -}}
 {{- $extra := list -}}
 {{- range $k, $_ := $s -}}
-  {{- if and (ne $k "policy") (not (has $k $allowed)) }}{{ $extra = append $extra $k }}{{ end -}}
+  {{- if and (ne $k "policy") (not (has $k $allowed)) }}{{ $extra = append $extra (get $given $k | default $k) }}{{ end -}}
 {{- end -}}
 {{- if $extra -}}
   {{- $hint := "" -}}
@@ -46,13 +48,15 @@ left to values.schema.json.
   {{- end -}}
   {{- include "kvcomp-vllm.kvFail" (printf "%s: not a parameter of policy '%s' (its parameters: %s)%s" (sortAlpha $extra | join ", ") $policy (join ", " $allowed | default "none") $hint) -}}
 {{- end -}}
-{{- range $k, $min := dict "window" 1 "kernel" 1 "tiers" 1 "sink" 0 "recent" 1 "group_size" 1 "prefill_chunk" 1 -}}
+{{- range $k, $min := dict "window" 1 "pool_size" 1 "tiers" 1 "sink" 0 "recent" 1 "group_size" 1 "prefill_chunk" 1 -}}
   {{- if and (hasKey $s $k) (not (include "kvcomp-vllm.intAtLeast" (list (get $s $k) $min))) -}}
-    {{- include "kvcomp-vllm.kvFail" (printf "%s: must be an integer >= %d, got %v (values: kvParams.%s)" $k $min (get $s $k) (camelcase $k | untitle)) -}}
+    {{- $name := get $given $k | default $k -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "%s: must be an integer >= %d, got %v (values: kvParams.%s)" $name $min (get $s $k) (camelcase $name | untitle)) -}}
   {{- end -}}
 {{- end -}}
-{{- if and (hasKey $s "kernel") (eq (mod (int64 $s.kernel) 2) 0) -}}
-  {{- include "kvcomp-vllm.kvFail" (printf "kernel: must be odd so pooling keeps positions centred, got %d (values: kvParams.kernel)" (int64 $s.kernel)) -}}
+{{- if and (hasKey $s "pool_size") (eq (mod (int64 $s.pool_size) 2) 0) -}}
+  {{- $name := get $given "pool_size" | default "pool_size" -}}
+  {{- include "kvcomp-vllm.kvFail" (printf "%s: must be odd so pooling keeps positions centred, got %d (values: kvParams.%s)" $name (int64 $s.pool_size) (camelcase $name | untitle)) -}}
 {{- end -}}
 {{- if and (hasKey $s "pooling") (not (has $s.pooling (list "avg" "max"))) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "pooling: must be avg or max, got %v (values: kvParams.pooling)" $s.pooling) -}}
