@@ -19,13 +19,28 @@ from ..config import POLICY_FIELDS, KVPolicyConfig, request_config, settings_err
 from ..policies import KVPolicy, incompatibility, make_policy
 from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
 from .metrics import count_refused_override
-from .settings import adopt_new_names, client_prefix, override_rules, request_overrides, request_policy, server_policy
+from .settings import (
+    adopt_new_names,
+    client_prefix,
+    override_rules,
+    request_overrides,
+    request_policy,
+    resolve,
+    server_policy,
+)
 
 
 def check_request(vllm_config, sampling_params) -> KVPolicyConfig:
-    """The settings a request runs with; ValueError, naming the field as sent, where they cannot be served."""
-    overrides = request_overrides(sampling_params)
+    """The settings a request runs with, resolved once into its sampling params (`settings.resolve`)
+    for every later stage; ValueError, naming the field as sent, where they cannot be served."""
     server = server_policy(vllm_config)
+    config = _checked_config(vllm_config, server, sampling_params)
+    resolve(sampling_params, None if config == server.config else config)
+    return config
+
+
+def _checked_config(vllm_config, server: KVPolicy, sampling_params) -> KVPolicyConfig:
+    overrides = request_overrides(sampling_params)
     if not overrides:
         return server.config
     prefix = client_prefix(sampling_params)

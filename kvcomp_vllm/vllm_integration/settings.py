@@ -93,12 +93,25 @@ def client_prefix(sampling_params: Any) -> str:
     return FLAT_PREFIX if any(k.startswith(FLAT_PREFIX) for k in extra) else ""
 
 
+RESOLVED_KEY = "kvcomp_resolved"  # extra_args: the settings admission resolved for the request (JSON)
+
+
+def resolve(sampling_params: Any, config: KVPolicyConfig | None) -> None:
+    """Record the settings admission resolved for a request, where they differ from the server's
+    (`config`; None: the server's). It replaces whatever a client sent under that key."""
+    extra = getattr(sampling_params, "extra_args", None)
+    if config is not None:
+        sampling_params.extra_args = {**(extra or {}), RESOLVED_KEY: config.model_dump_json(exclude_unset=True)}
+    elif extra and RESOLVED_KEY in extra:
+        sampling_params.extra_args = {k: v for k, v in extra.items() if k != RESOLVED_KEY}
+
+
 def request_policy(server: KVPolicy, sampling_params: Any) -> KVPolicy:
-    """The policy one request runs with: the server's, or the server's with the request's fields on top."""
-    overrides = request_overrides(sampling_params)
-    if not overrides:
-        return server
-    return _policy(request_config(server.config, overrides).model_dump_json(exclude_unset=True), server.num_layers)
+    """The policy a request runs with, as admission resolved it (`resolve`): every stage after
+    admission (scheduler, block accounting, workers, metrics) reads this and merges nothing."""
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    resolved = extra.get(RESOLVED_KEY)
+    return server if resolved is None else _policy(resolved, server.num_layers)
 
 
 @lru_cache(maxsize=256)
