@@ -57,3 +57,9 @@ def test_presets_lists_every_yaml_with_its_settings(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "configs/pod-35pct.yaml: pod group_size=4 recent=1024 sink=4" in lines
     assert len(lines) == 4
+
+
+def test_bench_serve_runs_the_serving_benchmark(capfd):
+    assert main(["bench", "serve", "--preset", "h200-8b", "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("vanilla: vllm serve MODEL ") and "windowkv-12pct: vllm serve MODEL " in out
