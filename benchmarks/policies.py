@@ -9,10 +9,12 @@ Every configuration runs in a fresh process on a KV pool of the same bytes; vani
 without the plugin loaded and with its default settings. Reported, from vLLM's own block pool and
 scheduler: the pool's capacity in tokens (all layers), the KV memory a request holds after prefill
 (blocks of every KV cache group times their bytes) and at its peak, the requests of that size the pool holds (capacity),
-peak concurrently running requests in this run, prefill time (the
-batch with one output token; presets without a prefill pass report 0), decode time (the rest of the
+peak concurrently running requests in this run, prefill time (a batch of other prompts of the same
+length with one output token; presets without a prefill pass report 0), decode time (the rest of the
 full run), output tokens per second end to end, and output tokens per second over decode-only steps
 (every running request decodes, none prefills: the steady state whose batch size the KV pool limits).
+Each timed pass gets prompts no earlier pass has seen (`pass_prompts`), and each row names the
+engine's prefix-caching setting: vanilla keeps vLLM's default (on), compressing engines turn it off.
 A configuration vLLM refuses to start (a prompt longer than the pool, without `prefill_chunk`) is
 reported with vLLM's reason. Results go to benchmarks/results/<preset>.{json,md}.
 """
@@ -119,13 +121,22 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
                         help='extra vLLM engine arguments as JSON, e.g. \'{"async_scheduling": false}\'')
 
 
-def make_prompts(preset: Preset, requests: int, vocab_size: int, length: int | None = None) -> list[list[int]]:
+def make_prompts(preset: Preset, requests: int, vocab_size: int, length: int | None = None, seed: int = 0) -> list[list[int]]:
     """`requests` random prompts of the preset's length, or `length` (seeded: every configuration gets the same)."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     size = (length or preset.prompt_len,)
     return [torch.randint(100, vocab_size - 100, size, generator=g).tolist() for _ in range(requests)]
+
+
+def pass_prompts(preset: Preset, requests: int, vocab_size: int) -> dict[str, list[list[int]]]:
+    """The prompts of each timed pass, `prefill` (where the preset has that pass) and `full`, seeded apart:
+    no pass sees an earlier pass's prompts, so vanilla's prefix cache (on by default; compressing engines
+    turn it off) cannot serve the full run from the prefill pass."""
+    passes = {"prefill": 1} if preset.prefill_pass else {}
+    passes["full"] = 0  # the seed of the full run's prompts before the passes were seeded apart
+    return {name: make_prompts(preset, requests, vocab_size, seed=seed) for name, seed in passes.items()}
 
 
 def policy_settings(name: str, preset: Preset) -> dict | None:
@@ -170,12 +181,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     settings = policy_settings(name, preset)
     llm, config, token_bytes, engine = start_engine(args.preset, settings, args.model_root, **args.engine)
     requests = args.requests or preset.requests
-    prompts = make_prompts(preset, requests, config.vocab_size)
+    prompts = pass_prompts(preset, requests, config.vocab_size)
     greedy = dict(temperature=0, ignore_eos=True)
     prefill_s = 0.0
     if preset.prefill_pass:
-        prefill_s = drive(llm, prompts, SamplingParams(max_tokens=1, **greedy), progress=args.progress).seconds
-    full = drive(llm, prompts, SamplingParams(max_tokens=preset.output_len, **greedy), progress=args.progress)
+        prefill_s = drive(llm, prompts["prefill"], SamplingParams(max_tokens=1, **greedy), progress=args.progress).seconds
+    full = drive(llm, prompts["full"], SamplingParams(max_tokens=preset.output_len, **greedy), progress=args.progress)
     scheduler = scheduler_of(llm)
     groups = scheduler.kv_cache_config.kv_cache_groups
     layers = [len(g.layer_names) for g in groups]
@@ -189,6 +200,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         "config": name,
         "settings": settings,
         "engine": {k: v for k, v in engine.items() if k not in ("load_format", "skip_tokenizer_init")},
+        "prefix_caching": llm.llm_engine.vllm_config.cache_config.enable_prefix_caching,  # as the engine runs
         "pool_tokens": pool_tokens,
         "kv_kib_per_request": mean(kib),
         "peak_kv_kib_per_request": peak_kib,
@@ -208,16 +220,17 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| config | pool tokens | KV MiB / request (peak) | capacity (requests) | peak running | prefill s | decode s "
-        "| output tok/s | decode-only tok/s (mean batch) | preemptions |"
+        "| config | prefix caching | pool tokens | KV MiB / request (peak) | capacity (requests) | peak running | prefill s "
+        "| decode s | output tok/s | decode-only tok/s (mean batch) | preemptions |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['config']} | does not start: {r['refused']} |" + " |" * 8)
+            lines.append(f"| {r['config']} | | does not start: {r['refused']} |" + " |" * 8)
             continue
+        caching = {True: "on", False: "off"}.get(r.get("prefix_caching"), "?")
         lines.append(
-            f"| {r['config']} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} "
+            f"| {r['config']} | {caching} | {r['pool_tokens']} | {r['kv_kib_per_request'] / 1024:.1f} "
             f"({r.get('peak_kv_kib_per_request', 0) / 1024:.1f}) | "
             f"{r['capacity_requests']:.1f} | {r['peak_running']} | "
             f"{r['prefill_s']:.2f} | {r['decode_s']:.2f} | {r['output_tok_s']:.1f} | "

@@ -2,7 +2,8 @@
 
     kvcomp-vllm doctor [--kv-policy pyramid --kv-budget 0.1 | --kv-config configs/pyramid-10pct.yaml]
     kvcomp-vllm presets
-    kvcomp-vllm bench [benchmark args, e.g. --preset h100-8b]
+    kvcomp-vllm bench [benchmark args, e.g. --preset h100-8b]          (benchmarks/policies.py)
+    kvcomp-vllm bench serve [args, e.g. --preset h200-8b --rates 0.5,1]   (benchmarks/serve.py)
     kvcomp-vllm eval --model DIR [--policies ... --budgets ... --lengths ...]   (kvcomp_vllm/eval/)
 """
 
@@ -20,6 +21,7 @@ from .config import load_preset
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 PRESETS = SOURCE_ROOT / "configs"
 BENCHMARK = SOURCE_ROOT / "benchmarks" / "policies.py"
+SERVE_BENCHMARK = SOURCE_ROOT / "benchmarks" / "serve.py"
 
 
 def _version(dist: str) -> str:
@@ -92,8 +94,11 @@ def presets(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace, rest: list[str]) -> int:
-    """Run benchmarks/policies.py with the remaining arguments."""
-    return subprocess.call([sys.executable, str(BENCHMARK), *rest])
+    """Run benchmarks/policies.py with the remaining arguments; `bench serve ...`: benchmarks/serve.py."""
+    script = BENCHMARK
+    if rest[:1] == ["serve"]:
+        script, rest = SERVE_BENCHMARK, rest[1:]
+    return subprocess.call([sys.executable, str(script), *rest])
 
 
 def evaluate(args: argparse.Namespace) -> int:

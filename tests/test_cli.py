@@ -81,3 +81,9 @@ def test_doctor_lists_the_patched_vllm_internals(capsys):
     assert len(out) == len(PATCHED_INTERNALS)
     assert "  EngineArgs.add_cli_args: the --kv-* flags [checked on vLLM 0.26.0 (CUDA), 0.32.0 (CPU)]" in out
     assert out[-1] == "  AsyncModelRunnerOutput.get_output: set per output: failures carried once resolved [checked on vLLM 0.26.0 (CUDA)]"
+
+
+def test_bench_serve_runs_the_serving_benchmark(capfd):
+    assert main(["bench", "serve", "--preset", "h200-8b", "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("vanilla: vllm serve MODEL ") and "windowkv-12pct: vllm serve MODEL " in out
