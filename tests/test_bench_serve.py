@@ -22,9 +22,9 @@ PERCENTILE_KEYS = [f"p{q}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for q
 
 def test_config_specs_become_serve_flags():
     assert bench.parse_config("vanilla") == bench.ServeConfig("vanilla", (), False)
-    snap = bench.parse_config("snapkv-10%=snapkv:budget=0.1,kernel=15")
+    snap = bench.parse_config("snapkv-10%=snapkv:budget=0.1,pool_size=15")
     assert snap == bench.ServeConfig(
-        "snapkv-10%", ("--kv-policy", "snapkv", "--kv-budget", "0.1", "--kv-kernel", "15"), True)
+        "snapkv-10%", ("--kv-policy", "snapkv", "--kv-budget", "0.1", "--kv-pool-size", "15"), True)
     assert bench.parse_config("windowkv:budget=0.12,window-size=8").args[-2:] == ("--kv-window-size", "8")
     preset = bench.parse_config("configs/pyramid-10pct.yaml")
     assert preset.name == "pyramid-10pct"
