@@ -22,6 +22,12 @@ from .compat import FullAttentionManager, FullAttentionSpec, cdiv
 from .settings import request_policy
 
 
+def kept_blocks(computed: int, evicted: int, block_size: int) -> int:
+    """Blocks one KV cache group keeps of a request once `evicted` of its `computed` tokens are gone
+    (`KVPolicy.evicted_after`): the count the scheduler frees down to and the worker cuts its rows to."""
+    return cdiv(computed - evicted, block_size)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompressedAttentionSpec(FullAttentionSpec):
     """Full attention whose prompt KV is compressed to the budget of `layer`'s tier."""
@@ -107,7 +113,7 @@ class CompressedAttentionManager(FullAttentionManager):
         if evicted > self.evicted.get(request_id, 0):
             self.evicted[request_id] = evicted
             blocks = self.req_to_blocks[request_id]
-            keep = cdiv(computed - evicted, self.block_size)
+            keep = kept_blocks(computed, evicted, self.block_size)
             freed = blocks[keep:]
             del blocks[keep:]
             self.block_pool.free_blocks(reversed(freed))

@@ -12,8 +12,8 @@ from ..cache_layout import MemberLayout
 from ..config import KVPolicyConfig
 from ..policies import KVPolicy, RequestCompressor, make_policy
 from . import compacted
-from .compat import GPUModelRunner, cdiv, init_logger, set_row_num_blocks
-from .kv_spec import CompressedAttentionSpec
+from .compat import GPUModelRunner, init_logger, set_row_num_blocks
+from .kv_spec import CompressedAttentionSpec, kept_blocks
 from .settings import engine_policy, num_layers, request_policy
 
 logger = init_logger("vllm.kvcomp")
@@ -128,7 +128,7 @@ class WorkerCompression:
         after = state.evicted_after(state.compacted_at)
         for group, tier in enumerate(self.group_tiers):
             if tier is not None and after[tier] > state.evicted[tier]:
-                keep = cdiv(num_computed - after[tier], runner.input_batch.block_table[group].block_size)
+                keep = kept_blocks(num_computed, after[tier], runner.input_batch.block_table[group].block_size)
                 del block_ids[group][keep:]
                 if row is not None:
                     set_row_num_blocks(runner.input_batch.block_table[group], row, keep)
