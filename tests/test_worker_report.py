@@ -40,7 +40,9 @@ def test_workers_answer_the_rpc_by_name():
     compacted.record("pyramid", 100, [60, 40], block_size=16)
     wrapper = WorkerWrapperBase(rpc_rank=1, global_rank=3)
     report = getattr(WorkerWrapperBase, RPC_METHOD)(wrapper)
-    assert report == worker_report(wrapper) == {"rank": 3, "timings": timing.snapshot(), "compacted": compacted.snapshot()}
+    assert report == worker_report(wrapper) == {
+        "rank": 3, "engine": 0, "timings": timing.snapshot(), "compacted": compacted.snapshot()
+    }
 
 
 def scrape(reports: list[dict]) -> str:

@@ -3,8 +3,9 @@
 The front end counts the requests it admits, by the policy each runs with. What the prompts kept
 is measured on the workers (`compacted`: token-layers kept and evicted, KV blocks of one layer
 saved, the share of prompt KV kept), as are scoring and compaction times (`timing`); the API server
-pulls both from the workers when `/metrics` is scraped. Counts come from one tensor-parallel rank
-(every rank compacts the same tokens, each for its own heads); timings carry a `rank` label.
+pulls both from the workers of every engine when `/metrics` is scraped. Counts come from one
+tensor-parallel rank per engine (every rank compacts the same tokens, each for its own heads), summed
+over data-parallel engines (each request runs on one); timings carry a `rank` label, unique across engines.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.utils import floatToGoString
 
 from .compacted import RATIO_BUCKETS
-from .compat import InputProcessor, init_logger, patch
+from .compat import InputProcessor, init_logger, patch, prometheus_registry_owners, rpc_every_engine
 from .report import RPC_METHOD, install_report_rpc
 from .settings import request_policy, server_policy
 from .timing import BUCKETS, STAGES
@@ -49,18 +50,33 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], bounds: tuple, 
     family.add_metric(labels, list(zip([floatToGoString(b) for b in bounds] + ["+Inf"], cumulative)), total)
 
 
+def _summed(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
+    """`compacted.snapshot()`s of several engines added up, policy by policy."""
+    total: dict[str, dict] = {}
+    for snapshot in snapshots:
+        for policy, c in snapshot.items():
+            into = total.setdefault(policy, {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * len(c["ratio"][0]), 0.0]})
+            for key in ("kept", "evicted", "blocks_saved"):
+                into[key] += c[key]
+            into["ratio"] = [[a + b for a, b in zip(into["ratio"][0], c["ratio"][0])], into["ratio"][1] + c["ratio"][1]]
+    return total
+
+
 class WorkerReports:
     """Collector of what the workers last reported (`report.worker_report`): per-rank timing
-    histograms by policy, and the lowest rank's counts of what compaction kept."""
+    histograms by policy, and each engine's lowest rank's counts of what compaction kept, summed."""
 
     def __init__(self):
         self.timings: dict[int, dict] = {}  # rank -> timing.snapshot()
-        self.compacted: dict[str, dict] = {}  # compacted.snapshot() of the lowest rank
+        self.compacted: dict[str, dict] = {}  # compacted.snapshot() of each engine's lowest rank, summed
 
     def update(self, reports: list[dict]) -> None:
         """Replace the values by these workers' reports."""
         self.timings = {r["rank"]: r["timings"] for r in reports}
-        self.compacted = min(reports, key=lambda r: r["rank"])["compacted"] if reports else {}
+        lowest: dict[int, dict] = {}
+        for r in sorted(reports, key=lambda r: r["rank"]):
+            lowest.setdefault(r.get("engine", 0), r)
+        self.compacted = _summed([r["compacted"] for r in lowest.values()])
 
     def describe(self):
         return self._families()
@@ -96,7 +112,7 @@ async def pull_worker_reports(engine_client, timeout: float = 5.0) -> None:
     """Refresh the workers' numbers; they answer between engine steps. A busy or dead engine leaves
     the last values in place rather than failing `/metrics`."""
     try:
-        reports = await asyncio.wait_for(engine_client.collective_rpc(RPC_METHOD), timeout)
+        reports = await asyncio.wait_for(rpc_every_engine(engine_client, RPC_METHOD), timeout)
     except Exception as err:  # noqa: BLE001 - any failure here must not fail the scrape
         logger.warning("kvcomp: worker metrics not refreshed (%s: %s)", type(err).__name__, err)
         return
@@ -135,7 +151,19 @@ def _process_inputs(original):
     return process_inputs
 
 
+def _get_prometheus_registry(original):
+    def get_prometheus_registry():
+        registry = original()
+        if registry is not REGISTRY:  # several API servers: vLLM serves a multiprocess registry
+            registry.register(metrics().workers)
+        return registry
+
+    return get_prometheus_registry
+
+
 def install_metrics_hooks() -> None:
     """Count every request vLLM admits, and let the API server read the workers' reports (idempotent)."""
     patch(InputProcessor, "process_inputs", _process_inputs)
+    for prometheus in prometheus_registry_owners():
+        patch(prometheus, "get_prometheus_registry", _get_prometheus_registry)
     install_report_rpc()
