@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import PromptView, RequestCompressor, make_policy
-from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model, synthetic_text
+from kvcomp_vllm.testing import synthetic_text
 from kvcomp_vllm.vllm_integration.metrics import WorkerReports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,13 +232,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def kv4_dir(tmp_path_factory):
-    """A tiny Llama with 4 KV heads (8 query heads), so TP=2 gives each rank two."""
-    spec = TinyModelSpec(arch="llama", num_heads=8, num_kv_heads=4, head_dim=32)
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama-kv4", spec)
-
-
 def prompts_of(model_dir, lengths: list[int]) -> list[list[int]]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return [tokenizer(" ".join(synthetic_text(60, 90 + i))).input_ids[:n] for i, n in enumerate(lengths)]
@@ -272,7 +265,8 @@ def served(reports: list[dict]) -> dict:
 
 
 @pytest.mark.vllm
-def test_tp2_serves_every_policy_as_tp1_does(kv4_dir, tmp_path):
+def test_tp2_serves_every_policy_as_tp1_does(tiny_llama_kv4_dir, tmp_path):
+    kv4_dir = tiny_llama_kv4_dir
     lengths = [400 + 37 * i for i in range(len(OVERRIDES) - 1)] + [60]
     good = prompts_of(kv4_dir, lengths)
     poisoned = prompts_of(kv4_dir, list(POISON))

@@ -185,8 +185,6 @@ PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("LLM.beam_search", "beam search refused when compressing (on the MRO class defining it)", CHECKED),
     ("Scheduler._mamba_block_aligned_split", "set per scheduler: the chunk-split hook (split_chunks_at)", CHECKED),
     ("WorkerWrapperBase.kvcomp_report", "added: the workers' metrics RPC (add_worker_method)", CHECKED),
-    ("prometheus.get_prometheus_registry", "the workers' metrics join a multiprocess registry (several API servers)",
-     ("0.32.0 (CPU)",)),
     # vLLM's CPU platform turns async scheduling off, so only CUDA runs this one:
     ("AsyncModelRunnerOutput.get_output", "set per output: failures carried once resolved", ("0.26.0 (CUDA)",)),
 )
@@ -431,17 +429,7 @@ async def rpc_every_engine(engine_client, method: str) -> list:
     return await engine_client.collective_rpc(method)
 
 
-__all__ += ["prometheus_registry_owners", "rpc_every_engine", "worker_engine"]
-
-
-def prometheus_registry_owners() -> list:
-    """The vLLM modules whose `get_prometheus_registry` picks the registry `/metrics` serves: the one
-    defining it, and (0.32) the router module that imported it by name, where this process loaded it
-    (API servers do before plugins load; engine and worker processes never serve `/metrics`)."""
-    import vllm.v1.metrics.prometheus as prometheus
-
-    router = sys.modules.get("vllm.entrypoints.serve.instrumentator.metrics")
-    return [m for m in (prometheus, router) if m is not None and "get_prometheus_registry" in m.__dict__]
+__all__ += ["rpc_every_engine", "worker_engine"]
 
 
 __all__ += ["tp_coordinator"]

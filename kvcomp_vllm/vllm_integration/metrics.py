@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from .compacted import RATIO_BUCKETS
-from .compat import InputProcessor, init_logger, patch, prometheus_registry_owners, rpc_every_engine
+from .compat import InputProcessor, init_logger, patch, rpc_every_engine
 from .report import RPC_METHOD, install_report_rpc
 from .settings import request_policy, server_policy
 from .timing import BUCKETS, STAGES
@@ -120,6 +120,17 @@ async def pull_worker_reports(engine_client, timeout: float = 5.0) -> None:
 
 
 _METRICS: list[_Metrics] = []
+_WORKERS_ONLY: list[CollectorRegistry] = []
+
+
+def worker_metrics_text() -> bytes:
+    """The workers' families in Prometheus text form, for a `/metrics` that vLLM answers from its
+    multiprocess registry (several API servers), which holds no custom collector."""
+    if not _WORKERS_ONLY:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(metrics().workers)
+        _WORKERS_ONLY.append(registry)
+    return generate_latest(_WORKERS_ONLY[0])
 
 
 def metrics() -> _Metrics:
@@ -151,19 +162,7 @@ def _process_inputs(original):
     return process_inputs
 
 
-def _get_prometheus_registry(original):
-    def get_prometheus_registry():
-        registry = original()
-        if registry is not REGISTRY:  # several API servers: vLLM serves a multiprocess registry
-            registry.register(metrics().workers)
-        return registry
-
-    return get_prometheus_registry
-
-
 def install_metrics_hooks() -> None:
     """Count every request vLLM admits, and let the API server read the workers' reports (idempotent)."""
     patch(InputProcessor, "process_inputs", _process_inputs)
-    for prometheus in prometheus_registry_owners():
-        patch(prometheus, "get_prometheus_registry", _get_prometheus_registry)
     install_report_rpc()
