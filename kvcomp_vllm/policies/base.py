@@ -57,7 +57,7 @@ class PromptView:
         """Scores of the tokens before the last `w = min(window, prompt_len)`, and `w`: the observation window.
 
         With fewer queries than `w` (a short last chunk) the scores come from those, and the window's
-        tokens stay kept as a whole, as when the prompt is compressed once. Each window is scored once per view.
+        tokens stay kept as a whole, as when the prompt is compressed once. Each window is scored once a view.
         """
         w = min(window, self.prompt_len)
         if w not in self._observed:

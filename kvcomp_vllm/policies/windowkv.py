@@ -53,7 +53,7 @@ def group_budgets(budget: int, window: int, groups: int, group_size: int, prompt
 
 
 def head_window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
-    """Each head's part of each `size`-token window's score (the last window may be shorter): `[heads, windows]`.
+    """Each head's part of each `size`-token window's score (the last may be shorter): `[heads, windows]`.
 
     "average": the sum of the head's token scores in the window; "max": the mean of its top `size // 2`.
     `combine_heads` turns them into the windows' scores over all heads.
@@ -82,7 +82,7 @@ def combine_heads(per_head: torch.Tensor, m: int, size: int, scoring: str) -> to
 
 
 def window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
-    """Score of each `size`-token window of the prefix (the last may be shorter), over all heads: `[windows]`."""
+    """Score of each `size`-token window of the prefix (the last may be shorter), all heads: `[windows]`."""
     return combine_heads(head_window_scores(scores, size, scoring), scores.shape[-1], size, scoring)
 
 
@@ -143,7 +143,7 @@ class WindowKVPolicy(KVPolicy):
         return "max" if concentration >= self.config.concentration_threshold else "average"
 
     def _observed(self, prompt: PromptView) -> dict[str, int]:
-        """Per scoring this layer may use, its observation window over the view (max: `window`, average: half)."""
+        """Per scoring this layer may use, its observation window (max: `window`, average: half of it)."""
         windows = {"max": self.config.window, "average": max(1, self.config.window // 2)}
         chosen = windows if self.config.window_scoring == "auto" else {self.config.window_scoring: None}
         return {k: min(windows[k], prompt.prompt_len) for k in chosen}

@@ -149,14 +149,15 @@ class CompressingAttention:
             request = state.requests[span.req_id]
             # The block rows are cut as planned even for a failed request: the scheduler has freed its blocks.
             request.compacted_at = span.point
-            exchange = state.head_exchange(span.req_id, layer_idx, span)  # tensor parallelism: with the other ranks
+            exchange = state.head_exchange(span.req_id, layer_idx, span)  # with the other TP ranks
             if span.req_id in state.failed:
                 if exchange is not None:
                     exchange.stand_in()
                 continue
             held = span.point - request.evicted[tier]  # prompt positions the layer holds; after a move, those it kept
             try:
-                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata, exchange)
+                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata,
+                                    exchange)
             except Exception:
                 if exchange is not None:
                     exchange.stand_in()
@@ -174,7 +175,8 @@ class CompressingAttention:
         if rows:
             flush()
 
-    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata, exchange=None):
+    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata,
+              exchange=None):
         """Score and plan one request at its compression point: the move sources of its kept tokens,
         or None where this layer keeps its cache as it is. `exchange` gathers head statistics across
         tensor-parallel ranks where the request's rule spans heads."""

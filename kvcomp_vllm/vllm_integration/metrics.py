@@ -55,10 +55,12 @@ def _summed(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
     total: dict[str, dict] = {}
     for snapshot in snapshots:
         for policy, c in snapshot.items():
-            into = total.setdefault(policy, {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * len(c["ratio"][0]), 0.0]})
+            empty = {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * len(c["ratio"][0]), 0.0]}
+            into = total.setdefault(policy, empty)
             for key in ("kept", "evicted", "blocks_saved"):
                 into[key] += c[key]
-            into["ratio"] = [[a + b for a, b in zip(into["ratio"][0], c["ratio"][0])], into["ratio"][1] + c["ratio"][1]]
+            (buckets, ratio_sum), (more, more_sum) = into["ratio"], c["ratio"]
+            into["ratio"] = [[a + b for a, b in zip(buckets, more)], ratio_sum + more_sum]
     return total
 
 

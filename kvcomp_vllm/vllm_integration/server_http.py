@@ -126,7 +126,8 @@ class WorkerReportsMiddleware:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].rstrip("/") != "/metrics" or not engine_policy(served_config()):
+        metrics_path = scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics"
+        if not metrics_path or not engine_policy(served_config()):
             return await self.app(scope, receive, send)
         client = engine_client_of(scope)
         if client is not None:
@@ -146,7 +147,8 @@ class WorkerReportsMiddleware:
                 if not message.get("more_body"):
                     content = b"".join(body) + worker_metrics_text()
                     headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                    await send({**start, "headers": [*headers, (b"content-length", str(len(content)).encode())]})
+                    length = (b"content-length", str(len(content)).encode())
+                    await send({**start, "headers": [*headers, length]})
                     await send({"type": "http.response.body", "body": content})
             else:
                 if start:

@@ -1,4 +1,4 @@
-"""Tensor parallelism: every rank decides as one device holding all KV heads would, and fails what any rank fails.
+"""Tensor parallelism: ranks decide as one device holding all KV heads would, and fail what any rank fails.
 
 vLLM's tensor-parallel ranks each hold a contiguous slice of a layer's KV heads (where the model has
 fewer KV heads than ranks, each head on `replicas` consecutive ranks) and run the same scheduler output,
@@ -34,7 +34,7 @@ class TPGroup:
 
     size: int
     cpu_group: object  # a gloo ProcessGroup: headers and failure flags
-    all_gather: Callable[[torch.Tensor], torch.Tensor]  # device rows of every rank, stacked along dim 0 in rank order
+    all_gather: Callable[[torch.Tensor], torch.Tensor]  # every rank's device rows, stacked in rank order
     replicas: int = 1  # consecutive ranks holding each KV head (model KV heads < ranks)
 
     @classmethod
