@@ -29,15 +29,15 @@ def recorded(log: list):
     """Wrap both policies' `select` so each plan (and windowkv's size choice) lands in `log`."""
     windowkv, snapkv = WindowKVPolicy.select, SnapKVPolicy.select
 
-    def select_windowkv(self, layer, prompt):
-        plan = windowkv(self, layer, prompt)
+    def select_windowkv(self, layer, prompt, heads=None):
+        plan = windowkv(self, layer, prompt, heads)
         scores = prompt.scores(min(self.config.window, prompt.prompt_len))
         selectable = self.view_budget(layer, prompt) - min(self.config.window, prompt.prompt_len)
         log.append((self.window_size(scores, selectable), attention_concentration(scores), plan.keep))
         return plan
 
-    def select_snapkv(self, layer, prompt):
-        plan = snapkv(self, layer, prompt)
+    def select_snapkv(self, layer, prompt, heads=None):
+        plan = snapkv(self, layer, prompt, heads)
         log.append((None, None, plan.keep))
         return plan
 

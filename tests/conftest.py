@@ -33,6 +33,13 @@ def tiny_llama_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", TinyModelSpec(arch="llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_kv4_dir(tmp_path_factory):
+    """A tiny Llama with 4 KV heads (8 query heads), so TP=2 gives each rank two."""
+    spec = TinyModelSpec(arch="llama", num_heads=8, num_kv_heads=4, head_dim=32)
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama-kv4", spec)
+
+
 @pytest.fixture(autouse=True)
 def release_gpu_memory():
     """After each test, free what its engines and models held on the GPU, so the next engine's memory

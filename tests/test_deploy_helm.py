@@ -235,6 +235,20 @@ def test_gpus_tensor_parallelism_and_scheduling(tmp_path):
     assert "nvidia.com/gpu" not in container(cpu)["resources"].get("limits", {})
 
 
+def test_gpus_default_to_one_per_worker_with_shared_memory_for_nccl(tmp_path):
+    tp = render(tmp_path, {"tensorParallelSize": 2})
+    assert container(tp)["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "--data-parallel-size" not in container(tp)["args"]
+    pod = tp["Deployment"]["spec"]["template"]["spec"]
+    shm = {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
+    assert shm == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container(tp)["volumeMounts"]
+    dp = render(tmp_path, {"tensorParallelSize": 2, "dataParallelSize": 2})
+    assert flag(container(dp)["args"], "--data-parallel-size") == "2"
+    assert container(dp)["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container(render(tmp_path, {"gpu": {"count": 8}, "tensorParallelSize": 2}))["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
@@ -242,6 +256,17 @@ def test_gpus_tensor_parallelism_and_scheduling(tmp_path):
             {"gpu": {"count": 2}, "tensorParallelSize": 4},
             "tensorParallelSize: 4 workers need 4 GPUs per pod, but gpu.count is 2",
         ),
+        (
+            {"gpu": {"count": 2}, "tensorParallelSize": 2, "dataParallelSize": 2},
+            "tensorParallelSize x dataParallelSize: 4 workers need 4 GPUs per pod, but gpu.count is 2",
+        ),
+        ({"dataParallelSize": 0}, "dataParallelSize: must be an integer >= 1, got 0"),
+        ({"extraArgs": ["--data-parallel-size", "2"]}, "extraArgs: --data-parallel-size is set by the chart: use dataParallelSize"),
+        (
+            {"extraArgs": ["--pipeline-parallel-size=2"]},
+            "extraArgs: --pipeline-parallel-size=2: kvcomp refuses pipeline parallelism",
+        ),
+        ({"extraArgs": ["-pp", "2"]}, "extraArgs: -pp: kvcomp refuses pipeline parallelism"),
         ({"tensorParallelSize": 0}, "tensorParallelSize: must be an integer >= 1, got 0"),
         ({"extraArgs": ["--enforce-eager"]}, "extraArgs: --enforce-eager is set by the chart: use enforceEager"),
         ({"model": ""}, "model: set the model to serve"),

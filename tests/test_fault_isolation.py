@@ -26,10 +26,10 @@ POISON_LEN = 301  # requests whose prompt has this many tokens fail in scoring
 
 
 def failing_plan(original):
-    def plan(self, layer, view):
+    def plan(self, layer, view, *args, **kwargs):
         if view.context_len == POISON_LEN and layer == 1:  # after layer 0 compacted: a half-compacted cache
             raise RuntimeError("injected scoring fault")
-        return original(self, layer, view)
+        return original(self, layer, view, *args, **kwargs)
 
     return plan
 
@@ -60,10 +60,10 @@ def test_a_scoring_fault_fails_only_its_request(tiny_llama_dir, hf_llama, monkey
 SITECUSTOMIZE = f'''
 from kvcomp_vllm.policies import RequestCompressor
 _plan = RequestCompressor.plan
-def plan(self, layer, view):
+def plan(self, layer, view, *args, **kwargs):
     if view.context_len == {POISON_LEN}:
         raise RuntimeError("injected scoring fault")
-    return _plan(self, layer, view)
+    return _plan(self, layer, view, *args, **kwargs)
 RequestCompressor.plan = plan
 '''
 

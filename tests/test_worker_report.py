@@ -40,7 +40,9 @@ def test_workers_answer_the_rpc_by_name():
     compacted.record("pyramid", 100, [60, 40], block_size=16)
     wrapper = WorkerWrapperBase(rpc_rank=1, global_rank=3)
     report = getattr(WorkerWrapperBase, RPC_METHOD)(wrapper)
-    assert report == worker_report(wrapper) == {"rank": 3, "timings": timing.snapshot(), "compacted": compacted.snapshot()}
+    assert report == worker_report(wrapper) == {
+        "rank": 3, "engine": 0, "timings": timing.snapshot(), "compacted": compacted.snapshot()
+    }
 
 
 def scrape(reports: list[dict]) -> str:
@@ -77,3 +79,16 @@ def test_only_the_lowest_ranks_counts_are_served():
     compacted.record("snapkv", 300, [96] * 4, block_size=32)
     text = scrape([{"rank": 1, "timings": {}, "compacted": compacted.snapshot()}, {"rank": 0, "timings": {}, "compacted": low}])
     assert 'vllm:kvcomp_prompt_tokens_total{outcome="kept",policy="snapkv"} 384.0' in text
+
+
+def test_data_parallel_engines_counts_add_up_and_their_ranks_stay_apart():
+    compacted.record("snapkv", 300, [96] * 4, block_size=32)
+    timing.record("scoring", 0.003, "snapkv")
+    one = {"timings": timing.snapshot(), "compacted": compacted.snapshot()}
+    # Two engines of TP=2: each engine's lowest rank counts its own requests; ranks number all workers.
+    reports = [{"rank": r, "engine": r // 2, **one} for r in range(4)]
+    text = scrape(reports)
+    assert 'vllm:kvcomp_prompt_tokens_total{outcome="kept",policy="snapkv"} 768.0' in text
+    assert 'vllm:kvcomp_kept_ratio_count{policy="snapkv"} 2.0' in text
+    for rank in range(4):
+        assert f'vllm:kvcomp_scoring_seconds_count{{policy="snapkv",rank="{rank}"}} 1.0' in text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import KVPolicyConfig
-from .base import KVPolicy, LayerPlan, PromptView, RequestCompressor, apply_plan
+from .base import HeadGather, KVPolicy, LayerPlan, PromptView, RequestCompressor, apply_plan
 from .full import FullPolicy
 from .pod import PoDPolicy
 from .pyramid import PyramidPolicy, pyramid_budgets, staircase
@@ -43,6 +43,7 @@ def incompatibility(server: KVPolicy, request: KVPolicy) -> str | None:
 
 __all__ = [
     "POLICIES",
+    "HeadGather",
     "KVPolicy",
     "LayerPlan",
     "PromptView",

@@ -8,13 +8,19 @@ of the whole prompt (`PromptView.context_len`), so the cache never outgrows budg
 `PromptView.dense` computes those from dense tensors; the vLLM backend from the paged cache
 (a Triton kernel on GPU), and only for policies that ask. Callers go through `RequestCompressor`,
 which also handles layers that reuse another layer's plan.
+
+Tensor parallelism: a view holds this rank's KV heads only. Head-local rules (SnapKV's per-head top-k)
+need nothing more; a rule that spans the layer's heads (windowkv's windows shared by all heads, the
+attention-concentration statistics) puts what it needs of each head into `head_statistics`, rows that
+the caller gathers from every rank in head order (`RequestCompressor.plan`'s `gather`) and hands to
+`select`, so every rank decides as one device holding all heads would.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +46,7 @@ class PromptView:
     device: torch.device
     scores: Callable[[int], torch.Tensor]
     context_len: int | None = None
+    _observed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def budget_len(self) -> int:
@@ -50,10 +57,12 @@ class PromptView:
         """Scores of the tokens before the last `w = min(window, prompt_len)`, and `w`: the observation window.
 
         With fewer queries than `w` (a short last chunk) the scores come from those, and the window's
-        tokens stay kept as a whole, as when the prompt is compressed once.
+        tokens stay kept as a whole, as when the prompt is compressed once. Each window is scored once a view.
         """
         w = min(window, self.prompt_len)
-        return self.scores(w)[:, : self.prompt_len - w], w
+        if w not in self._observed:
+            self._observed[w] = self.scores(w)[:, : self.prompt_len - w]
+        return self._observed[w], w
 
     @classmethod
     def dense(cls, keys: torch.Tensor, queries: torch.Tensor, scale: float, context_len: int | None = None) -> PromptView:
@@ -155,26 +164,41 @@ class KVPolicy(ABC):
         """Prompt queries the policy scores with: its `window`, or 0 where it never scores."""
         return self.config.window if "window" in POLICY_FIELDS[self.name] else 0
 
+    @property
+    def spans_heads(self) -> bool:
+        """Whether `select` combines statistics over all KV heads of a layer (`head_statistics`)."""
+        return False
+
+    def head_statistics(self, layer: int, prompt: PromptView) -> torch.Tensor | None:
+        """This view's rows `[kv_heads, width]` of what `select` combines over all the layer's heads, or None
+        where it needs none (head-local rules, a layer kept whole). `width` follows from the prompt length
+        and the config alone, so every tensor-parallel rank gathers rows of one shape."""
+        return None
+
     @abstractmethod
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
-        """Plan for `layer` of one request."""
+    def select(self, layer: int, prompt: PromptView, heads: torch.Tensor | None = None) -> LayerPlan:
+        """Plan for `layer` of one request; `heads` holds `head_statistics` of every KV head of the layer."""
 
 
 class ObservedSelection(KVPolicy):
     """SnapKV's frame: keep the observation window, and choose the rest of the layer's budget from the
     window's scores of the prefix. Subclasses say how in `choose`."""
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def select(self, layer: int, prompt: PromptView, heads: torch.Tensor | None = None) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
         scores, w = prompt.observe(self.config.window)
-        return LayerPlan(keep=with_window(self.choose(scores, budget - w), n - w, n))
+        return LayerPlan(keep=with_window(self.choose(scores, budget - w, heads), n - w, n))
 
     @abstractmethod
-    def choose(self, scores: torch.Tensor, count: int) -> torch.Tensor:
-        """`count` prefix positions per KV head, `[kv_heads, count]`, from `[kv_heads, prefix]` scores."""
+    def choose(self, scores: torch.Tensor, count: int, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """`count` prefix positions per KV head, `[kv_heads, count]`, from `[kv_heads, prefix]` scores
+        (and `heads`, the layer's `head_statistics` over all its KV heads, where the policy has them)."""
+
+
+HeadGather = Callable[[torch.Tensor | None], torch.Tensor | None]
 
 
 class RequestCompressor:
@@ -184,10 +208,20 @@ class RequestCompressor:
         self.policy = policy
         self._plans: dict[int, LayerPlan] = {}
 
-    def plan(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def gathers(self, layer: int) -> bool:
+        """Whether planning `layer` gathers head statistics (it selects, and its rule spans heads)."""
+        return self.policy.spans_heads and self.policy.source_layer(layer) == layer
+
+    def plan(self, layer: int, prompt: PromptView, gather: HeadGather | None = None) -> LayerPlan:
+        """`layer`'s plan. `gather` turns this view's `head_statistics` rows into every KV head's (tensor
+        parallelism; it is called exactly once where `gathers(layer)`, even with None); without it the
+        view holds all heads."""
         src = self.policy.source_layer(layer)
         if src == layer:
-            self._plans[layer] = self.policy.select(layer, prompt)
+            heads = self.policy.head_statistics(layer, prompt) if self.policy.spans_heads else None
+            if gather is not None and self.policy.spans_heads:
+                heads = gather(heads)
+            self._plans[layer] = self.policy.select(layer, prompt, heads)
         elif src not in self._plans:
             raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
         return self._plans[src]

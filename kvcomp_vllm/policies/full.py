@@ -13,5 +13,5 @@ class FullPolicy(KVPolicy):
     def layer_budget(self, layer: int, prompt_len: int) -> int:
         return prompt_len
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def select(self, layer: int, prompt: PromptView, heads=None) -> LayerPlan:
         return LayerPlan(keep=None)

@@ -41,7 +41,7 @@ class PoDPolicy(KVPolicy):
         sink = min(self.config.sink, prompt_len)
         return sink, max(prompt_len - sink - self.config.recent, 0)
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def select(self, layer: int, prompt: PromptView, heads=None) -> LayerPlan:
         n = prompt.prompt_len
         if self.layer_budget(layer, n) >= n:
             return LayerPlan(keep=None)

@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 
 
+def concentration_shares(scores: torch.Tensor) -> torch.Tensor:
+    """Per head, the share of its observation attention mass on its top 5% of prefix tokens: `[heads]`."""
+    top = max(1, math.ceil(0.05 * scores.shape[-1]))
+    return scores.topk(top, dim=-1).values.sum(-1) / scores.sum(-1).clamp_min(1e-30)
+
+
 def attention_concentration(scores: torch.Tensor) -> float:
     """Share of the observation attention mass on the top 5% of prefix tokens, mean over heads (windowkv's auto)."""
-    top = max(1, math.ceil(0.05 * scores.shape[-1]))
-    mass = scores.topk(top, dim=-1).values.sum(-1) / scores.sum(-1).clamp_min(1e-30)
-    return float(mass.mean())
+    return float(concentration_shares(scores).mean())
 
 
 def pool_scores(scores: torch.Tensor, pool_size: int, pooling: str) -> torch.Tensor:

@@ -11,5 +11,5 @@ class SnapKVPolicy(ObservedSelection):
 
     name = "snapkv"
 
-    def choose(self, scores, count):
+    def choose(self, scores, count, heads=None):
         return top_positions(pool_scores(scores, self.config.pool_size, self.config.pooling), count)

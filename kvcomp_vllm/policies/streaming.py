@@ -12,7 +12,7 @@ class StreamingPolicy(KVPolicy):
 
     name = "streaming"
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def select(self, layer: int, prompt: PromptView, heads=None) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)
         if budget >= n:

@@ -15,6 +15,10 @@ windows, and each group has its own budget, falling linearly with depth (see `gr
 Departure for the paged cache: a layer keeps exactly its budget. Windows are taken best first and
 the first one that does not fit keeps only its leading tokens, where the official code keeps a
 whole number of windows (a few tokens more or fewer than the budget).
+
+Windows span heads: each head contributes its part of every window's score (and its concentration
+share) as `head_statistics`, and `select` combines the rows of all the layer's heads, so tensor-parallel
+ranks, each holding some heads, choose the windows one device would.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from ..config import WINDOWKV_WINDOW
 from .base import KVPolicy, LayerPlan, PromptView
 from .pyramid import _linear_shares
-from .scoring import attention_concentration, top_positions, with_window
+from .scoring import attention_concentration, concentration_shares, top_positions, with_window
 
 BETA = 14  # the official default: the last group's share is group_size / BETA of the mean share
 
@@ -48,33 +52,54 @@ def group_budgets(budget: int, window: int, groups: int, group_size: int, prompt
     return tuple(window + share for share in _linear_shares(s, groups, bottom))
 
 
-def window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
-    """Score of each `size`-token window of the prefix (the last may be shorter), over all heads: `[windows]`."""
+def head_window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
+    """Each head's part of each `size`-token window's score (the last may be shorter): `[heads, windows]`.
+
+    "average": the sum of the head's token scores in the window; "max": the mean of its top `size // 2`.
+    `combine_heads` turns them into the windows' scores over all heads.
+    """
     heads, m = scores.shape
     count = -(-m // size)
-    lengths = (m - torch.arange(count, device=scores.device) * size).clamp(max=size)
     if scoring == "average":
-        tiles = F.pad(scores, (0, count * size - m)).view(heads, count, size)
-        return tiles.sum(dim=(0, 2)) / (heads * lengths)
+        return F.pad(scores, (0, count * size - m)).view(heads, count, size).sum(-1)
+    lengths = (m - torch.arange(count, device=scores.device) * size).clamp(max=size)
     half = max(1, size // 2)
     tiles = F.pad(scores, (0, count * size - m), value=float("-inf")).view(heads, count, size)
     ranked = tiles.sort(dim=-1, descending=True).values[..., :half]
     used = torch.arange(half, device=scores.device) < lengths.clamp(max=half)[:, None]
-    top_mean = ranked.where(used, torch.zeros((), dtype=scores.dtype, device=scores.device)).sum(-1) / used.sum(-1)
-    return top_mean.mean(dim=0)
+    return ranked.where(used, torch.zeros((), dtype=scores.dtype, device=scores.device)).sum(-1) / used.sum(-1)
+
+
+def combine_heads(per_head: torch.Tensor, m: int, size: int, scoring: str) -> torch.Tensor:
+    """Window scores over all heads from every head's `head_window_scores` of an `m`-token prefix: `[windows]`.
+
+    "average": the mean of the window's token scores over heads and tokens; "max": the mean over heads.
+    """
+    if scoring == "average":
+        lengths = (m - torch.arange(per_head.shape[1], device=per_head.device) * size).clamp(max=size)
+        return per_head.sum(0) / (per_head.shape[0] * lengths)
+    return per_head.mean(dim=0)
+
+
+def window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
+    """Score of each `size`-token window of the prefix (the last may be shorter), all heads: `[windows]`."""
+    return combine_heads(head_window_scores(scores, size, scoring), scores.shape[-1], size, scoring)
 
 
 def select_windows(scores: torch.Tensor, k: int, size: int, scoring: str) -> torch.Tensor:
     """`k` prefix positions, ascending: the best-ranked windows, the last one taken cut to its leading tokens."""
-    m = scores.shape[-1]
-    ranked = window_scores(scores, size, scoring)
+    return take_windows(window_scores(scores, size, scoring), scores.shape[-1], k, size)
+
+
+def take_windows(ranked: torch.Tensor, m: int, k: int, size: int) -> torch.Tensor:
+    """`k` positions of an `m`-token prefix from its windows' scores `ranked`, best window first, ascending."""
     order = top_positions(ranked, ranked.shape[0])  # ties go to the earlier window
     lengths = (m - order * size).clamp(max=size)
     before = lengths.cumsum(0) - lengths
     take = torch.empty_like(order).scatter_(0, order, (k - before).clamp(min=0).minimum(lengths))
-    offsets = torch.arange(size, device=scores.device)
+    offsets = torch.arange(size, device=ranked.device)
     mask = offsets < take[:, None]
-    return (torch.arange(take.shape[0], device=scores.device)[:, None] * size + offsets)[mask]
+    return (torch.arange(take.shape[0], device=ranked.device)[:, None] * size + offsets)[mask]
 
 
 class WindowKVPolicy(KVPolicy):
@@ -99,25 +124,56 @@ class WindowKVPolicy(KVPolicy):
         groups = self.num_layers // self.group_size
         return group_budgets(budget, self.config.window, groups, self.group_size, prompt_len)[layer // self.group_size]
 
+    @property
+    def spans_heads(self) -> bool:
+        return True
+
+    @property
+    def window_tiles(self) -> int:
+        """Tokens per window (`window_size`, default 8)."""
+        return self.config.window_size or WINDOWKV_WINDOW
+
     def scoring(self, scores: torch.Tensor) -> str:
         """The configured window scoring, or (auto) "max" for concentrated observation attention, else "average"."""
+        return self._scoring(attention_concentration(scores))
+
+    def _scoring(self, concentration: float) -> str:
         if self.config.window_scoring != "auto":
             return self.config.window_scoring
-        return "max" if attention_concentration(scores) >= self.config.concentration_threshold else "average"
+        return "max" if concentration >= self.config.concentration_threshold else "average"
 
-    def select(self, layer: int, prompt: PromptView) -> LayerPlan:
+    def _observed(self, prompt: PromptView) -> dict[str, int]:
+        """Per scoring this layer may use, its observation window (max: `window`, average: half of it)."""
+        windows = {"max": self.config.window, "average": max(1, self.config.window // 2)}
+        chosen = windows if self.config.window_scoring == "auto" else {self.config.window_scoring: None}
+        return {k: min(windows[k], prompt.prompt_len) for k in chosen}
+
+    def head_statistics(self, layer: int, prompt: PromptView) -> torch.Tensor | None:
+        """Per head: (auto) its concentration share, then its part of every window's score for each scoring
+        it may use ("max" over the `window` queries, then "average" over the last half)."""
+        if self.view_budget(layer, prompt) >= prompt.prompt_len:
+            return None
+        columns = []
+        for scoring, w in self._observed(prompt).items():
+            scores, _ = prompt.observe(w)
+            if self.config.window_scoring == "auto" and scoring == "max":
+                columns.append(concentration_shares(scores)[:, None])
+            columns.append(head_window_scores(scores, self.window_tiles, scoring))
+        return torch.cat(columns, dim=1).float()
+
+    def select(self, layer: int, prompt: PromptView, heads: torch.Tensor | None = None) -> LayerPlan:
         n = prompt.prompt_len
         budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
-        half_window = max(1, self.config.window // 2)
-        if self.config.window_scoring == "average":
-            scoring, (scores, w) = "average", prompt.observe(half_window)
-        else:
-            scores, w = prompt.observe(self.config.window)
-            scoring = self.scoring(scores)
-            if scoring == "average":
-                scores, w = prompt.observe(half_window)
-        size = self.config.window_size or WINDOWKV_WINDOW
-        chosen = select_windows(scores, budget - w, size, scoring)
+        heads = self.head_statistics(layer, prompt) if heads is None else heads
+        size, observed = self.window_tiles, self._observed(prompt)
+        auto = self.config.window_scoring == "auto"
+        parts, at = {}, int(auto)  # the columns of head_statistics
+        for scoring, w in observed.items():
+            count = -(-(n - w) // size)
+            parts[scoring], at = heads[:, at : at + count], at + count
+        scoring = self._scoring(float(heads[:, 0].mean())) if auto else self.config.window_scoring
+        w = observed[scoring]
+        chosen = take_windows(combine_heads(parts[scoring], n - w, size, scoring), n - w, budget - w, size)
         return LayerPlan(keep=with_window(chosen.expand(prompt.num_kv_heads, -1), n - w, n))

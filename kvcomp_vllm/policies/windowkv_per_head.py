@@ -23,14 +23,17 @@ windows of 32 plus a 7-token run found it in 9 of 12 (benchmarks/results/eval-sm
 
 Layers are grouped `group_size` at a time: the group's first layer scores and selects, and the
 other layers of the group reuse its indices.
+
+The adaptive size is one per layer: each head's concentration share is a `head_statistics` row and the
+size follows their mean over all the layer's heads, whichever tensor-parallel rank holds them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import ObservedSelection
-from .scoring import attention_concentration, top_positions
+from .base import ObservedSelection, PromptView
+from .scoring import concentration_shares, top_positions
 
 MIN_RUNS = 3  # an adaptive window size leaves room for at least this many runs
 
@@ -58,13 +61,25 @@ class PerHeadWindowKVPolicy(ObservedSelection):
     def source_layer(self, layer: int) -> int:
         return layer - layer % self.config.layer_group(self.num_layers)
 
-    def window_size(self, scores: torch.Tensor, selectable: int) -> int:
-        """Configured window size, or the adaptive choice from the attention pattern for `selectable` tokens."""
-        if self.config.window_size not in (None, "auto"):
+    @property
+    def spans_heads(self) -> bool:
+        return self.config.window_size in (None, "auto")
+
+    def head_statistics(self, layer: int, prompt: PromptView) -> torch.Tensor | None:
+        """Each head's concentration share `[kv_heads, 1]` where the window size adapts to it."""
+        if not self.spans_heads or self.view_budget(layer, prompt) >= prompt.prompt_len:
+            return None
+        return concentration_shares(prompt.observe(self.config.window)[0])[:, None].float()
+
+    def window_size(self, scores: torch.Tensor, selectable: int, heads: torch.Tensor | None = None) -> int:
+        """Configured window size, or the adaptive choice from the attention pattern for `selectable` tokens
+        (`heads`: every head's concentration share; else those of `scores`)."""
+        if not self.spans_heads:
             return self.config.window_size
+        shares = concentration_shares(scores) if heads is None else heads[:, 0]
         spread, concentrated = self.config.window_sizes
-        size = concentrated if attention_concentration(scores) >= self.config.concentration_threshold else spread
+        size = concentrated if float(shares.mean()) >= self.config.concentration_threshold else spread
         return max(1, min(size, (selectable - 1) // (MIN_RUNS - 1)))  # then cdiv(selectable, size) >= MIN_RUNS
 
-    def choose(self, scores, count):
-        return select_windows(scores, count, self.window_size(scores, count))
+    def choose(self, scores, count, heads=None):
+        return select_windows(scores, count, self.window_size(scores, count, heads))

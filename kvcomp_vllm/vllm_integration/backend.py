@@ -8,7 +8,8 @@ compression point (the prompt's end, or every `prefill_chunk` tokens), plans eac
 them in one batched move. PoD member layers replace their decode output with
 attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
 member decode are the Triton kernels of `kvcomp_kernels`, compiled when the KV cache is allocated
-(`prepare_caches`); elsewhere their torch references.
+(`prepare_caches`); elsewhere their torch references. Under tensor parallelism each rank scores
+and moves its own KV heads; rules spanning heads gather every rank's statistics first (`tensor_parallel`).
 """
 
 from __future__ import annotations
@@ -148,12 +149,18 @@ class CompressingAttention:
             request = state.requests[span.req_id]
             # The block rows are cut as planned even for a failed request: the scheduler has freed its blocks.
             request.compacted_at = span.point
+            exchange = state.head_exchange(span.req_id, layer_idx, span)  # with the other TP ranks
             if span.req_id in state.failed:
+                if exchange is not None:
+                    exchange.stand_in()
                 continue
             held = span.point - request.evicted[tier]  # prompt positions the layer holds; after a move, those it kept
             try:
-                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata)
+                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata,
+                                    exchange)
             except Exception:
+                if exchange is not None:
+                    exchange.stand_in()
                 state.fail(span.req_id, f"scoring layer {layer_idx}")
                 continue
             if source is not None:
@@ -168,16 +175,18 @@ class CompressingAttention:
         if rows:
             flush()
 
-    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata):
+    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata,
+              exchange=None):
         """Score and plan one request at its compression point: the move sources of its kept tokens,
-        or None where this layer keeps its cache as it is."""
+        or None where this layer keeps its cache as it is. `exchange` gathers head statistics across
+        tensor-parallel ranks where the request's rule spans heads."""
         before = request.evicted[tier]
         plan = None
         if request.evicted_after(span.point)[tier] > before:
             held = span.point - before
             view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
             with timed("scoring", request.compressor.policy.name, key_cache.device):
-                plan = request.compressor.plan(layer_idx, view)
+                plan = request.compressor.plan(layer_idx, view, gather=exchange)
         request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
         if plan is None or plan.keep is None:
             return None

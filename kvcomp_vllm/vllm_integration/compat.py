@@ -408,3 +408,36 @@ __all__ += ["worker_rank"]
 def worker_rank(worker) -> int:
     """A worker's rank in its engine's executor (its tensor-parallel rank: kvcomp refuses pipeline stages)."""
     return int(getattr(worker, "global_rank", 0) or 0)
+
+
+def worker_engine(worker) -> tuple[int, int]:
+    """The data-parallel index of a worker's engine and the engine's worker count (0 and 1 before init)."""
+    config = vars(worker).get("vllm_config")  # not getattr: the wrapper forwards unknown names to its worker
+    parallel = getattr(config, "parallel_config", None)
+    if parallel is None:
+        return 0, 1
+    return int(getattr(parallel, "data_parallel_index", parallel.data_parallel_rank) or 0), parallel.world_size
+
+
+async def rpc_every_engine(engine_client, method: str) -> list:
+    """`collective_rpc(method)` on the workers of every engine the API server's client reaches: a data-parallel
+    client's own `collective_rpc` asks its first engine only. Results of all workers, engine after engine."""
+    core = getattr(engine_client, "engine_core", None)
+    if len(getattr(core, "core_engines", ())) > 1 and hasattr(core, "call_utility_all_async"):
+        per_engine = await core.call_utility_all_async("collective_rpc", method, None, (), None)
+        return [result for results in per_engine for result in results]
+    return await engine_client.collective_rpc(method)
+
+
+__all__ += ["rpc_every_engine", "worker_engine"]
+
+
+__all__ += ["tp_coordinator"]
+
+
+def tp_coordinator():
+    """vLLM's tensor-parallel `GroupCoordinator` of this worker (world_size, cpu_group, all_gather), or None
+    before the distributed groups exist (one-process tests)."""
+    from vllm.distributed import parallel_state
+
+    return parallel_state.get_tp_group() if parallel_state.model_parallel_is_initialized() else None

@@ -204,14 +204,38 @@ def check_cpu_packing(vllm_config) -> None:
     cpu_block_tilings(isa, model.dtype, cache.block_size, head_dim)
 
 
-def _serve_cmd(original):
-    def cmd(args):
-        try:
-            return original(args)
-        except KVSettingsError as err:
-            raise SystemExit(f"vllm serve: error: {err}") from None
+_SERVE_CMD: list = []  # vLLM's own `serve` command, which `serve_cmd` wraps
 
-    return cmd
+
+def serve_cmd(args):
+    """`vllm serve`, printing kvcomp's settings errors as one line. A module-level function, since vLLM
+    pickles it with the parsed args to the API server processes it spawns (`--data-parallel-size`,
+    `--api-server-count`)."""
+    try:
+        fold_kv_args(args)
+        return _SERVE_CMD[-1](args)
+    except KVSettingsError as err:
+        raise SystemExit(f"vllm serve: error: {err}") from None
+
+
+def fold_kv_args(args) -> None:
+    """Write the `--kv-*` flags into the parsed args' `additional_config` and list kvcomp's middlewares.
+
+    API server processes that vLLM spawns (data parallelism, `--api-server-count`) build their engine
+    args from these args before the plugin is loaded there, so `from_cli_args`'s hook misses them.
+    """
+    from .server_http import add_middleware
+
+    add_middleware(args)
+    settings = settings_from_args(args)
+    if settings is not None and hasattr(args, "additional_config"):
+        extra = args.additional_config or {}
+        args.additional_config = {**extra, CONFIG_KEY: settings, OVERRIDES_KEY: override_rules_from_args(args)}
+
+
+def _serve_cmd(original):
+    _SERVE_CMD.append(original)
+    return serve_cmd
 
 
 def _add_cli_args(original):

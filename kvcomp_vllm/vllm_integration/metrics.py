@@ -3,20 +3,21 @@
 The front end counts the requests it admits, by the policy each runs with. What the prompts kept
 is measured on the workers (`compacted`: token-layers kept and evicted, KV blocks of one layer
 saved, the share of prompt KV kept), as are scoring and compaction times (`timing`); the API server
-pulls both from the workers when `/metrics` is scraped. Counts come from one tensor-parallel rank
-(every rank compacts the same tokens, each for its own heads); timings carry a `rank` label.
+pulls both from the workers of every engine when `/metrics` is scraped. Counts come from one
+tensor-parallel rank per engine (every rank compacts the same tokens, each for its own heads), summed
+over data-parallel engines (each request runs on one); timings carry a `rank` label, unique across engines.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from .compacted import RATIO_BUCKETS
-from .compat import InputProcessor, init_logger, patch
+from .compat import InputProcessor, init_logger, patch, rpc_every_engine
 from .report import RPC_METHOD, install_report_rpc
 from .settings import request_policy, server_policy
 from .timing import BUCKETS, STAGES
@@ -49,18 +50,35 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], bounds: tuple, 
     family.add_metric(labels, list(zip([floatToGoString(b) for b in bounds] + ["+Inf"], cumulative)), total)
 
 
+def _summed(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
+    """`compacted.snapshot()`s of several engines added up, policy by policy."""
+    total: dict[str, dict] = {}
+    for snapshot in snapshots:
+        for policy, c in snapshot.items():
+            empty = {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * len(c["ratio"][0]), 0.0]}
+            into = total.setdefault(policy, empty)
+            for key in ("kept", "evicted", "blocks_saved"):
+                into[key] += c[key]
+            (buckets, ratio_sum), (more, more_sum) = into["ratio"], c["ratio"]
+            into["ratio"] = [[a + b for a, b in zip(buckets, more)], ratio_sum + more_sum]
+    return total
+
+
 class WorkerReports:
     """Collector of what the workers last reported (`report.worker_report`): per-rank timing
-    histograms by policy, and the lowest rank's counts of what compaction kept."""
+    histograms by policy, and each engine's lowest rank's counts of what compaction kept, summed."""
 
     def __init__(self):
         self.timings: dict[int, dict] = {}  # rank -> timing.snapshot()
-        self.compacted: dict[str, dict] = {}  # compacted.snapshot() of the lowest rank
+        self.compacted: dict[str, dict] = {}  # compacted.snapshot() of each engine's lowest rank, summed
 
     def update(self, reports: list[dict]) -> None:
         """Replace the values by these workers' reports."""
         self.timings = {r["rank"]: r["timings"] for r in reports}
-        self.compacted = min(reports, key=lambda r: r["rank"])["compacted"] if reports else {}
+        lowest: dict[int, dict] = {}
+        for r in sorted(reports, key=lambda r: r["rank"]):
+            lowest.setdefault(r.get("engine", 0), r)
+        self.compacted = _summed([r["compacted"] for r in lowest.values()])
 
     def describe(self):
         return self._families()
@@ -96,7 +114,7 @@ async def pull_worker_reports(engine_client, timeout: float = 5.0) -> None:
     """Refresh the workers' numbers; they answer between engine steps. A busy or dead engine leaves
     the last values in place rather than failing `/metrics`."""
     try:
-        reports = await asyncio.wait_for(engine_client.collective_rpc(RPC_METHOD), timeout)
+        reports = await asyncio.wait_for(rpc_every_engine(engine_client, RPC_METHOD), timeout)
     except Exception as err:  # noqa: BLE001 - any failure here must not fail the scrape
         logger.warning("kvcomp: worker metrics not refreshed (%s: %s)", type(err).__name__, err)
         return
@@ -104,6 +122,17 @@ async def pull_worker_reports(engine_client, timeout: float = 5.0) -> None:
 
 
 _METRICS: list[_Metrics] = []
+_WORKERS_ONLY: list[CollectorRegistry] = []
+
+
+def worker_metrics_text() -> bytes:
+    """The workers' families in Prometheus text form, for a `/metrics` that vLLM answers from its
+    multiprocess registry (several API servers), which holds no custom collector."""
+    if not _WORKERS_ONLY:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(metrics().workers)
+        _WORKERS_ONLY.append(registry)
+    return generate_latest(_WORKERS_ONLY[0])
 
 
 def metrics() -> _Metrics:

@@ -7,17 +7,18 @@ engine. A response whose request was admitted carries a `kvcomp-policy` header w
 runs with, as resolved from its sampling params. A route that does not carry `kv_*` fields into
 sampling params (`/v1/responses`, `/v1/messages`, ...) answers 400 to a body holding them, rather than
 serving the request with other settings than it asked for. A scrape of `/metrics` first pulls the
-workers' compaction counts and timings.
+workers' compaction counts and timings (and, where vLLM serves its multiprocess registry, appends them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from contextvars import ContextVar
 
 from .admission import check_request
 from .compat import engine_client_of, openai_request_classes, patch
-from .metrics import pull_worker_reports
+from .metrics import pull_worker_reports, worker_metrics_text
 from .settings import FLAT_PREFIX, engine_policy, served_config
 
 HEADER = b"kvcomp-policy"
@@ -125,11 +126,37 @@ class WorkerReportsMiddleware:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics" and engine_policy(served_config()):
-            client = engine_client_of(scope)
-            if client is not None:
-                await pull_worker_reports(client)
-        await self.app(scope, receive, send)
+        metrics_path = scope["type"] == "http" and scope["path"].rstrip("/") == "/metrics"
+        if not metrics_path or not engine_policy(served_config()):
+            return await self.app(scope, receive, send)
+        client = engine_client_of(scope)
+        if client is not None:
+            await pull_worker_reports(client)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # vLLM serves the registry kvcomp's collector is in
+            return await self.app(scope, receive, send)
+        # Several API servers (data parallelism): vLLM answers from a fresh multiprocess registry, which
+        # reads only file-backed metrics; the workers' families follow its text, uncompressed.
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]}
+        start, body = {}, []
+
+        async def append_workers(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body" and start.get("status") == 200:
+                body.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    content = b"".join(body) + worker_metrics_text()
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    length = (b"content-length", str(len(content)).encode())
+                    await send({**start, "headers": [*headers, length]})
+                    await send({"type": "http.response.body", "body": content})
+            else:
+                if start:
+                    await send(start)
+                    start.clear()
+                await send(message)
+
+        await self.app(scope, receive, append_workers)
 
 
 def add_middleware(args) -> None:

@@ -12,9 +12,10 @@ from ..cache_layout import MemberLayout
 from ..config import KVPolicyConfig
 from ..policies import KVPolicy, RequestCompressor, make_policy
 from . import compacted
-from .compat import GPUModelRunner, init_logger, set_row_num_blocks
+from .compat import GPUModelRunner, init_logger, set_row_num_blocks, tp_coordinator
 from .kv_spec import CompressedAttentionSpec, kept_blocks
 from .settings import engine_policy, num_layers, request_policy
+from .tensor_parallel import HeadExchange, TPGroup, failed_anywhere
 
 logger = init_logger("vllm.kvcomp")
 
@@ -61,15 +62,18 @@ class WorkerCompression:
 
     `policy` is the server's: its tiers give the KV cache groups; each request plans with its own.
     `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
+    `tp` is the tensor-parallel group this worker's heads are part of (None on one rank).
     """
 
-    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int):
+    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int, tp: TPGroup | None = None):
         self.policy = policy
         self.move_tokens = move_tokens
+        self.tp = tp
         self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
         self.block_size = next((s.block_size for s in group_specs if isinstance(s, CompressedAttentionSpec)), 1)
         self.counted: set[str] = set()  # requests whose compacted prompt is counted (kept across preemption)
+        self.uncounted: list[tuple] = []  # this step's counts, recorded once the step's failures are known
         self.requests: dict[str, CompressedRequest] = {}
         self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
         self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
@@ -91,9 +95,34 @@ class WorkerCompression:
             self.unreported.append(req_id)
 
     def take_failed(self) -> list[str]:
-        """Failures since the last call, for the scheduler to finish (sent with the step's output)."""
+        """Failures since the last call, for the scheduler to finish (sent with the step's output).
+
+        With tensor parallelism every rank first learns the step's failures of all ranks, so each stops
+        compressing the request and the output rank, the one the scheduler hears, reports them. Then the
+        step's compacted prompts are counted, those of failed requests left out on every rank alike.
+        """
+        if self.tp is not None and (self.compress_rows or self.window_rows or self.member_rows):
+            for req_id in failed_anywhere(self.tp, [s.req_id for s in self.rows], set(self.unreported)):
+                if req_id not in self.failed:
+                    logger.warning("kvcomp: request %s failed on another tensor-parallel rank", req_id)
+                    self.failed.add(req_id)
+                    self.unreported.append(req_id)
+        for req_id, *count in self.uncounted:
+            if req_id not in self.failed:  # a request failed on any rank counts nothing
+                compacted.record(*count)
+        self.uncounted = []
         failed, self.unreported = self.unreported, []
         return failed
+
+    def head_exchange(self, req_id: str, layer: int, span: RowSpan) -> HeadExchange | None:
+        """The gather of head statistics that planning `layer` of this row runs across the tensor-parallel
+        ranks, or None where it runs none: one rank, a layer that keeps its cache, or a head-local rule.
+        Decided from host facts alone, so every rank agrees, whatever this rank's work did before."""
+        request = self.requests[req_id]
+        tier = self.policy.budget_tier(layer)
+        if self.tp is None or not request.compressor.gathers(layer):
+            return None
+        return HeadExchange(self.tp) if request.evicted_after(span.point)[tier] > request.evicted[tier] else None
 
     def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
         """Start following a request under its own policy (the server's unless it overrides it)."""
@@ -189,7 +218,7 @@ class WorkerCompression:
     def _count(self, req_id: str, state: CompressedRequest, slots: list[int]) -> None:
         if req_id not in self.counted:
             self.counted.add(req_id)
-            compacted.record(state.compressor.policy.name, state.prompt_len, slots, self.block_size)
+            self.uncounted.append((req_id, state.compressor.policy.name, state.prompt_len, slots, self.block_size))
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
@@ -223,8 +252,9 @@ def state_for(runner: GPUModelRunner) -> WorkerCompression | None:
     if not hasattr(runner, "_kvcomp_state"):
         config = engine_policy(runner.vllm_config)
         groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
+        tp = None if config is None else TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
         runner._kvcomp_state = None if config is None else WorkerCompression(
-            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len
+            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp
         )
     _STATE = runner._kvcomp_state
     return _STATE

@@ -29,3 +29,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kvcomp-vllm.presetPath" -}}
 {{- printf "/etc/kvcomp/%s.yaml" .Values.kvPreset -}}
 {{- end -}}
+
+{{/* GPUs per pod: gpu.count, or one per worker (tensorParallelSize x dataParallelSize) where it is unset. */}}
+{{- define "kvcomp-vllm.gpus" -}}
+{{- if kindIs "invalid" .Values.gpu.count -}}
+{{- mul (int64 .Values.tensorParallelSize) (int64 (.Values.dataParallelSize | default 1)) -}}
+{{- else -}}
+{{- int64 .Values.gpu.count -}}
+{{- end -}}
+{{- end -}}

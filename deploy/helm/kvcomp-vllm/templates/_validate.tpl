@@ -118,16 +118,28 @@ left to values.schema.json.
 {{- if not $v.model -}}
   {{- fail "model: set the model to serve (a Hugging Face id or a path inside the container)" -}}
 {{- end -}}
-{{- $gpus := int64 $v.gpu.count -}}
 {{- $tp := $v.tensorParallelSize -}}
 {{- if not (include "kvcomp-vllm.intAtLeast" (list (float64 $tp) 1)) -}}
   {{- fail (printf "tensorParallelSize: must be an integer >= 1, got %v" $tp) -}}
 {{- end -}}
-{{- if gt (int64 $tp) (max $gpus 1) -}}
-  {{- fail (printf "tensorParallelSize: %d workers need %d GPUs per pod, but gpu.count is %d" (int64 $tp) (int64 $tp) $gpus) -}}
+{{- $dp := ternary 1 $v.dataParallelSize (kindIs "invalid" $v.dataParallelSize) -}}
+{{- if not (include "kvcomp-vllm.intAtLeast" (list (float64 $dp) 1)) -}}
+  {{- fail (printf "dataParallelSize: must be an integer >= 1, got %v" $dp) -}}
+{{- end -}}
+{{- $gpus := include "kvcomp-vllm.gpus" . | int64 -}}
+{{- $workers := mul (int64 $tp) (int64 $dp) -}}
+{{- if gt $workers (max $gpus 1) -}}
+  {{- $what := ternary "tensorParallelSize" "tensorParallelSize x dataParallelSize" (eq (int64 $dp) 1) -}}
+  {{- fail (printf "%s: %d workers need %d GPUs per pod, but gpu.count is %d" $what $workers $workers $gpus) -}}
+{{- end -}}
+{{- range $v.extraArgs -}}
+  {{- if has (regexReplaceAll "=.*$" . "") (list "--pipeline-parallel-size" "-pp") -}}
+    {{- fail (printf "extraArgs: %s: kvcomp refuses pipeline parallelism (compaction across pipeline stages is untested); use tensorParallelSize" .) -}}
+  {{- end -}}
 {{- end -}}
 {{- $owned := dict "--port" "containerPort" "--host" "the image (0.0.0.0)" "--api-key" "apiKey.existingSecret"
     "--kv-config" "kvPreset" "--tensor-parallel-size" "tensorParallelSize" "-tp" "tensorParallelSize"
+    "--data-parallel-size" "dataParallelSize" "-dp" "dataParallelSize"
     "--enforce-eager" "enforceEager" "--no-enforce-eager" "enforceEager" "--max-model-len" "maxModelLen"
     "--served-model-name" "servedModelName" -}}
 {{- range $v.extraArgs -}}
