@@ -81,16 +81,6 @@ def combine_heads(per_head: torch.Tensor, m: int, size: int, scoring: str) -> to
     return per_head.mean(dim=0)
 
 
-def window_scores(scores: torch.Tensor, size: int, scoring: str) -> torch.Tensor:
-    """Score of each `size`-token window of the prefix (the last may be shorter), all heads: `[windows]`."""
-    return combine_heads(head_window_scores(scores, size, scoring), scores.shape[-1], size, scoring)
-
-
-def select_windows(scores: torch.Tensor, k: int, size: int, scoring: str) -> torch.Tensor:
-    """`k` prefix positions, ascending: the best-ranked windows, the last one taken cut to its leading tokens."""
-    return take_windows(window_scores(scores, size, scoring), scores.shape[-1], k, size)
-
-
 def take_windows(ranked: torch.Tensor, m: int, k: int, size: int) -> torch.Tensor:
     """`k` positions of an `m`-token prefix from its windows' scores `ranked`, best window first, ascending."""
     order = top_positions(ranked, ranked.shape[0])  # ties go to the earlier window

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 SCORE_COPIES = 16  # fp32 [kv_heads, tokens] arrays a plan may hold at once: scores, pooled, masks, top-k values
 
 
@@ -39,8 +41,6 @@ def scratch_bytes(shape: ScratchShape) -> int:
 
 def engine_scratch_shape(vllm_config) -> ScratchShape:
     """The scratch shape of an engine's workers, from its model and scheduler configs."""
-    import torch
-
     model, parallel = vllm_config.model_config, vllm_config.parallel_config
     return ScratchShape(
         max_model_len=model.max_model_len,
