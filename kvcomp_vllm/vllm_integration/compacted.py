@@ -18,13 +18,16 @@ _lock = threading.Lock()
 _counts: dict[str, dict] = {}  # policy -> {"kept", "evicted", "blocks_saved", "ratio": [bucket counts, sum]}
 
 
+def _empty() -> dict:
+    return {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * (len(RATIO_BUCKETS) + 1), 0.0]}
+
+
 def record(policy: str, prompt_len: int, slots: list[int], block_size: int) -> None:
     """Count one prompt of `prompt_len` tokens whose layers hold `slots` cache positions after compaction."""
     kept = sum(slots)
     ratio = kept / (len(slots) * prompt_len) if prompt_len else 1.0
     with _lock:
-        into = _counts.setdefault(policy, {"kept": 0, "evicted": 0, "blocks_saved": 0,
-                                           "ratio": [[0] * (len(RATIO_BUCKETS) + 1), 0.0]})
+        into = _counts.setdefault(policy, _empty())
         into["kept"] += kept
         into["evicted"] += len(slots) * prompt_len - kept
         into["blocks_saved"] += sum(cdiv(prompt_len, block_size) - cdiv(s, block_size) for s in slots)
@@ -36,6 +39,18 @@ def snapshot() -> dict[str, dict]:
     """Every count so far: `{policy: {"kept", "evicted", "blocks_saved", "ratio": [bucket counts (last +Inf), sum]}}`."""
     with _lock:
         return {p: {**c, "ratio": [list(c["ratio"][0]), c["ratio"][1]]} for p, c in _counts.items()}
+
+
+def summed(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
+    """Several `snapshot()`s (of data-parallel engines) added up, policy by policy."""
+    total: dict[str, dict] = {}
+    for snapshot in snapshots:
+        for policy, c in snapshot.items():
+            into = total.setdefault(policy, _empty())
+            for key in ("kept", "evicted", "blocks_saved"):
+                into[key] += c[key]
+            into["ratio"] = [[a + b for a, b in zip(into["ratio"][0], c["ratio"][0])], into["ratio"][1] + c["ratio"][1]]
+    return total
 
 
 def reset() -> None:

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_lat
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from . import compacted
 from .compacted import RATIO_BUCKETS
 from .compat import InputProcessor, init_logger, patch, rpc_every_engine
 from .report import RPC_METHOD, install_report_rpc
@@ -50,20 +51,6 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], bounds: tuple, 
     family.add_metric(labels, list(zip([floatToGoString(b) for b in bounds] + ["+Inf"], cumulative)), total)
 
 
-def _summed(snapshots: list[dict[str, dict]]) -> dict[str, dict]:
-    """`compacted.snapshot()`s of several engines added up, policy by policy."""
-    total: dict[str, dict] = {}
-    for snapshot in snapshots:
-        for policy, c in snapshot.items():
-            empty = {"kept": 0, "evicted": 0, "blocks_saved": 0, "ratio": [[0] * len(c["ratio"][0]), 0.0]}
-            into = total.setdefault(policy, empty)
-            for key in ("kept", "evicted", "blocks_saved"):
-                into[key] += c[key]
-            (buckets, ratio_sum), (more, more_sum) = into["ratio"], c["ratio"]
-            into["ratio"] = [[a + b for a, b in zip(buckets, more)], ratio_sum + more_sum]
-    return total
-
-
 class WorkerReports:
     """Collector of what the workers last reported (`report.worker_report`): per-rank timing
     histograms by policy, and each engine's lowest rank's counts of what compaction kept, summed."""
@@ -78,7 +65,7 @@ class WorkerReports:
         lowest: dict[int, dict] = {}
         for r in sorted(reports, key=lambda r: r["rank"]):
             lowest.setdefault(r.get("engine", 0), r)
-        self.compacted = _summed([r["compacted"] for r in lowest.values()])
+        self.compacted = compacted.summed([r["compacted"] for r in lowest.values()])
 
     def describe(self):
         return self._families()
