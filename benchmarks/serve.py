@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also when imported by tests or the CLI
 
 from policies import LLAMA_8B, RESULTS  # noqa: E402
-from serve_report import SLO, report  # noqa: E402
+from serve_report import SLO, merge, report  # noqa: E402
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = "50,90,99"
@@ -359,7 +359,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / "serve")
     parser.add_argument("--stem", help="output file names (default: serve-<preset>)")
     parser.add_argument("--dry-run", action="store_true", help="print the configurations and passes, run nothing")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="run nothing: write one report (--out, --stem) from these runs' JSON files")
     args = parser.parse_args(argv)
+    if args.merge:
+        return args
     preset = PRESETS[args.preset]
     if (args.input_len is None) != (args.output_len is None):
         parser.error("--input-len and --output-len go together")
@@ -391,6 +395,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        meta, runs = merge(args.merge)
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(report(meta, runs, args.out, args.stem or f"serve-{meta['preset']}"))
+        return 0
     preset = PRESETS[args.preset]
     passes = plan(args.workload_list, args.num_prompts, args.seed, args.warmup_prompts)
     if args.dry_run:
@@ -412,14 +421,17 @@ def main(argv: list[str] | None = None) -> int:
         done[0] += advance
         print(f"[{done[0]}/{total}] {line}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="kvcomp-bench-serve-") as tmp:
-        runs = [run_config(c, preset, model, passes, args, logs, Path(tmp), progress) for c in args.config_list]
     command = shlex.join(["python", "benchmarks/serve.py", *(sys.argv[1:] if argv is None else argv)])
     meta = {"preset": args.preset, "model": str(model), "command": command,
             "workloads": [{**asdict(w), "rates": [rate_label(r) for r in w.rates]} for w in args.workload_list],
             "num_prompts": args.num_prompts, "warmup_prompts": args.warmup_prompts,
             "slo": asdict(args.slo), "versions": versions()}
-    print(report(meta, runs, args.out, args.stem))
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="kvcomp-bench-serve-") as tmp:
+        for c in args.config_list:  # the report is rewritten after each configuration: a cut-off run keeps what ran
+            runs.append(run_config(c, preset, model, passes, args, logs, Path(tmp), progress))
+            text = report(meta, runs, args.out, args.stem)
+    print(text)
     return 1 if any("error" in r or any("error" in p for p in r["passes"]) for r in runs) else 0
 
 

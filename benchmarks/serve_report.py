@@ -124,6 +124,21 @@ def markdown(meta: dict, runs: list[dict]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def merge(paths: list[Path]) -> tuple[dict, list[dict]]:
+    """One report's meta and runs from several runs' JSON files (one device call per configuration, say):
+    they must share preset, workloads, requests per rate and SLO; their commands are all kept."""
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    first = loaded[0]
+    for key in ("preset", "workloads", "num_prompts", "slo"):
+        if differ := [str(p) for p, d in zip(paths, loaded) if d[key] != first[key]]:
+            raise ValueError(f"cannot merge: {key} differs between {paths[0]} and {', '.join(differ)}")
+    meta = {k: v for k, v in first.items() if k != "runs"}
+    meta["command"] = "\n    ".join(dict.fromkeys(d["command"] for d in loaded))
+    commits = dict.fromkeys(d["versions"]["commit"] for d in loaded)
+    meta["versions"] = {**first["versions"], "commit": ", ".join(commits)}
+    return meta, [run for d in loaded for run in d["runs"]]
+
+
 def plot(runs: list[dict], workload: dict, slo: SLO, path: Path) -> None:
     """p50 (dashed) and p99 (solid) TTFT and TPOT against request rate, one colour per config; goodput bars."""
     import matplotlib

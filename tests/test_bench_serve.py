@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import serve as bench  # noqa: E402
-from serve_report import SLO, highest_rate, report  # noqa: E402
+from serve_report import SLO, highest_rate, merge, report  # noqa: E402
 
 PERCENTILE_KEYS = [f"p{q}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for q in (50, 90, 99)]
 
@@ -128,6 +128,28 @@ def test_report_writes_json_table_and_plots(tmp_path):
     assert any(line.startswith("| snapkv-10% | | does not start: vllm serve exited with 1") for line in lines)
     assert "| vanilla | 1 req/s |" in lines and "| snapkv-10% | none |" in lines
     assert "    VLLM_PLUGINS='' vllm serve /m" in lines
+
+
+def test_runs_from_two_device_calls_merge_into_one_report(tmp_path):
+    meta = {"preset": "h200-8b", "model": "/m", "command": "python benchmarks/serve.py --configs vanilla", "num_prompts": 4,
+            "workloads": [{"name": "A", "input_len": 512, "output_len": 16, "rates": ["1"]}],
+            "slo": {"ttft_ms": 10000.0, "tpot_ms": 60.0},
+            "versions": {"device": "gpu", "vllm": "0.26.0", "kvcomp-vllm": "0.1.0", "commit": "abc", "torch": "2"}}
+    one = {"config": "vanilla", "prefix_caching": True, "passes": [_pass("1", _result(50, 5))]}
+    two = {"config": "snapkv-10%", "prefix_caching": False, "passes": [_pass("1", _result(40, 4))]}
+    (tmp_path / "a.json").write_text(json.dumps({**meta, "runs": [one]}))
+    (tmp_path / "b.json").write_text(json.dumps({**meta, "command": "python benchmarks/serve.py --configs snapkv",
+                                                 "versions": {**meta["versions"], "commit": "def"}, "runs": [two]}))
+    assert bench.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"),
+                       "--stem", "both"]) == 0
+    merged = json.loads((tmp_path / "m" / "both.json").read_text())
+    assert merged["runs"] == [one, two] and merged["versions"]["commit"] == "abc, def"
+    text = (tmp_path / "m" / "both.md").read_text()
+    assert "    python benchmarks/serve.py --configs vanilla\n    python benchmarks/serve.py --configs snapkv\n" in text
+    assert "| vanilla | 1 req/s |" in text and "| snapkv-10% | 1 req/s |" in text
+    (tmp_path / "c.json").write_text(json.dumps({**meta, "num_prompts": 8, "runs": [two]}))
+    with pytest.raises(ValueError, match="cannot merge: num_prompts differs between .*a.json and .*c.json"):
+        merge([tmp_path / "a.json", tmp_path / "c.json"])
 
 
 def test_dummy_weight_model_folder_has_a_tokenizer_of_its_whole_vocabulary(tmp_path):
