@@ -209,3 +209,12 @@ def test_dummy_weight_path_serves_and_benches_offline(tmp_path, monkeypatch):
                   "--warmup-prompts", "1", "--model-root", str(tmp_path / "models"))
     assert data["model"].endswith("tiny-shape-dummy") and "--load-format dummy" in data["runs"][0]["serve_command"]
     assert data["runs"][0]["passes"][0]["warmup"] and "result" in data["runs"][0]["passes"][0]
+
+
+def test_vllm_command_falls_back_to_vllms_cli_module_without_the_console_script(tmp_path, monkeypatch):
+    from kvcomp_vllm.testing.server import vllm_command
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
+    assert vllm_command() == [str(tmp_path / "python3"), "-m", "vllm.entrypoints.cli.main"]
+    (tmp_path / "vllm").write_text("#!/bin/sh\n")
+    assert vllm_command() == [str(tmp_path / "vllm")]

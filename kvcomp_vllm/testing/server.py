@@ -29,8 +29,10 @@ def log_tail(log: Path | None, lines: int = 25) -> str:
 
 
 def vllm_command() -> list[str]:
-    """The `vllm` console script of this interpreter's environment."""
-    return [str(Path(sys.executable).with_name("vllm"))]
+    """The `vllm` console script of this interpreter's environment, or vLLM's CLI module where vLLM was
+    installed without scripts (`pip install --target`, as on the GPU device)."""
+    script = Path(sys.executable).with_name("vllm")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
 
 @dataclass
