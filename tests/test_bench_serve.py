@@ -159,8 +159,10 @@ def test_dummy_weight_model_folder_has_a_tokenizer_of_its_whole_vocabulary(tmp_p
     config = json.loads((path / "config.json").read_text())
     assert {k: config[k] for k in bench.LLAMA_8B} == bench.LLAMA_8B and "model.safetensors" not in os.listdir(path)
     tok = AutoTokenizer.from_pretrained(path)
-    assert tok.vocab_size == len(tok) == config["vocab_size"] == 128256
-    ids = [random.Random(0).randrange(3, 128256) for _ in range(2000)] + [3, 128255]
+    assert len(tok) == config["vocab_size"] == 128256 and tok.vocab_size == 128253  # random datasets draw below it
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (128253, 128254, 128255)
+    assert (config["bos_token_id"], config["eos_token_id"]) == (128254, 128255)
+    ids = [random.Random(0).randrange(0, 128256) for _ in range(2000)] + [0, 128252, 128253, 128254, 128255]
     assert tok.encode(tok.decode(ids), add_special_tokens=False) == ids  # N ids re-encode to the same N ids
     assert tok.num_special_tokens_to_add() == 0
     assert bench.model_dir("llama-3.1-8b-shape", tmp_path) == path  # reused, not rebuilt
