@@ -22,7 +22,7 @@ from kvcomp_vllm.eval import check_answer
 from kvcomp_vllm.eval.budgets import parse_budget
 from kvcomp_vllm.eval.corpus import generated_paragraphs, load_corpus, read_paragraphs
 from kvcomp_vllm.eval.main import evaluate
-from kvcomp_vllm.eval.report import summarize
+from kvcomp_vllm.eval.scores import summarize
 from kvcomp_vllm.eval.runner import Setting, grid
 from kvcomp_vllm.eval.tasks import TASKS, PromptBuilder, TooShort, build_suite
 from kvcomp_vllm.testing.oracle import generate

@@ -15,7 +15,8 @@ from kvcomp_vllm.cli import main
 from kvcomp_vllm.eval import corpus
 from kvcomp_vllm.eval.corpus import load_corpus
 from kvcomp_vllm.eval.plan import Plan, engine_context, model_context
-from kvcomp_vllm.eval.report import markdown_table, records, summarize
+from kvcomp_vllm.eval.report import markdown_table, records
+from kvcomp_vllm.eval.scores import summarize
 from kvcomp_vllm.eval.runner import Setting, grid
 from kvcomp_vllm.eval.tasks import Sample
 from kvcomp_vllm.eval.variants import Variant, parse_variants

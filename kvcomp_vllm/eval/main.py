@@ -115,7 +115,7 @@ def plan(args: argparse.Namespace) -> tuple[Plan, PromptBuilder, dict]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation `args` describe; returns the run info, summary and the written paths."""
-    from . import plots, report
+    from . import plots, report, scores
 
     started = time.time()
     grid_plan, builder, params = plan(args)
@@ -138,7 +138,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     texts = engine.run(samples, settings, progress=not args.quiet,
                        on_first=lambda seconds, sample: print(grid_plan.estimate(seconds, sample), flush=True))
     rows = report.records(samples, settings, texts)
-    summary = report.summarize(rows)
+    summary = scores.summarize(rows)
     info["seconds"] = round(time.time() - started, 1)
     paths = report.write(args.out, info, samples, rows, summary)
     if not args.no_plots:
