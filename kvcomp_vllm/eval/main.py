@@ -208,6 +208,13 @@ def show(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from .page import main as report
+
+        return report(argv[1:])
     parser = argparse.ArgumentParser(prog="kvcomp-vllm eval", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

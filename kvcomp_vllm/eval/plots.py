@@ -21,11 +21,6 @@ def _row(record: dict) -> str:
     return record.get("variant", record["policy"])
 
 
-def _line(record: dict) -> str:
-    """A summary row's line in a plot: its variant, and its source where rows of several results share a plot."""
-    return _row(record) + (f" [{record['source']}]" if record.get("source") else "")
-
-
 METRICS = {"score": ("score", "lo", "hi"), "relative": ("relative", "rel_lo", "rel_hi")}
 
 
@@ -40,7 +35,7 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all", metric: 
     value, low, high = METRICS[metric]
     rows = [r for r in summary if r["task"] == task]
     fulls = [r for r in rows if r["policy"] == "full"]
-    lines = list(dict.fromkeys(_line(r) for r in rows if r["policy"] != "full"))
+    lines = list(dict.fromkeys(_row(r) for r in rows if r["policy"] != "full"))
     colours = {p: f"C{i % 10}" for i, p in enumerate(lines)}  # one colour per line in every panel
     styles = {p: "-" if i < 10 else ":" for i, p in enumerate(lines)}
     kinds = [(kind, xlabel) for kind, xlabel in ((float, "KV budget (share of the prompt)"), (int, "KV budget (tokens)"))
@@ -49,7 +44,7 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all", metric: 
     for ax, (kind, xlabel) in zip(axes[0], kinds):
         for line in lines:
             points = sorted((r["budget"], r[value], r[low], r[high]) for r in rows
-                            if _line(r) == line and type(r["budget"]) is kind and r[value] is not None)
+                            if _row(r) == line and type(r["budget"]) is kind and r[value] is not None)
             if not points:
                 continue
             xs = [p[0] for p in points]
@@ -59,13 +54,11 @@ def score_vs_budget(summary: list[dict], path: Path, task: str = "all", metric: 
             if bands:
                 ax.fill_between([b[0] for b in bands], [b[1] for b in bands], [b[2] for b in bands],
                                 color=colours[line], alpha=0.12, linewidth=0)
-        for i, full in enumerate(fulls):
-            label = "full KV" + (f" [{full['source']}]" if full.get("source") else "")
-            if metric == "relative":
-                ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="full KV")
-                break
-            ax.axhline(full["score"], color="black", linestyle=("--", "-.", ":")[i % 3], linewidth=1, label=label)
-            ax.axhspan(full["lo"], full["hi"], color="black", alpha=0.06, linewidth=0)
+        for full in fulls:
+            ax.axhline(1.0 if metric == "relative" else full["score"], color="black", linestyle="--", linewidth=1,
+                       label="full KV")
+            if metric == "score":
+                ax.axhspan(full["lo"], full["hi"], color="black", alpha=0.06, linewidth=0)
         ax.set_xscale("log")
         budgets = sorted({r["budget"] for r in rows if type(r["budget"]) is kind})
         if budgets:

@@ -27,7 +27,8 @@ def wilson(k: int, n: int, z: float = Z) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = wilson_half_width(p, n, z)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 of n and n of n the bounds are exactly 0 and 1; the floating-point difference need not be.
+    return 0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half)
 
 
 def wilson_half_width(p: float, n: int, z: float = Z) -> float:
