@@ -57,13 +57,14 @@ def cell_sizes(summary: list[dict]) -> str:
 
 
 def method_note(summary: list[dict]) -> str:
-    """What the table's numbers and intervals are, in two sentences."""
+    """What the table's numbers and intervals are, and where the bootstrap's intervals understate."""
     full = next((r for r in summary if r["setting"] == "full" and r["task"] == "all"), None)
     tasks = full["relative_tasks"].replace(",", ", ") if full and full.get("relative_tasks") else "none"
     return (f"Score: mean over tasks of the share answered; share of full KV (after ·): per-task ratio to full KV "
             f"on the same prompts, averaged over the tasks full KV answers ({tasks}). 95% intervals: bootstrap "
             f"over prompts within tasks ({RESAMPLES} resamples, paired with full KV for the share); per task, "
-            "Wilson.")
+            "Wilson. A task answered on no prompt, or exactly as full KV on every prompt, does not vary under "
+            "resampling, so a bootstrap interval can be a point: its per-task Wilson interval shows what n allows.")
 
 
 def markdown_table(summary: list[dict]) -> str:

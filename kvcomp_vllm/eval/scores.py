@@ -48,9 +48,9 @@ def _ratio(setting: np.ndarray, full: np.ndarray) -> np.ndarray | float:
 def summarize(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES) -> list[dict]:
     """One row per (setting, task) and per (setting, 'all'): score [lo, hi], n, relative [rel_lo, rel_hi]."""
     correct, meta = _columns(rows)
-    tasks = sorted({task for _, task in correct})
-    draws = {t: resample_indices(len(correct[next(k for k in correct if k[1] == t)]), f"{seed}:{t}", resamples)
-             for t in tasks}
+    sizes = {task: len(values) for (_, task), values in correct.items()}  # equal across settings (_columns)
+    tasks = sorted(sizes)
+    draws = {t: resample_indices(sizes[t], f"{seed}:{t}", resamples) for t in tasks}
     full_ok = [t for t in tasks if ("full", t) in correct and correct[("full", t)].sum() > 0]
     summary = []
     for setting, (policy, variant, budget) in meta.items():
