@@ -97,6 +97,8 @@ def test_lengths_beyond_the_context_are_skipped_with_the_reason():
     assert fitting_lengths([4000, 8000, 16000], 16, 32768) == ([4000, 8000, 16000], [])
     assert fitting_lengths([4000, 8000], 16, 32768, requested=4096)[1] == [
         "length 8000 skipped: it and its 16 answer tokens need a context of 8016, and --max-model-len is 4096"]
+    with pytest.raises(ValueError, match="^--max-model-len 9000: the model allows 8192$"):
+        fitting_lengths([4000], 16, 8192, requested=9000)
     with pytest.raises(ValueError) as err:
         fitting_lengths([8192], 16, 8192)
     assert str(err.value) == ("--lengths: none fits; length 8192 skipped: it and its 16 answer tokens need a context "

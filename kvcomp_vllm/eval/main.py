@@ -134,8 +134,6 @@ def plan(args: argparse.Namespace) -> tuple[Plan, PromptBuilder, dict]:
         params["pod"] = {"group_size": args.pod_group_size, **params.get("pod", {})}
     settings = grid(policies, args.budgets, params, variants)
     allowed = model_context(args.model)
-    if args.max_model_len is not None and allowed is not None and args.max_model_len > allowed:
-        raise ValueError(f"--max-model-len {args.max_model_len}: the model allows {allowed}")
     lengths, skipped = fitting_lengths(args.lengths, ANSWER_TOKENS, allowed, args.max_model_len)
     count, notes = sample_count(args, lengths)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -36,8 +36,7 @@ def engine_context(lengths: list[int], answer_tokens: int, allowed: int | None, 
     longest = max(lengths)
     need = longest + answer_tokens
     if requested is not None:
-        if allowed is not None and requested > allowed:
-            raise ValueError(f"--max-model-len {requested}: the model allows {allowed}")
+        _within_model(requested, allowed)
         if requested < need:
             raise ValueError(f"--max-model-len {requested}: the longest prompt ({longest} tokens) and its "
                              f"{answer_tokens} answer tokens need {need}")
@@ -49,10 +48,17 @@ def engine_context(lengths: list[int], answer_tokens: int, allowed: int | None, 
     return longest + HEADROOM if allowed is None else min(longest + HEADROOM, allowed)
 
 
+def _within_model(requested: int, allowed: int | None) -> None:
+    if allowed is not None and requested > allowed:
+        raise ValueError(f"--max-model-len {requested}: the model allows {allowed}")
+
+
 def fitting_lengths(lengths: list[int], answer_tokens: int, allowed: int | None,
                     requested: int | None = None) -> tuple[list[int], list[str]]:
     """The `lengths` whose prompt and answer fit the context (`requested`, else `allowed`), and why the others
     are skipped; raises ValueError when none fits."""
+    if requested is not None:
+        _within_model(requested, allowed)
     limit, what = (requested, "--max-model-len is") if requested is not None else (allowed, "the model allows")
     kept = [n for n in lengths if limit is None or n + answer_tokens <= limit]
     skipped = [f"length {n} skipped: it and its {answer_tokens} answer tokens need a context of "
