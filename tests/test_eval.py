@@ -169,6 +169,6 @@ def test_tiny_suite_full_equals_the_oracle_and_is_deterministic(tiny_llama_dir, 
     with paths["csv"].open() as f:
         settings = {row["setting"] for row in csv.DictReader(f)}
     assert settings == {"full", "snapkv@25%", "snapkv@64tok", "pod@64tok"}
-    for name in ("score_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
+    for name in ("score_vs_budget", "share_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| snapkv |" in paths["md"].read_text()

@@ -193,6 +193,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     paths = report.write(args.out, info, samples, rows, summary)
     if not args.no_plots:
         paths["score_vs_budget"] = plots.score_vs_budget(summary, args.out / "score_vs_budget.png")
+        paths["share_vs_budget"] = plots.score_vs_budget(summary, args.out / "share_vs_budget.png", metric="relative")
         for path in plots.needle_heatmaps(rows, args.out):
             paths[path.stem] = path
     return dict(run=info, summary=summary, rows=rows, paths=paths)
