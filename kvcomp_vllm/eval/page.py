@@ -118,7 +118,8 @@ def build(sources: list[Source], out: Path, command: str, notes: str | None = No
                 paths[path.stem] = path
                 lines += [f"![{model}, {source.label}: {what} against the KV budget]({path.name})", ""]
             lines += [f"**{cell_sizes(summary)}.**", "", markdown_table(summary), "", method_note(summary), "",
-                      "<details><summary>Per task: right of n [Wilson 95%] · share of full KV</summary>", "",
+                      "<details><summary>Per task: right of n [Wilson 95%] · share of full KV [paired bootstrap 95%]"
+                      "</summary>", "",
                       task_table(summary), "", "</details>", ""]
     readme = out / "README.md"
     readme.write_text("\n".join(lines))

@@ -86,7 +86,8 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def task_table(summary: list[dict]) -> str:
-    """Settings as rows, tasks as columns: right answers of n with the Wilson interval, share of full KV."""
+    """Settings as rows, tasks as columns: right answers of n with the Wilson interval, and the share of full
+    KV with its paired bootstrap interval."""
     rows = [r for r in summary if r["task"] != "all"]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     cell = {(r["setting"], r["task"]): r for r in rows}
@@ -98,7 +99,8 @@ def task_table(summary: list[dict]) -> str:
             if r is None:
                 texts.append("n/a")
                 continue
-            rel = "" if r["relative"] is None or setting == "full" else f" · {r['relative'] * 100:.0f}%"
+            rel = "" if r["relative"] is None or setting == "full" else (
+                f" · {r['relative'] * 100:.0f}%{_interval(r['rel_lo'], r['rel_hi'], True)}")
             texts.append(f"{round(r['score'] * r['n'])}/{r['n']}{_interval(r['lo'], r['hi'])}{rel}")
         lines.append(f"| {setting} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
@@ -107,7 +109,7 @@ def task_table(summary: list[dict]) -> str:
 def summary_markdown(summary: list[dict]) -> str:
     """summary.md: the budget table, how to read it, its n, and the per-task table."""
     return "\n\n".join([markdown_table(summary), method_note(summary), cell_sizes(summary),
-                         "Per task (right of n [Wilson 95%] · share of full KV):", task_table(summary)]) + "\n"
+                         "Per task (right of n [Wilson 95%] · share of full KV [paired bootstrap 95%]):", task_table(summary)]) + "\n"
 
 
 CSV_FIELDS = ["policy", "variant", "budget", "setting", "task", "score", "lo", "hi", "n", "interval",
