@@ -51,34 +51,30 @@ def summarize(rows: list[dict], seed: int = 0, resamples: int = RESAMPLES) -> li
     sizes = {task: len(values) for (_, task), values in correct.items()}  # equal across settings (_columns)
     tasks = sorted(sizes)
     draws = {t: resample_indices(sizes[t], f"{seed}:{t}", resamples) for t in tasks}
-    full_ok = [t for t in tasks if ("full", t) in correct and correct[("full", t)].sum() > 0]
     summary = []
     for setting, (policy, variant, budget) in meta.items():
         here = [t for t in tasks if (setting, t) in correct]
         base = dict(policy=policy, variant=variant, budget=budget, setting=setting)
+        shares: dict[str, tuple[float, np.ndarray]] = {}  # task: (share of full KV, its replicates)
         for t in here:
-            values = correct[(setting, t)]
+            values, full = correct[(setting, t)], correct.get(("full", t))
             lo, hi = wilson(int(values.sum()), len(values))
-            full = correct.get(("full", t))
-            rel = rel_i = None
             if full is not None and full.sum() > 0:
-                rel = float(_ratio(values, full))
-                rel_i = percentile_interval(_ratio(values[draws[t]], full[draws[t]]))
+                shares[t] = float(_ratio(values, full)), _ratio(values[draws[t]], full[draws[t]])
+            rel, rel_i = (shares[t][0], percentile_interval(shares[t][1])) if t in shares else (None, None)
             summary.append(dict(base, task=t, score=float(values.mean()), lo=lo, hi=hi, n=len(values),
                                 interval="wilson", relative=rel, rel_lo=rel_i and rel_i[0],
                                 rel_hi=rel_i and rel_i[1]))
         score = float(np.mean([correct[(setting, t)].mean() for t in here]))
         lo, hi = percentile_interval(np.mean([correct[(setting, t)][draws[t]].mean(1) for t in here], axis=0))
-        shared = [t for t in full_ok if t in here]
         rel = rel_i = None
-        if shared:
-            rel = float(np.mean([_ratio(correct[(setting, t)], correct[("full", t)]) for t in shared]))
-            per_task = np.array([_ratio(correct[(setting, t)][draws[t]], correct[("full", t)][draws[t]])
-                                 for t in shared])
-            rel_i = percentile_interval(per_task.mean(axis=0))  # NaN where a task's ratio is: dropped
+        if shares:
+            rel = float(np.mean([share for share, _ in shares.values()]))
+            # NaN where some task's share is undefined in a replicate: that replicate is dropped.
+            rel_i = percentile_interval(np.mean([reps for _, reps in shares.values()], axis=0))
         summary.append(dict(base, task="all", score=score, lo=lo, hi=hi,
                             n=sum(len(correct[(setting, t)]) for t in here), interval="bootstrap",
                             relative=rel, rel_lo=rel_i and rel_i[0], rel_hi=rel_i and rel_i[1],
-                            relative_tasks=",".join(shared)))
+                            relative_tasks=",".join(shares)))
     return sorted(summary, key=lambda r: (r["task"] != "all", r["task"], r["setting"] != "full", r["setting"]))
 
