@@ -5,6 +5,7 @@
     kvcomp-vllm bench [benchmark args, e.g. --preset h100-8b]          (benchmarks/policies.py)
     kvcomp-vllm bench serve [args, e.g. --preset h200-8b --rates 0.5,1]   (benchmarks/serve.py)
     kvcomp-vllm eval --model DIR [--policies ... --budgets ... --lengths ...]   (kvcomp_vllm/eval/)
+    kvcomp-vllm eval report RESULTS_DIR... --out benchmarks/results/quality      (kvcomp_vllm/eval/page.py)
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["eval", "report"]:  # the quality page: its own arguments, no model to load
+        from .eval.page import main as report
+
+        return report(argv[2:])
     from .eval.main import add_arguments as add_eval_arguments
     from .vllm_integration.engine_args import add_kv_arguments
 

@@ -22,7 +22,7 @@ from kvcomp_vllm.eval import check_answer
 from kvcomp_vllm.eval.budgets import parse_budget
 from kvcomp_vllm.eval.corpus import generated_paragraphs, load_corpus, read_paragraphs
 from kvcomp_vllm.eval.main import evaluate
-from kvcomp_vllm.eval.report import summarize
+from kvcomp_vllm.eval.scores import summarize
 from kvcomp_vllm.eval.runner import Setting, grid
 from kvcomp_vllm.eval.tasks import TASKS, PromptBuilder, TooShort, build_suite
 from kvcomp_vllm.testing.oracle import generate
@@ -126,7 +126,8 @@ def test_summary_scores_relative_to_full():
     assert got[("full", "all")] == (0.75, 1.0)
     assert got[("snapkv@10%", "a")] == (0.5, 0.5)
     assert got[("snapkv@10%", "b")] == (0.0, 0.0)
-    assert got[("snapkv@10%", "all")] == (0.25, 0.25 / 0.75)
+    # The share of full is taken per task, then averaged: (1/2 + 0/1) / 2, not 0.25 / 0.75.
+    assert got[("snapkv@10%", "all")] == (0.25, 0.25)
 
 
 def _args(model_dir, out, **kw):
@@ -168,6 +169,6 @@ def test_tiny_suite_full_equals_the_oracle_and_is_deterministic(tiny_llama_dir, 
     with paths["csv"].open() as f:
         settings = {row["setting"] for row in csv.DictReader(f)}
     assert settings == {"full", "snapkv@25%", "snapkv@64tok", "pod@64tok"}
-    for name in ("score_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
+    for name in ("score_vs_budget", "share_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| snapkv |" in paths["md"].read_text()

@@ -14,8 +14,10 @@ import torch
 from kvcomp_vllm.cli import main
 from kvcomp_vllm.eval import corpus
 from kvcomp_vllm.eval.corpus import load_corpus
-from kvcomp_vllm.eval.plan import Plan, engine_context, model_context
-from kvcomp_vllm.eval.report import markdown_table, records, summarize
+from kvcomp_vllm.eval.budgets import parse_budgets
+from kvcomp_vllm.eval.plan import Plan, engine_context, fitting_lengths, model_context
+from kvcomp_vllm.eval.report import markdown_table, records
+from kvcomp_vllm.eval.scores import summarize
 from kvcomp_vllm.eval.runner import Setting, grid
 from kvcomp_vllm.eval.tasks import Sample
 from kvcomp_vllm.eval.variants import Variant, parse_variants
@@ -89,6 +91,63 @@ def test_engine_context_says_what_fits():
         assert str(err.value) == message
 
 
+def test_lengths_beyond_the_context_are_skipped_with_the_reason():
+    assert fitting_lengths([4000, 8000, 16000], 16, 8192) == ([4000, 8000], [
+        "length 16000 skipped: it and its 16 answer tokens need a context of 16016, and the model allows 8192"])
+    assert fitting_lengths([4000, 8000, 16000], 16, 32768) == ([4000, 8000, 16000], [])
+    assert fitting_lengths([4000, 8000], 16, 32768, requested=4096)[1] == [
+        "length 8000 skipped: it and its 16 answer tokens need a context of 8016, and --max-model-len is 4096"]
+    with pytest.raises(ValueError, match="^--max-model-len 9000: the model allows 8192$"):
+        fitting_lengths([4000], 16, 8192, requested=9000)
+    with pytest.raises(ValueError) as err:
+        fitting_lengths([8192], 16, 8192)
+    assert str(err.value) == ("--lengths: none fits; length 8192 skipped: it and its 16 answer tokens need a context "
+                              "of 8208, and the model allows 8192: prompts of up to 8176 tokens fit")
+
+
+def test_budget_sets_and_the_default_grid(tiny_llama_dir, capsys):
+    assert parse_budgets("pyramidkv") == [64, 128, 256, 512, 2048]
+    assert parse_budgets("ratios,128,pyramidkv") == [0.025, 0.05, 0.1, 0.2, 0.5, 128, 64, 256, 512, 2048]
+    with pytest.raises(ValueError, match="budget 'big': not a ratio, a token count or one of the sets ratios, pyramidkv"):
+        parse_budgets("big")
+    assert main(["eval", "--model", str(tiny_llama_dir), "--dry-run", "--tasks", "needle,passkey", "--depths", "0,1",
+                 "--samples", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # 4000 and 8000 fit the tiny model's 8192; 16000 is skipped. 6 prompts x (1 + 5 x 10 + pod's 5) settings.
+    assert out[0] == "grid: 6 prompts x 56 settings = 336 generations"
+    every = "2.5%, 5%, 10%, 20%, 50%, 64tok, 128tok, 256tok, 512tok, 2048tok"
+    assert [line for line in out if line.startswith("  windowkv")] == [
+        f"  windowkv: {every}", f"  windowkv-per-head: {every}"]
+    assert "  pod (group_size=2): 64tok, 128tok, 256tok, 512tok, 2048tok" in out
+    assert ("  length 16000 skipped: it and its 16 answer tokens need a context of 16016, and the model allows 8192"
+            in out)
+    assert out[-1].startswith("  time: about 00:") and "(the SmolLM2-135M grid's on one H200;" in out[-1]
+
+
+def test_samples_auto_sizes_the_grid_for_the_target(tiny_llama_dir, tmp_path, capsys):
+    base = ["eval", "--model", str(tiny_llama_dir), "--dry-run", "--tasks", "needle,passkey", "--depths", "0,1",
+            "--lengths", "512,1024", "--policies", "snapkv", "--budgets", "0.1"]
+    assert main(base + ["--samples", "auto", "--target-ci", "0.1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # passkey: 93 prompts per cell over 2 lengths -> 47 each; needle gets 47 x 2 lengths x 2 depths = 188.
+    assert out[:2] == ["grid: 282 prompts x 2 settings = 564 generations",
+                       "  prompts (n per cell): needle 188, passkey 94; lengths 512, 1024"]
+    assert ("  sizing: a 95% Wilson half-width <= 0.1 needs 93 prompts per cell at p = 0.5 (the worst case): "
+            "--samples 47; cells now: needle 188, passkey 94 (--samples 47)") in out
+    rows = [dict(setting="full", task="needle", correct=True)] * 9 + [dict(setting="full", task="passkey",
+                                                                          correct=c) for c in (True, False)]
+    (tmp_path / "results.json").write_text(json.dumps({"records": rows}))
+    assert main(base + ["--samples", "2", "--target-ci", "0.1", "--sizing-from", str(tmp_path / "results.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "grid: 12 prompts x 2 settings = 24 generations"
+    assert (f"    at full KV's shares in {tmp_path / 'results.json'}: needle p=1.00: 16, passkey p=0.50: 93 -> "
+            "--samples 47 (full KV's cells only; a policy's share can be nearer 0.5)") in out
+    with pytest.raises(SystemExit) as exit_:
+        main(base + ["--samples", "auto"])
+    assert exit_.value.code == 2
+    assert "--samples auto and --sizing-from size the grid for --target-ci: give it" in capsys.readouterr().err
+
+
 def test_model_context_reads_the_config_as_vllm_does(tmp_path, tiny_llama_dir):
     assert model_context(str(tiny_llama_dir)) == 8192
     config = json.loads((Path(tiny_llama_dir) / "config.json").read_text())
@@ -108,7 +167,7 @@ def test_plan_describes_the_grid_and_estimates_its_time():
     assert plan.generations == 18 and plan.engines == 3
     assert plan.describe().splitlines() == [
         "grid: 3 prompts x 6 settings = 18 generations",
-        "  prompts: needle 2, passkey 1; lengths 1000, 3000",
+        "  prompts (n per cell): needle 2, passkey 1; lengths 1000, 3000",
         "  full: the reference",
         "  pod (group_size=2): 64tok, 128tok",
         "  k15 (snapkv pool_size=15): 10%, 64tok, 128tok",
@@ -119,6 +178,11 @@ def test_plan_describes_the_grid_and_estimates_its_time():
     assert plan.estimate(2.0, samples[0]) == (
         "first prompt alone (1000 tokens, full KV): 2.0 s; at that rate the 18 generations (30,000 prompt tokens) "
         "take about 01:00, plus 2 more engine starts (batching on a GPU runs faster)")
+    rated = Plan(samples, settings, "float32", 3064, 8192, "generated", rate=500.0, skipped=("length 9000 skipped",))
+    assert rated.describe().splitlines()[-2:] == [
+        "  length 9000 skipped",
+        "  time: about 01:00 for 30,000 prompt tokens at 500 per second (--rate; longer prompts and larger models "
+        "run slower)"]
     cached = Plan(samples, settings, "float32", 3064, 8192, "generated", kv_cache_gib=2.0)
     assert "  engines: 3, dtype float32, max_model_len 3064 of the model's 8192, KV cache 2 GiB" in cached.describe()
     served = Plan(samples, settings, "float32", 3064, 8192, "generated", server="http://h:8000")
@@ -132,8 +196,8 @@ def test_variants_are_rows_of_the_summary():
     rows = records(samples, settings, texts)
     assert [(r["policy"], r["variant"], r["setting"]) for r in rows[2:4]] == [("snapkv", "k7", "k7@10%")] * 2
     assert markdown_table(summarize(rows)).splitlines() == [
-        "| policy | 10% |", "| --- | --- |", "| full | 1.000 (reference, every budget) |",
-        "| k15 | 1.000 (100%) |", "| k7 | 0.500 (50%) |"]
+        "| policy | 10% |", "| --- | --- |", "| full | 1.000 [1.00, 1.00] (reference, every budget) |",
+        "| k15 | 1.000 [1.00, 1.00] · 100% [100, 100] |", "| k7 | 0.500 [0.50, 0.50] · 50% [50, 50] |"]
 
 
 def test_corpus_is_generated_unless_asked(tmp_path, monkeypatch):
@@ -150,8 +214,9 @@ def test_corpus_is_generated_unless_asked(tmp_path, monkeypatch):
     assert str(err.value) == f"--corpus {tmp_path / 'none.txt'}: not generated or devils-dictionary, and no such file"
 
 
-def readme_eval_commands() -> list[list[str]]:
-    """Each `kvcomp-vllm eval` command in the README's Quality section, split into arguments."""
+def readme_eval_commands(report: bool = False) -> list[list[str]]:
+    """Each `kvcomp-vllm eval` run (`report`: each `kvcomp-vllm eval report`) in the README's Quality section,
+    split into arguments."""
     text = README.read_text()
     section = text[text.index("## Quality evaluation"):]
     section = section[:section.index("\n## ", 1)]
@@ -161,7 +226,7 @@ def readme_eval_commands() -> list[list[str]]:
             words = shlex.split(line, comments=True)
             while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
                 words.pop(0)  # environment settings
-            if words[:2] == ["kvcomp-vllm", "eval"]:
+            if words[:2] == ["kvcomp-vllm", "eval"] and (words[2:3] == ["report"]) == report:
                 commands.append(words[1:])
     return commands
 
@@ -182,7 +247,7 @@ def test_every_readme_eval_command_plans_on_the_tiny_model(tiny_llama_dir, tmp_p
     for i, argv in enumerate(commands):
         assert main(_on_tiny(argv, tiny_llama_dir, tmp_path / str(i)) + ["--dry-run"]) == 0, argv
         sizes.append(re.search(r"^grid: .* = (\d+) generations$", capsys.readouterr().out, re.M).group(1))
-    assert "4320" in sizes  # the default grid, as the committed H100 grids ran it
+    assert "4320" in sizes  # the grid of the committed H100 and H200 runs
     assert not any(p.exists() for p in tmp_path.iterdir())  # a dry run writes nothing
 
 

@@ -1,9 +1,11 @@
 """`kvcomp-vllm eval`: build the suite, print the plan, run the policy x budget grid, write scores and plots.
 
     kvcomp-vllm eval --model MODEL_DIR --out results/eval \
-        [--policies streaming,snapkv,pyramid,windowkv,pod] [--budgets 0.025,0.05,0.1,0.2,0.5,128,512,2048]
-        [--lengths 2048,4096,8000] [--tasks needle,passkey,...] [--samples 4] [--server URL]
-        [--params '{"pyramid": {"pool_size": 15}}'] [--variants 'snapkv-k15=snapkv:pool_size=15;...'] [--dry-run]
+        [--policies streaming,snapkv,pyramid,windowkv,windowkv-per-head,pod] [--budgets ratios,pyramidkv]
+        [--lengths 4000,8000,16000] [--tasks needle,passkey,...] [--samples 4 | --samples auto --target-ci 0.1]
+        [--server URL] [--params '{"pyramid": {"pool_size": 15}}'] [--variants 'snapkv-k15=snapkv:pool_size=15;...']
+        [--dry-run]
+    kvcomp-vllm eval report RESULTS_DIR[=MODEL]... --out benchmarks/results/quality   (eval/page.py)
 """
 
 from __future__ import annotations
@@ -15,19 +17,38 @@ import time
 from pathlib import Path
 
 from .corpus import CORPORA, load_corpus
-from .plan import HEADROOM, Plan, engine_context, model_context
-from .budgets import parse_budget
+from .plan import HEADROOM, REFERENCE_RATE, Plan, engine_context, fitting_lengths, model_context
+from .budgets import BUDGET_SETS, parse_budgets
 from .runner import OfflineEngine, ServerEngine, grid
-from .tasks import DEFAULT_DEPTHS, TASKS, PromptBuilder, build_suite
+from .sizing import observed_full, samples_needed, sizing_lines
+from .tasks import DEFAULT_DEPTHS, TASKS, PromptBuilder, build_suite, prompts_per_sample
+from .tasks.base import ANSWER_TOKENS
 from .variants import parse_variants
 
-POLICIES = "streaming,snapkv,pyramid,windowkv,pod"
-BUDGETS = "0.025,0.05,0.1,0.2,0.5,128,512,2048"
+POLICIES = "streaming,snapkv,pyramid,windowkv,windowkv-per-head,pod"
+BUDGETS = "ratios,pyramidkv"
+LENGTHS = "4000,8000,16000"  # 4k/8k/16k, each with its answer within 8192 and 16384 contexts
 CPU_KV_CACHE_GIB = 2.0  # the CPU results' VLLM_CPU_KVCACHE_SPACE; five 8k prompts of SmolLM2 in float32
 
 
 def _list(kind):
     return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _budgets(text: str):
+    try:
+        return parse_budgets(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _samples(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of prompts, or auto (with --target-ci)") from None
 
 
 def _variants(text: str):
@@ -46,12 +67,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--variants", type=_variants, default=[],
       help="named policy variants, each a row of the grid over --budgets (budget=B pins one): "
            "'snapkv-k7=snapkv:pool_size=7;snapkv-k15=snapkv:pool_size=15'")
-    a("--budgets", type=_list(parse_budget), default=_list(parse_budget)(BUDGETS),
-      help=f"ratios (0.1 or 10%%) and token counts (default {BUDGETS}); pod uses the token counts as `recent`")
-    a("--lengths", type=_list(int), default=[2048, 4096, 8000],
-      help="prompt lengths in model tokens; the longest plus its answer must fit the model's context")
+    sets = "; ".join(f"{name} = {','.join(map(str, values))}" for name, values in BUDGET_SETS.items())
+    a("--budgets", type=_budgets, default=parse_budgets(BUDGETS),
+      help=f"ratios (0.1 or 10%%), token counts and named sets ({sets}); default {BUDGETS}; pod uses the "
+           "token counts as `recent`")
+    a("--lengths", type=_list(int), default=_list(int)(LENGTHS),
+      help=f"prompt lengths in model tokens (default {LENGTHS}); lengths whose prompt and answer do not fit the "
+           "context are skipped, with the reason printed")
     a("--tasks", type=_list(str), default=list(TASKS), help=f"comma list of {', '.join(TASKS)}")
-    a("--samples", type=int, default=4, help="prompts per task and length (needle: per length and depth)")
+    a("--samples", type=_samples, default=4,
+      help="prompts per task and length (needle: per length and depth), or auto: the fewest that give every "
+           "cell a 95%% interval within --target-ci")
+    a("--target-ci", type=float, default=None,
+      help="a 95%% half-width (0.1: +-10 points): the plan prints the prompts per cell and --samples it needs")
+    a("--sizing-from", type=Path, default=None,
+      help="a results.json whose full-KV shares per task the sizing also uses (with --target-ci)")
+    a("--rate", type=float, default=REFERENCE_RATE,
+      help="prompt tokens per second for the plan's time estimate (default: the SmolLM2 grid's on one H200)")
     a("--depths", type=_list(float), default=list(DEFAULT_DEPTHS), help="needle depths in [0, 1]")
     a("--seed", type=int, default=0)
     a("--corpus", default="generated",
@@ -101,21 +133,38 @@ def plan(args: argparse.Namespace) -> tuple[Plan, PromptBuilder, dict]:
     if "pod" in policies:
         params["pod"] = {"group_size": args.pod_group_size, **params.get("pod", {})}
     settings = grid(policies, args.budgets, params, variants)
+    allowed = model_context(args.model)
+    lengths, skipped = fitting_lengths(args.lengths, ANSWER_TOKENS, allowed, args.max_model_len)
+    count, notes = sample_count(args, lengths)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     corpus_name, paragraphs = load_corpus(args.corpus, args.seed)
     builder = PromptBuilder(tokenizer, paragraphs, chat=False if args.no_chat else None)
-    samples = build_suite(builder, args.lengths, args.samples, args.tasks, tuple(args.depths), args.seed)
-    allowed = model_context(args.model)
-    max_len = engine_context(args.lengths, max(s.max_tokens for s in samples), allowed, args.max_model_len)
+    samples = build_suite(builder, lengths, count, args.tasks, tuple(args.depths), args.seed)
+    max_len = engine_context(lengths, max(s.max_tokens for s in samples), allowed, args.max_model_len)
     dtype = args.dtype or default_dtype()
     gib = getattr(args, "kv_cache_gib", None)  # callers may build the Namespace themselves
     gib = None if args.server else gib if gib is not None else default_kv_cache_gib()
-    return Plan(samples, settings, dtype, max_len, allowed, corpus_name, args.server, gib), builder, params
+    rate = getattr(args, "rate", REFERENCE_RATE)
+    return Plan(samples, settings, dtype, max_len, allowed, corpus_name, args.server, gib,
+                skipped=tuple(skipped), notes=tuple(notes), rate=rate, sample_count=count), builder, params
+
+
+def sample_count(args: argparse.Namespace, lengths: list[int]) -> tuple[int, list[str]]:
+    """--samples (auto: sized by --target-ci) and the sizing lines the plan prints."""
+    target, source = getattr(args, "target_ci", None), getattr(args, "sizing_from", None)
+    if target is None:
+        if args.samples == "auto" or source is not None:
+            raise ValueError("--samples auto and --sizing-from size the grid for --target-ci: give it")
+        return args.samples, []
+    per_sample = prompts_per_sample(args.tasks, lengths, tuple(args.depths))
+    shares = observed_full(source) if source is not None else None
+    count = samples_needed(target, per_sample) if args.samples == "auto" else args.samples
+    return count, sizing_lines(target, per_sample, count, shares, source and str(source))
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation `args` describe; returns the run info, summary and the written paths."""
-    from . import plots, report
+    from . import plots, report, scores
 
     started = time.time()
     grid_plan, builder, params = plan(args)
@@ -124,7 +173,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     info = dict(model=str(args.model), server=args.server, corpus=grid_plan.corpus, chat=builder.chat,
                 dtype=None if args.server else grid_plan.dtype, max_model_len=grid_plan.max_model_len,
                 kv_cache_gib=grid_plan.kv_cache_gib,
-                lengths=args.lengths, tasks=args.tasks, samples=args.samples, depths=args.depths, seed=args.seed,
+                lengths=sorted({s.length for s in samples}), tasks=args.tasks,
+                samples=grid_plan.sample_count, skipped=list(grid_plan.skipped), depths=args.depths, seed=args.seed,
                 params=params, variants=[v.model_dump() for v in getattr(args, "variants", [])],
                 settings=[s.label for s in settings], generations=grid_plan.generations)
     if getattr(args, "dry_run", False):
@@ -138,11 +188,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     texts = engine.run(samples, settings, progress=not args.quiet,
                        on_first=lambda seconds, sample: print(grid_plan.estimate(seconds, sample), flush=True))
     rows = report.records(samples, settings, texts)
-    summary = report.summarize(rows)
+    summary = scores.summarize(rows)
     info["seconds"] = round(time.time() - started, 1)
     paths = report.write(args.out, info, samples, rows, summary)
     if not args.no_plots:
         paths["score_vs_budget"] = plots.score_vs_budget(summary, args.out / "score_vs_budget.png")
+        paths["share_vs_budget"] = plots.score_vs_budget(summary, args.out / "share_vs_budget.png", metric="relative")
         for path in plots.needle_heatmaps(rows, args.out):
             paths[path.stem] = path
     return dict(run=info, summary=summary, rows=rows, paths=paths)
@@ -156,6 +207,13 @@ def show(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        from .page import main as report
+
+        return report(argv[1:])
     parser = argparse.ArgumentParser(prog="kvcomp-vllm eval", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -16,6 +16,16 @@ TASKS = {m.__name__.rsplit(".", 1)[1]: m.make for m in (needle, passkey, multike
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def task_depths(task: str, depths: tuple[float, ...]) -> tuple[float | None, ...]:
+    """The depths a task's prompts are built at: needle's `depths`, one random placement otherwise."""
+    return tuple(depths) if task == "needle" else (None,)
+
+
+def prompts_per_sample(tasks: list[str], lengths: list[int], depths: tuple[float, ...]) -> dict[str, int]:
+    """Prompts per task that each unit of `samples` adds to `build_suite`'s suite."""
+    return {task: len(lengths) * len(task_depths(task, depths)) for task in tasks}
+
+
 def build_suite(
     builder: PromptBuilder,
     lengths: list[int],
@@ -31,11 +41,12 @@ def build_suite(
     suite = []
     for task in tasks or list(TASKS):
         for length in lengths:
-            for depth in depths if task == "needle" else (None,):
+            for depth in task_depths(task, depths):
                 for index in range(samples):
                     rng = random.Random(f"{seed}:{task}:{length}:{depth}:{index}")
                     suite.append(TASKS[task](builder, length, rng, depth=depth, index=index))
     return suite
 
 
-__all__ = ["TASKS", "DEFAULT_DEPTHS", "PromptBuilder", "Sample", "TooShort", "build_suite"]
+__all__ = ["TASKS", "DEFAULT_DEPTHS", "PromptBuilder", "Sample", "TooShort", "build_suite", "prompts_per_sample",
+           "task_depths"]

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 _MARK = "\x00CONTENT\x00"
+ANSWER_TOKENS = 16  # tokens generated per prompt: every answer is a few words or digits
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Sample:
     answer: str
     depth: float | None = None  # needle: fraction of the filler before the fact
     index: int = 0
-    max_tokens: int = 16
+    max_tokens: int = ANSWER_TOKENS
 
 
 @dataclass(frozen=True)
