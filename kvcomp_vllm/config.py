@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
@@ -30,7 +30,7 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
-    "pod": frozenset({"sink", "recent", "group_size"}),
+    "pod": frozenset({"sink", "recent", "group_size", "groups"}),
 }
 _NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
 WINDOWKV_WINDOW = 8  # windowkv's default window size (the official script's review_window_size)
@@ -152,6 +152,13 @@ class KVPolicyConfig(BaseModel):
         description="consecutive layers sharing indices (windowkv: also one budget per group) or keys (pod); "
         "unset: windowkv the largest divisor of the layer count up to 8, windowkv-per-head and pod 2",
     )
+    groups: tuple[Annotated[tuple[StrictInt, ...], Field(strict=False)], ...] | None = Field(
+        None,
+        strict=False,  # a JSON list of lists is its form; its items stay strict
+        description="pod: layer groups sharing distant keys, each a list of layers (any order; together every "
+        "layer once), the lowest layer of each the owner; `kvcomp-vllm pod-calibrate` writes them from the "
+        "model's attention; unset: consecutive groups of group_size",
+    )
     window_size: int | Literal["auto"] | None = Field(
         None,
         description="tokens per window (windowkv: default 8); windowkv-per-head also 'auto' (the default) "
@@ -215,6 +222,9 @@ class KVPolicyConfig(BaseModel):
             self._check_budget(name)
         if self.pool_size % 2 == 0:
             raise ValueError(f"{name('pool_size')}: must be odd so pooling keeps positions centred, got {self.pool_size}")
+        listed = [layer for group in self.groups or () for layer in group]
+        if len(listed) > MAX_LAYERS or any(not 0 <= layer < MAX_LAYERS for layer in listed):
+            raise ValueError(f"{name('groups')}: at most {MAX_LAYERS} layers, each in [0, {MAX_LAYERS})")
         sizes = [("window_size", self.window_size)] if isinstance(self.window_size, int) else []
         for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
             if not 1 <= size <= MAX_TOKENS:
@@ -268,6 +278,8 @@ class KVPolicyConfig(BaseModel):
                     f"{prefix}group_size: {group} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
+        if self.groups is not None:
+            self._check_groups(num_layers, prefix)
         if self.tiers is not None and self.tiers > num_layers:
             raise ValueError(
                 f"{prefix}tiers: {self.tiers} for a model of {num_layers} layers (a tier holds one layer or more); "
@@ -287,6 +299,25 @@ class KVPolicyConfig(BaseModel):
                 )
         if isinstance(self.budget, float) and self.policy in _NEEDS_BUDGET:
             self.check_prompt(max_model_len, prefix)
+
+    def _check_groups(self, num_layers: int, prefix: str) -> None:
+        """`groups` must hold every layer of the model exactly once, in non-empty groups."""
+        if "group_size" in self.model_fields_set:
+            raise ValueError(f"{prefix}groups, {prefix}group_size: give one of them (groups lists the layers themselves)")
+        layers = [layer for group in self.groups for layer in group]
+        if any(not group for group in self.groups) or sorted(layers) != list(range(num_layers)):
+            raise ValueError(
+                f"{prefix}groups: must hold each of the model's {num_layers} layers (0..{num_layers - 1}) exactly once, "
+                f"in non-empty groups; got {_short([list(g) for g in self.groups])}"
+            )
+
+    def pod_groups(self, num_layers: int) -> tuple[tuple[int, ...], ...]:
+        """PoD's layer groups, each ascending, in order of their lowest layer (the owner): `groups`, or
+        consecutive runs of `layer_group(num_layers)` layers."""
+        if self.groups is not None:
+            return tuple(sorted(tuple(sorted(g)) for g in self.groups))
+        size = self.layer_group(num_layers)
+        return tuple(tuple(range(start, min(start + size, num_layers))) for start in range(0, num_layers, size))
 
     def check_prompt(self, prompt_len: int, prefix: str = "") -> None:
         """Reject a ratio budget that keeps fewer of this prompt's tokens than the window (or sink + 1),
@@ -359,9 +390,13 @@ def _preset(path: str | Path) -> dict:
     return data
 
 
+PRESET_NOTES = ("overrides", "calibration")  # preset keys that are no config field: rules, and how groups were found
+
+
 def load_preset(path: str | Path) -> KVPolicyConfig:
-    """Read a YAML preset (see configs/) into a validated config (its `overrides:` rules aside)."""
-    return KVPolicyConfig(**{k: v for k, v in _preset(path).items() if k != "overrides"})
+    """Read a YAML preset (see configs/, or `pod-calibrate`'s JSON) into a validated config (its
+    `overrides:` rules and `calibration:` notes aside)."""
+    return KVPolicyConfig(**{k: v for k, v in _preset(path).items() if k not in PRESET_NOTES})
 
 
 def preset_overrides(path: str | Path) -> dict:

@@ -1,9 +1,10 @@
 """`pod` (PoD): proximal tokens keep per-layer keys; distant tokens share one key per layer group.
 
-Proximal tokens are the first `sink` and the last `recent` prompt tokens. In each group of
-`group_size` consecutive layers, the first layer (the owner) keeps its keys for every token; the
-other layers keep keys only for proximal tokens and attend to distant tokens with the owner's keys,
-while every layer keeps its own values. Tokens generated after prefill are proximal by definition.
+Proximal tokens are the first `sink` and the last `recent` prompt tokens. In each layer group
+(`groups`, e.g. from `kvcomp-vllm pod-calibrate`, or consecutive runs of `group_size`) the lowest
+layer (the owner) keeps its keys for every token; the other layers keep keys only for proximal
+tokens and attend to distant tokens with the owner's keys, while every layer keeps its own values.
+Tokens generated after prefill are proximal by definition.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from .base import KVPolicy, LayerPlan, PromptView
 
 
 class PoDPolicy(KVPolicy):
-    """Shares distant tokens' key state across each group of consecutive layers."""
+    """Shares distant tokens' key state across each layer group."""
 
     name = "pod"
 
+    def __init__(self, config, num_layers: int):
+        super().__init__(config, num_layers)
+        self._owners = {layer: group[0] for group in config.pod_groups(num_layers) for layer in group}
+
     def owner_layer(self, layer: int) -> int:
-        """First layer of `layer`'s group: the one whose keys the group shares."""
-        return layer - layer % self.config.layer_group(self.num_layers)
+        """Lowest layer of `layer`'s group: the one whose keys the group shares."""
+        return self._owners[layer]
 
     def budget_tier(self, layer: int) -> int:
         """Two tiers: the owner layers (tier 0, every token) and the member layers (tier 1)."""

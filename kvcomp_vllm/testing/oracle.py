@@ -112,7 +112,7 @@ def layer_budget(config: KVPolicyConfig, num_layers: int, layer: int, prompt_len
     if config.policy == "full":
         return prompt_len
     if config.policy == "pod":
-        owner = layer % config.layer_group(num_layers) == 0
+        owner = pod_owner(config, num_layers, layer) == layer
         return prompt_len if owner else min(prompt_len, config.sink + config.recent)
     if config.policy == "pyramid":
         return pyramid_layer_budgets(config, num_layers, prompt_len)[layer]
@@ -252,10 +252,18 @@ def select_windowkv_per_head(config: KVPolicyConfig, keys, queries, scale: float
     return Kept(with_observation(chosen, n, w))
 
 
+def pod_owner(config: KVPolicyConfig, num_layers: int, layer: int) -> int:
+    """The layer whose keys `layer` uses for distant tokens: the lowest of its group in `groups`, else the
+    first of its run of `group_size` consecutive layers."""
+    if config.groups is not None:
+        return min(next(group for group in config.groups if layer in group))
+    return layer - layer % config.layer_group(num_layers)
+
+
 def select_pod(config: KVPolicyConfig, num_layers: int, layer: int, n: int, kv_heads: int) -> Kept:
     """PoD: group owners keep all; members keep the first `sink` and last `recent` tokens' own keys and take
     the distant tokens' keys from their owner (values stay their own)."""
-    owner = layer - layer % config.layer_group(num_layers)
+    owner = pod_owner(config, num_layers, layer)
     if owner == layer or config.sink + config.recent >= n:
         return Kept(None)
     proximal = list(range(config.sink)) + list(range(n - config.recent, n))
