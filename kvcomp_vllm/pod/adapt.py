@@ -59,6 +59,7 @@ def trainable_model(model_dir: str, settings: AdaptSettings):
         return base, base
     from peft import LoraConfig, get_peft_model
 
+    torch.manual_seed(settings.seed)  # the adapters' initial weights
     lora = LoraConfig(r=settings.lora_rank, lora_alpha=2 * settings.lora_rank, lora_dropout=0.0,
                       target_modules=LORA_TARGETS, bias="none")
     return get_peft_model(base, lora), base
@@ -126,10 +127,10 @@ def adapt(model_dir: str, out: str | Path, config: KVPolicyConfig, settings: Ada
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            journal.write(json.dumps({"step": step, "loss": round(float(loss), 6)}) + "\n")
+            journal.write(json.dumps({"step": step, "loss": round(loss.item(), 6)}) + "\n")
             if step % settings.save_every == 0:
                 _save_state(state_path, model, optimizer, step, record)
-                log(f"pod-adapt: step {step} loss {float(loss):.4f}")
+                log(f"pod-adapt: step {step} loss {loss.item():.4f}")
     _save_state(state_path, model, optimizer, step, record)
     model.eval()
     _export(out, model, model_dir, config, layers, {**record, "steps": step})
