@@ -1,0 +1,65 @@
+"""PoD in a vLLM CPU engine beyond fixed groups: non-consecutive layer groups equal the oracle, an
+adapted checkpoint serves, and serving it with another geometry warns at start-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.pod.adapt import AdaptSettings, adapt
+from kvcomp_vllm.testing.engine import compacted_counts, drive
+from kvcomp_vllm.testing.oracle import generate
+from kvcomp_vllm.vllm_integration import engine_args
+from test_vllm_engine import greedy, make_llm, prompt_ids, release  # noqa: F401 - release is a fixture
+
+pytestmark = pytest.mark.vllm
+
+SETTINGS = dict(policy="pod", sink=4, recent=48, groups=[[0, 3], [1, 2]])  # owners 0 and 1; members 3 and 2
+
+
+@pytest.fixture(scope="module")
+def adapted_dir(tmp_path_factory, tiny_llama_dir):
+    out = tmp_path_factory.mktemp("pod-adapted")
+    recipe = AdaptSettings(steps=3, seq_len=256, continuation=64, lr=2e-3, lora_rank=8)
+    adapt(str(tiny_llama_dir), out, KVPolicyConfig(**SETTINGS), recipe)
+    return out
+
+
+def start_up_warnings(monkeypatch, model_dir, settings) -> list[str]:
+    """kvcomp's warnings while vLLM builds an engine config for `model_dir` (no weights load)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    logged: list[str] = []
+    monkeypatch.setattr(engine_args.logger, "warning", lambda msg, *args: logged.append(msg % args))
+    EngineArgs(model=str(model_dir), dtype="float32", max_model_len=512, block_size=32, enforce_eager=True,
+               additional_config={"kvcomp": settings}).create_engine_config()
+    return [line for line in logged if "adapted for" in line]
+
+
+def test_adapted_checkpoint_with_non_consecutive_groups_serves_as_the_oracle(adapted_dir, release):
+    model = AutoModelForCausalLM.from_pretrained(adapted_dir, dtype=torch.float32)
+    prompts = [prompt_ids(adapted_dir, 40, 1), prompt_ids(adapted_dir, 3, 2), prompt_ids(adapted_dir, 60, 3)]
+    llm = make_llm(adapted_dir, SETTINGS)
+    before = compacted_counts(llm, "pod")
+    run = drive(llm, prompts, greedy(12))
+    config = KVPolicyConfig(**SETTINGS)
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, config, 12).tokens, (req_id, len(prompt))
+    assert run.free_blocks_after == run.free_blocks_before
+    kept, evicted = (a - b for a, b in zip(compacted_counts(llm, "pod"), before))
+    assert evicted > 0  # members 2 and 3 packed their distant values
+    # Served with consecutive groups the members read other owners' keys: other tokens.
+    other = generate(model, prompts[2], KVPolicyConfig(policy="pod", sink=4, recent=48, group_size=2), 12).tokens
+    assert other != run.tokens["req-2"]
+
+
+def test_serving_another_geometry_than_adapted_for_warns(monkeypatch, adapted_dir, tiny_llama_dir):
+    assert start_up_warnings(monkeypatch, adapted_dir, SETTINGS) == []
+    [line] = start_up_warnings(monkeypatch, adapted_dir, {**SETTINGS, "recent": 64})
+    assert line.startswith(f"kvcomp: {adapted_dir} was adapted for pod with sink=4 recent=48 groups=[[0, 3], [1, 2]]")
+    assert "served with recent 64 (adapted for 48)" in line
+    [line] = start_up_warnings(monkeypatch, adapted_dir, {"policy": "pod", "sink": 4, "recent": 48})
+    assert "groups [[0, 1], [2, 3]] (adapted for [[0, 3], [1, 2]])" in line
+    assert start_up_warnings(monkeypatch, tiny_llama_dir, {**SETTINGS, "recent": 64}) == []  # never adapted
