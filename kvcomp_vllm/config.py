@@ -30,9 +30,10 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
-    "pod": frozenset({"sink", "recent", "group_size", "groups"}),
+    "pod": frozenset({"sink", "recent", "group_size", "groups", "select"} | _POOLED - {"prefill_chunk"}),
 }
 _NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
+_POD_SELECTION = frozenset({"budget", "window", "pool_size", "pooling"})  # pod reads them with select: snapkv only
 WINDOWKV_WINDOW = 8  # windowkv's default window size (the official script's review_window_size)
 WINDOWKV_GROUP = 8  # windowkv's default layers per group (the paper's and the official script's shared_layers)
 
@@ -159,6 +160,11 @@ class KVPolicyConfig(BaseModel):
         "layer once), the lowest layer of each the owner; `kvcomp-vllm pod-calibrate` writes them from the "
         "model's attention; unset: consecutive groups of group_size",
     )
+    select: Literal["none", "snapkv"] = Field(
+        "none",
+        description="pod: which distant tokens are kept (with shared keys): none, all of them; snapkv, the "
+        "SnapKV choice within budget (proximal tokens included), per KV head",
+    )
     window_size: int | Literal["auto"] | None = Field(
         None,
         description="tokens per window (windowkv: default 8); windowkv-per-head also 'auto' (the default) "
@@ -216,6 +222,8 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(
                 f"{', '.join(map(name, extra))}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
             )
+        if self.policy == "pod":
+            self._check_pod_select(name)
         if self.policy in _NEEDS_BUDGET and self.budget is None:
             raise ValueError(f"{name('budget')}: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
         if self.budget is not None:
@@ -239,6 +247,20 @@ class KVPolicyConfig(BaseModel):
                 f"{name('prefill_chunk')}: {self.prefill_chunk} tokens is less than {name('window')} ({self.window}); "
                 "each chunk's last queries score its compression"
             )
+
+    def _check_pod_select(self, name) -> None:
+        """pod reads the selection fields only with `select: snapkv`, which needs a budget and a window
+        inside the recent tokens (the scored prefix must hold every distant token)."""
+        if self.select == "none":
+            given = sorted(self.model_fields_set & _POD_SELECTION)
+            if given:
+                raise ValueError(f"{', '.join(map(name, given))}: read by pod only with {name('select')} snapkv")
+            return
+        if self.budget is None:
+            raise ValueError(f"{name('budget')}: pod with {name('select')} snapkv needs a budget (token count or ratio in (0, 1])")
+        if self.window > self.recent:
+            raise ValueError(f"{name('window')}: {self.window} is more than {name('recent')} ({self.recent}); "
+                             "pod's observation window must lie inside the recent tokens")
 
     def _floor(self, prefix: str = "") -> tuple[int, str]:
         """The fewest tokens a budget may keep, and what sets it."""
@@ -271,7 +293,7 @@ class KVPolicyConfig(BaseModel):
     def check_model(self, num_layers: int, max_model_len: int | None = None, prefix: str = "") -> None:
         """Reject settings that cannot work with a model of `num_layers` layers and this context length
         (`prefix`: how the client spells fields, e.g. `kv_` over HTTP)."""
-        if "group_size" in POLICY_FIELDS[self.policy]:
+        if "group_size" in POLICY_FIELDS[self.policy] and self.groups is None:
             group = self.layer_group(num_layers)
             if group > num_layers or num_layers % group:
                 raise ValueError(
@@ -342,7 +364,10 @@ class KVPolicyConfig(BaseModel):
 
     def describe(self) -> str:
         """One line naming the policy and the parameters it reads, for logs and responses."""
-        params = {k: getattr(self, k) for k in sorted(POLICY_FIELDS[self.policy]) if getattr(self, k) is not None}
+        fields = POLICY_FIELDS[self.policy]
+        if self.policy == "pod" and self.select == "none":  # plain PoD reads no selection field
+            fields = fields - _POD_SELECTION - {"select"}
+        params = {k: getattr(self, k) for k in sorted(fields) if getattr(self, k) is not None}
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.pod.adapt import AdaptSettings, adapt
 from kvcomp_vllm.testing.engine import compacted_counts, drive
 from kvcomp_vllm.testing.oracle import generate
@@ -63,3 +64,26 @@ def test_serving_another_geometry_than_adapted_for_warns(monkeypatch, adapted_di
     [line] = start_up_warnings(monkeypatch, adapted_dir, {"policy": "pod", "sink": 4, "recent": 48})
     assert "groups [[0, 1], [2, 3]] (adapted for [[0, 3], [1, 2]])" in line
     assert start_up_warnings(monkeypatch, tiny_llama_dir, {**SETTINGS, "recent": 64}) == []  # never adapted
+
+
+@pytest.mark.parametrize("settings", [
+    dict(policy="pod", select="snapkv", budget=0.25, sink=4, recent=48, window=16, group_size=2),
+    dict(policy="pod", select="snapkv", budget=120, sink=4, recent=32, groups=[[0, 3], [1, 2]], pool_size=1),
+], ids=["ratio", "groups"])
+def test_pod_with_snapkv_selection_matches_the_oracle(tiny_model_dir, settings, release):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
+    llm = make_llm(tiny_model_dir, settings)
+    before = compacted_counts(llm, "pod")
+    run = drive(llm, prompts, greedy(12))
+    config = KVPolicyConfig(**settings)
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, config, 12).tokens, (req_id, len(prompt))
+    assert run.free_blocks_after == run.free_blocks_before
+    policy = make_policy(config, 4)
+    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
+    counted = compacted_counts(llm, "pod")
+    assert (counted[0] - before[0], counted[1] - before[1]) == (kept, 4 * sum(map(len, prompts)) - kept)
+    # The selection matters: without it (all distant tokens kept) the long prompt decodes otherwise.
+    plain = {k: v for k, v in settings.items() if k not in ("select", "budget", "window", "pool_size")}
+    assert generate(model, prompts[2], KVPolicyConfig(**plain), 12).tokens != run.tokens["req-2"]
