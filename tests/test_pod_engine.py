@@ -87,3 +87,17 @@ def test_pod_with_snapkv_selection_matches_the_oracle(tiny_model_dir, settings, 
     # The selection matters: without it (all distant tokens kept) the long prompt decodes otherwise.
     plain = {k: v for k, v in settings.items() if k not in ("select", "budget", "window", "pool_size")}
     assert generate(model, prompts[2], KVPolicyConfig(**plain), 12).tokens != run.tokens["req-2"]
+
+
+def test_requests_choose_selection_on_a_pod_server(tiny_llama_dir, release):
+    server = dict(policy="pod", sink=4, recent=48, group_size=2)
+    chosen = {"select": "snapkv", "budget": 0.3, "window": 16}
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    prompts = [prompt_ids(tiny_llama_dir, 60, 3), prompt_ids(tiny_llama_dir, 60, 3), prompt_ids(tiny_llama_dir, 50, 4)]
+    llm = make_llm(tiny_llama_dir, server)
+    run = drive(llm, prompts, [greedy(12), greedy(12, kvcomp=chosen), greedy(12, kvcomp=chosen)])
+    configs = [KVPolicyConfig(**server), KVPolicyConfig(**server, **chosen), KVPolicyConfig(**server, **chosen)]
+    for (req_id, tokens), prompt, config in zip(run.tokens.items(), prompts, configs):
+        assert tokens == generate(model, prompt, config, 12).tokens, req_id
+    assert run.tokens["req-0"] != run.tokens["req-1"]  # one prompt, with and without selection
+    assert run.free_blocks_after == run.free_blocks_before
