@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.cli import main
-from kvcomp_vllm.pod.adapt import LOG_FILE, AdaptSettings, adapt, pod_loss
+from kvcomp_vllm.pod.adapt import LOG_FILE, AdaptSettings, adapt, continuation_logits, pod_loss
 from kvcomp_vllm.pod.attention import PoDGeometry, pod_forward
 from kvcomp_vllm.pod.geometry import GEOMETRY_FILE, mismatch
 from kvcomp_vllm.pod.samples import corpus_tokens, window
@@ -48,21 +48,26 @@ def sample(model_dir, index=0):
     return torch.tensor([window(ids, SETTINGS.seq_len, index, 0)])
 
 
-def loss_of(model_dir, batch) -> float:
+def loss_of(model_dir, batch, original_dir=None) -> float:
+    """The continuation's cross-entropy under PoD, or its KL divergence from `original_dir`'s full attention."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    teacher = None
+    if original_dir is not None:
+        original = AutoModelForCausalLM.from_pretrained(original_dir, dtype=torch.float32)
+        teacher = lambda ids: continuation_logits(original, ids, SETTINGS.prompt_len)  # noqa: E731
     with torch.no_grad():
-        return float(pod_loss(model, model, PoDGeometry.from_config(GROUPS, 4), batch, SETTINGS.prompt_len))
+        return float(pod_loss(model, model, PoDGeometry.from_config(GROUPS, 4), batch, SETTINGS.prompt_len, teacher))
 
 
 def test_a_few_steps_lower_the_loss_and_the_checkpoint_records_its_geometry(tmp_path, tiny_llama_dir):
     batch = sample(tiny_llama_dir)
-    before = loss_of(tiny_llama_dir, batch)
+    before = loss_of(tiny_llama_dir, batch, tiny_llama_dir)  # what shared keys change of full attention
     result = adapt(str(tiny_llama_dir), tmp_path, GROUPS, SETTINGS)
     assert result == {"steps": 4, "out": str(tmp_path), "finished": True}
-    after = loss_of(tmp_path, batch)  # the merged checkpoint, loaded as an ordinary model
-    assert after < before - 0.05, (before, after)
+    after = loss_of(tmp_path, batch, tiny_llama_dir)  # the merged checkpoint, loaded as an ordinary model
+    assert before > 0.01 and after < 0.8 * before, (before, after)
     losses = [json.loads(line)["loss"] for line in (tmp_path / LOG_FILE).read_text().splitlines()]
-    assert len(losses) == 4
+    assert len(losses) == 4 and losses[0] == pytest.approx(before, rel=1e-3)  # step 1: LoRA starts at the base
     record = json.loads((tmp_path / GEOMETRY_FILE).read_text())
     assert record["geometry"] == {"sink": 3, "recent": 24, "groups": [[0, 2, 3], [1]]}
     assert record["steps"] == 4 and record["adapted_from"] == str(tiny_llama_dir)
@@ -89,13 +94,27 @@ def test_runs_resume_where_the_last_stopped(tmp_path, tiny_llama_dir):
         adapt(str(tiny_llama_dir), parts, GROUPS.model_copy(update={"recent": 30}), SETTINGS)
 
 
+def test_the_lm_objective_lowers_the_texts_cross_entropy(tmp_path, tiny_llama_dir):
+    batch = sample(tiny_llama_dir)
+    before = loss_of(tiny_llama_dir, batch)
+    adapt(str(tiny_llama_dir), tmp_path, GROUPS, AdaptSettings(**{**SETTINGS.__dict__, "objective": "lm"}))
+    assert loss_of(tmp_path, batch) < before - 0.05
+
+
+def test_full_fine_tuning_distills_from_a_frozen_copy(tmp_path, tiny_llama_dir):
+    batch = sample(tiny_llama_dir)
+    before = loss_of(tiny_llama_dir, batch, tiny_llama_dir)
+    adapt(str(tiny_llama_dir), tmp_path, GROUPS, AdaptSettings(**{**SETTINGS.__dict__, "lora_rank": 0, "lr": 2e-5}))
+    assert loss_of(tmp_path, batch, tiny_llama_dir) < 0.8 * before
+
+
 def test_cli_full_fine_tuning_with_a_minute_limit_from_a_grouping_file(tmp_path, tiny_llama_dir):
     preset = tmp_path / "groups.json"
     preset.write_text(json.dumps({"policy": "pod", "sink": 3, "recent": 24, "groups": [[0, 2, 3], [1]],
                                   "calibration": {"note": "ignored by the config"}}))
     out = tmp_path / "full"
     args = ["pod-adapt", str(tiny_llama_dir), "--out", str(out), "--kv-config", str(preset), "--lora-rank", "0",
-            "--steps", "2", "--seq-len", "256", "--continuation", "64", "--lr", "1e-4"]
+            "--steps", "2", "--seq-len", "256", "--continuation", "64", "--lr", "1e-4", "--objective", "lm"]
     assert main(args) == 0
     base, tuned = load_file(tiny_llama_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert base.keys() == tuned.keys() and any(not torch.equal(base[k], tuned[k]) for k in base)

@@ -1,7 +1,9 @@
 """`kvcomp-vllm pod-adapt`: fine-tune a model to PoD's shared distant keys (LoRA via peft, or full).
 
 Each step trains on sequences of a local corpus with the serving-time geometry (`attention`): the
-loss is the continuation's, whose queries see distant tokens through their owners' keys. State (trained
+loss is the continuation's, whose queries see distant tokens through their owners' keys; by default
+(`objective: distill`) its KL divergence from the original model's full-attention predictions, so the
+model learns to predict with shared keys what it predicted without them (`lm`: the text's cross-entropy). State (trained
 weights, optimizer, step) is saved every `save_every` steps and at the end of a run, so runs resume
 where the last stopped (`--minutes` bounds one run); every run ends by writing an ordinary checkpoint
 (LoRA merged) with the geometry it was adapted for (`geometry.GEOMETRY_FILE`).
@@ -12,8 +14,10 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +43,7 @@ class AdaptSettings:
     batch: int = 1
     lr: float = 2e-4
     lora_rank: int = 16
+    objective: Literal["distill", "lm"] = "distill"
     save_every: int = 50
     corpus: str | None = None
     seed: int = 0
@@ -65,12 +70,44 @@ def trainable_model(model_dir: str, settings: AdaptSettings):
     return get_peft_model(base, lora), base
 
 
-def pod_loss(model, base, geo: PoDGeometry, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Mean cross-entropy of the continuation `ids[:, prompt_len:]` under PoD attention."""
+def continuation_logits(model, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """`[batch, continuation, vocab]` float logits predicting `ids[:, prompt_len:]` (the model's attention as set)."""
     autocast = torch.autocast("cuda", torch.bfloat16) if ids.is_cuda else nullcontext()
-    with pod_forward(base, geo, prompt_len), autocast:
-        logits = model(input_ids=ids, use_cache=False).logits
-    return F.cross_entropy(logits[:, prompt_len - 1 : -1].flatten(0, 1).float(), ids[:, prompt_len:].flatten())
+    with autocast:
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - prompt_len + 1).logits
+    return logits[:, :-1].float()
+
+
+Teacher = Callable[[torch.Tensor], torch.Tensor]  # ids -> full-attention continuation logits
+
+
+def pod_loss(model, base, geo: PoDGeometry, ids: torch.Tensor, prompt_len: int, teacher: Teacher | None = None) -> torch.Tensor:
+    """The continuation's loss under PoD attention: its cross-entropy, or with `teacher` the KL divergence
+    from the teacher's next-token distributions (self-distillation: keep what full attention predicts)."""
+    with pod_forward(base, geo, prompt_len):
+        student = continuation_logits(model, ids, prompt_len).flatten(0, 1)
+    if teacher is None:
+        return F.cross_entropy(student, ids[:, prompt_len:].flatten())
+    with torch.no_grad():
+        target = teacher(ids).flatten(0, 1).log_softmax(-1)
+    return F.kl_div(student.log_softmax(-1), target, log_target=True, reduction="batchmean")
+
+
+def make_teacher(model, model_dir: str, settings: AdaptSettings) -> Teacher | None:
+    """The full-attention original model for `objective: distill`: LoRA's base with its adapters off, or a
+    frozen copy when every weight trains; None for `objective: lm`."""
+    if settings.objective == "lm":
+        return None
+    if settings.lora_rank:
+        def teacher(ids: torch.Tensor) -> torch.Tensor:
+            with model.disable_adapter():
+                return continuation_logits(model, ids, settings.prompt_len)
+
+        return teacher
+    from transformers import AutoModelForCausalLM
+
+    frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(settings.device).eval()
+    return lambda ids: continuation_logits(frozen, ids, settings.prompt_len)
 
 
 def _save_state(path: Path, model, optimizer, step: int, record: dict) -> None:
@@ -118,11 +155,12 @@ def adapt(model_dir: str, out: str | Path, config: KVPolicyConfig, settings: Ada
         step = state["step"]
         log(f"pod-adapt: resuming at step {step}")
     _, ids = corpus_tokens(AutoTokenizer.from_pretrained(model_dir), settings.corpus, settings.seed, settings.seq_len)
+    teacher = make_teacher(model, model_dir, settings)
     model.train()
     with (out / LOG_FILE).open("a") as journal:
         while step < settings.steps and (settings.minutes is None or time.monotonic() - started < 60 * settings.minutes):
             rows = [window(ids, settings.seq_len, step * settings.batch + b, settings.seed) for b in range(settings.batch)]
-            loss = pod_loss(model, base, geo, torch.tensor(rows, device=settings.device), settings.prompt_len)
+            loss = pod_loss(model, base, geo, torch.tensor(rows, device=settings.device), settings.prompt_len, teacher)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

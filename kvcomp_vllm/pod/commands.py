@@ -61,6 +61,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=d.batch)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: fine-tune every weight")
+    parser.add_argument("--objective", choices=("distill", "lm"), default=d.objective,
+                        help="distill (default): match the original model's full-attention predictions; lm: the text")
     parser.add_argument("--save-every", type=int, default=d.save_every)
     parser.add_argument("--corpus", default=None, help="generated (default), devils-dictionary or a text file")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -87,7 +89,7 @@ def adapt(args: argparse.Namespace) -> int:
 
     settings = AdaptSettings(steps=args.steps, minutes=args.minutes, seq_len=args.seq_len,
                              continuation=args.continuation, batch=args.batch, lr=args.lr,
-                             lora_rank=args.lora_rank, save_every=args.save_every, corpus=args.corpus,
+                             lora_rank=args.lora_rank, objective=args.objective, save_every=args.save_every, corpus=args.corpus,
                              seed=args.seed, device=args.device)
     print(json.dumps(run(args.model, args.out, pod_config(args), settings)))
     return 0
