@@ -257,7 +257,9 @@ class KVPolicyConfig(BaseModel):
                 raise ValueError(f"{', '.join(map(name, given))}: read by pod only with {name('select')} snapkv")
             return
         if self.budget is None:
-            raise ValueError(f"{name('budget')}: pod with {name('select')} snapkv needs a budget (token count or ratio in (0, 1])")
+            raise ValueError(
+                f"{name('budget')}: pod with {name('select')} snapkv needs a budget (token count or ratio in (0, 1])"
+            )
         if self.window > self.recent:
             raise ValueError(f"{name('window')}: {self.window} is more than {name('recent')} ({self.recent}); "
                              "pod's observation window must lie inside the recent tokens")
@@ -325,12 +327,14 @@ class KVPolicyConfig(BaseModel):
     def _check_groups(self, num_layers: int, prefix: str) -> None:
         """`groups` must hold every layer of the model exactly once, in non-empty groups."""
         if "group_size" in self.model_fields_set:
-            raise ValueError(f"{prefix}groups, {prefix}group_size: give one of them (groups lists the layers themselves)")
+            raise ValueError(
+                f"{prefix}groups, {prefix}group_size: give one of them (groups lists the layers themselves)"
+            )
         layers = [layer for group in self.groups for layer in group]
         if any(not group for group in self.groups) or sorted(layers) != list(range(num_layers)):
             raise ValueError(
-                f"{prefix}groups: must hold each of the model's {num_layers} layers (0..{num_layers - 1}) exactly once, "
-                f"in non-empty groups; got {_short([list(g) for g in self.groups])}"
+                f"{prefix}groups: must hold each of the model's {num_layers} layers (0..{num_layers - 1}) "
+                f"exactly once, in non-empty groups; got {_short([list(g) for g in self.groups])}"
             )
 
     def pod_groups(self, num_layers: int) -> tuple[tuple[int, ...], ...]:

@@ -53,7 +53,8 @@ def test_owner_keeps_the_top_distant_tokens_and_members_their_values():
 def test_a_member_whose_owner_was_not_planned_shares_every_distant_key():
     policy = make_policy(KVPolicyConfig(policy="pod", select="snapkv", budget=1.0, sink=2, recent=6, window=4), 2)
     keys, queries = layer(30, 3)
-    plan = RequestCompressor(policy).plan(1, PromptView.dense(keys, queries[:, -4:], 0.5))  # the owner keeps all: its caller skips it
+    # The owner keeps all, so its caller never plans it.
+    plan = RequestCompressor(policy).plan(1, PromptView.dense(keys, queries[:, -4:], 0.5))
     assert plan.shared.tolist() == list(range(2, 24)) and plan.keep.shape == (HKV, 8)
 
 
@@ -74,12 +75,13 @@ def test_member_decode_reads_the_chosen_keys_from_the_compacted_owner(chosen_cou
                                         sink=sink, recent=recent, window=4), 2)
     owner_plan = LayerPlan(keep=owner_plan_keep)
     plan = policy.derive(1, PromptView(n, HKV, torch.device("cpu"), None), owner_plan)
-    for cache_pair, table, p in [((owner_keys, owner_values), owner_blocks, owner_plan), ((key_cache, value_cache), blocks, plan)]:
+    for pair, table, p in [((owner_keys, owner_values), owner_blocks, owner_plan), ((key_cache, value_cache), blocks, plan)]:
         sources = move_sources(p, torch.arange(n, n + later))
-        move_tokens_reference_(*cache_pair, table[None], sources[None], torch.tensor([sources.shape[-1]], dtype=torch.int32))
+        move_tokens_reference_(*pair, table[None], sources[None], torch.tensor([sources.shape[-1]], dtype=torch.int32))
     start, count = policy.distant_span(n)
     assert (start, count) == (sink, chosen_count)
-    assert torch.equal(read_tokens(owner_keys, owner_blocks, sink + count)[:, sink:], owner_k.gather(1, chosen[..., None].expand(-1, -1, D)))
+    owner_chosen = owner_k.gather(1, chosen[..., None].expand(-1, -1, D))
+    assert torch.equal(read_tokens(owner_keys, owner_blocks, sink + count)[:, sink:], owner_chosen)
     layout = MemberLayout(owner=0, proximal=proximal.numel(), distant_start=start, distant=count)
     query = torch.randn(2, H, D, generator=g, dtype=torch.float64)
     rows = torch.tensor([layout.decode_row(later - 1 + t) for t in range(2)], dtype=torch.int32)

@@ -81,7 +81,8 @@ def continuation_logits(model, ids: torch.Tensor, prompt_len: int) -> torch.Tens
 Teacher = Callable[[torch.Tensor], torch.Tensor]  # ids -> full-attention continuation logits
 
 
-def pod_loss(model, base, geo: PoDGeometry, ids: torch.Tensor, prompt_len: int, teacher: Teacher | None = None) -> torch.Tensor:
+def pod_loss(model, base, geo: PoDGeometry, ids: torch.Tensor, prompt_len: int,
+             teacher: Teacher | None = None) -> torch.Tensor:
     """The continuation's loss under PoD attention: its cross-entropy, or with `teacher` the KL divergence
     from the teacher's next-token distributions (self-distillation: keep what full attention predicts)."""
     with pod_forward(base, geo, prompt_len):
@@ -149,7 +150,8 @@ def adapt(model_dir: str, out: str | Path, config: KVPolicyConfig, settings: Ada
                 raise ValueError(f"{state_path}: saved for {key} {state[key]}, not {record[key]}; use another --out")
         missing = set(state["trained"]) - {k for k, v in model.named_parameters() if v.requires_grad}
         if missing:
-            raise ValueError(f"{state_path}: trained weights {sorted(missing)[:3]} are not in this model (other --lora-rank?)")
+            raise ValueError(f"{state_path}: trained weights {sorted(missing)[:3]} are not in this model "
+                             "(another --lora-rank?)")
         model.load_state_dict(state["trained"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -158,8 +160,10 @@ def adapt(model_dir: str, out: str | Path, config: KVPolicyConfig, settings: Ada
     teacher = make_teacher(model, model_dir, settings)
     model.train()
     with (out / LOG_FILE).open("a") as journal:
-        while step < settings.steps and (settings.minutes is None or time.monotonic() - started < 60 * settings.minutes):
-            rows = [window(ids, settings.seq_len, step * settings.batch + b, settings.seed) for b in range(settings.batch)]
+        in_time = lambda: settings.minutes is None or time.monotonic() - started < 60 * settings.minutes  # noqa: E731
+        while step < settings.steps and in_time():
+            rows = [window(ids, settings.seq_len, step * settings.batch + b, settings.seed)
+                    for b in range(settings.batch)]
             loss = pod_loss(model, base, geo, torch.tensor(rows, device=settings.device), settings.prompt_len, teacher)
             loss.backward()
             optimizer.step()

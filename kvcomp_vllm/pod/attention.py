@@ -66,8 +66,10 @@ def pod_train_attention(module, query, key, value, attention_mask, scaling=None,
     if tokens == n:
         return prompt.transpose(1, 2).contiguous(), None
     keys = key if owner == layer else mixed_keys(key, run.keys[owner], n, run.geometry.sink, run.geometry.recent)
-    visible = torch.arange(tokens, device=query.device)[None, :] <= torch.arange(n, tokens, device=query.device)[:, None]
-    later = F.scaled_dot_product_attention(query[:, :, n:], keys, value, attn_mask=visible, scale=scaling, enable_gqa=gqa)
+    positions = torch.arange(tokens, device=query.device)
+    visible = positions[None, :] <= positions[n:, None]
+    later = F.scaled_dot_product_attention(query[:, :, n:], keys, value, attn_mask=visible, scale=scaling,
+                                           enable_gqa=gqa)
     return torch.cat([prompt, later], dim=2).transpose(1, 2).contiguous(), None
 
 

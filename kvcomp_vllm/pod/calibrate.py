@@ -35,7 +35,8 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
 
 
 @torch.no_grad()
-def distant_attention(model, prompts: list[list[int]], sink: int, recent: int, window_: int) -> list[list[torch.Tensor]]:
+def distant_attention(model, prompts: list[list[int]], sink: int, recent: int,
+                      window_: int) -> list[list[torch.Tensor]]:
     """Per prompt, each layer's `[kv_heads, distant]` distant-token attention."""
     from transformers import AttentionInterface
 
@@ -51,7 +52,8 @@ def distant_attention(model, prompts: list[list[int]], sink: int, recent: int, w
             _RECORD.reset(token)
         layers = [record["layers"][i] for i in range(model.config.num_hidden_layers)]
         if any(d is None for d in layers):
-            raise ValueError(f"prompts of {len(prompt)} tokens have no distant tokens with sink {sink}, recent {recent}")
+            raise ValueError(f"prompts of {len(prompt)} tokens have no distant tokens with sink {sink}, "
+                             f"recent {recent}")
         out.append([d.cpu() for d in layers])
     return out
 

@@ -89,7 +89,8 @@ def adapt(args: argparse.Namespace) -> int:
 
     settings = AdaptSettings(steps=args.steps, minutes=args.minutes, seq_len=args.seq_len,
                              continuation=args.continuation, batch=args.batch, lr=args.lr,
-                             lora_rank=args.lora_rank, objective=args.objective, save_every=args.save_every, corpus=args.corpus,
+                             lora_rank=args.lora_rank, objective=args.objective, save_every=args.save_every,
+                             corpus=args.corpus,
                              seed=args.seed, device=args.device)
     print(json.dumps(run(args.model, args.out, pod_config(args), settings)))
     return 0

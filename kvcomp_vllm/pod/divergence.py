@@ -45,7 +45,8 @@ def layer_divergence(prompts: list[list[torch.Tensor]]) -> torch.Tensor:
     return total / len(prompts)
 
 
-def group_layers(div: torch.Tensor, threshold: float, max_group: int, consecutive: bool = True) -> tuple[tuple[int, ...], ...]:
+def group_layers(div: torch.Tensor, threshold: float, max_group: int,
+                 consecutive: bool = True) -> tuple[tuple[int, ...], ...]:
     """Layer groups whose members attend like their owner (divergence to it at most `threshold`), at most
     `max_group` layers each. Layers join in order: `consecutive` (the paper's runs) extends the current
     run or starts a new one; otherwise a layer joins the open group whose owner is closest (ties: the

@@ -164,7 +164,8 @@ class KVPolicy(ABC):
         (PoD with selection: a member's from its owner's). `plan` is None where the source layer was not
         planned at this point (its caller plans only layers that evict)."""
         if plan is None:
-            raise RuntimeError(f"layer {layer} reuses layer {self.source_layer(layer)}'s plan, which was not computed first")
+            src = self.source_layer(layer)
+            raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
         return plan
 
     @property
@@ -248,7 +249,8 @@ def apply_plan(
             raise ValueError(f"plan shares keys of layer {plan.key_owner}; pass its keys as owner_keys")
         if plan.shared.dim() == 2:  # distant tokens chosen per head: kept K/V, then the chosen with the owner's keys
             own_k, own_v = _gather(keys, plan.keep), _gather(values, plan.keep)
-            return torch.cat([own_k, _gather(owner_keys, plan.shared)], 1), torch.cat([own_v, _gather(values, plan.shared)], 1)
+            shared_k, shared_v = _gather(owner_keys, plan.shared), _gather(values, plan.shared)
+            return torch.cat([own_k, shared_k], 1), torch.cat([own_v, shared_v], 1)
         keys = keys.clone()
         keys[:, plan.shared] = owner_keys[:, plan.shared]
         return keys, values

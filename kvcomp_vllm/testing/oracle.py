@@ -297,8 +297,8 @@ def select_pod_snapkv(config: KVPolicyConfig, num_layers: int, layer: int, keys,
     distant = range(config.sink, n - config.recent)
     if owner == layer:
         votes = pooled_votes(config, keys, queries, scale)
-        rows = [sorted(proximal + [config.sink + i for i in best_first(row[distant.start : distant.stop].tolist())[: budget - len(proximal)]])
-                for row in votes]
+        top = [best_first(row[distant.start : distant.stop].tolist())[: budget - len(proximal)] for row in votes]
+        rows = [sorted(proximal + [config.sink + i for i in chosen]) for chosen in top]
         return Kept(torch.tensor(rows))
     if owner_plan.keep is None:  # the owner kept all: every distant token shares its key
         return select_pod(config, num_layers, layer, n, kv_heads)
