@@ -6,6 +6,8 @@
     kvcomp-vllm bench serve [args, e.g. --preset h200-8b --rates 0.5,1]   (benchmarks/serve.py)
     kvcomp-vllm eval --model DIR [--policies ... --budgets ... --lengths ...]   (kvcomp_vllm/eval/)
     kvcomp-vllm eval report RESULTS_DIR... --out benchmarks/results/quality      (kvcomp_vllm/eval/page.py)
+    kvcomp-vllm pod-calibrate MODEL --out groups.json     (PoD layer groups from attention similarity)
+    kvcomp-vllm pod-adapt MODEL --out DIR [--kv-config groups.json]   (fine-tune to shared distant keys)
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report(argv[2:])
     from .eval.main import add_arguments as add_eval_arguments
+    from .pod import commands as pod
     from .vllm_integration.engine_args import add_kv_arguments
 
     parser = argparse.ArgumentParser(prog="kvcomp-vllm", description=__doc__.split("\n")[0])
@@ -126,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("presets", help=presets.__doc__)
     commands.add_parser("bench", help=bench.__doc__, add_help=False)
     add_eval_arguments(commands.add_parser("eval", help=evaluate.__doc__))
+    pod.add_calibrate_arguments(commands.add_parser("pod-calibrate", help=pod.calibrate.__doc__))
+    pod.add_adapt_arguments(commands.add_parser("pod-adapt", help=pod.adapt.__doc__))
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         return bench(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return {"doctor": doctor, "presets": presets, "eval": evaluate}[args.command](args)
+        run = {"doctor": doctor, "presets": presets, "eval": evaluate, "pod-calibrate": pod.calibrate, "pod-adapt": pod.adapt}
+        return run[args.command](args)
     except ValueError as err:
         parser.exit(2, f"kvcomp-vllm {args.command}: {err}\n")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, model_validator
@@ -30,9 +30,10 @@ POLICY_FIELDS: dict[str, frozenset[str]] = {
     "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
-    "pod": frozenset({"sink", "recent", "group_size"}),
+    "pod": frozenset({"sink", "recent", "group_size", "groups", "select"} | _POOLED - {"prefill_chunk"}),
 }
 _NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
+_POD_SELECTION = frozenset({"budget", "window", "pool_size", "pooling"})  # pod reads them with select: snapkv only
 WINDOWKV_WINDOW = 8  # windowkv's default window size (the official script's review_window_size)
 WINDOWKV_GROUP = 8  # windowkv's default layers per group (the paper's and the official script's shared_layers)
 
@@ -152,6 +153,18 @@ class KVPolicyConfig(BaseModel):
         description="consecutive layers sharing indices (windowkv: also one budget per group) or keys (pod); "
         "unset: windowkv the largest divisor of the layer count up to 8, windowkv-per-head and pod 2",
     )
+    groups: tuple[Annotated[tuple[StrictInt, ...], Field(strict=False)], ...] | None = Field(
+        None,
+        strict=False,  # a JSON list of lists is its form; its items stay strict
+        description="pod: layer groups sharing distant keys, each a list of layers (any order; together every "
+        "layer once), the lowest layer of each the owner; `kvcomp-vllm pod-calibrate` writes them from the "
+        "model's attention; unset: consecutive groups of group_size",
+    )
+    select: Literal["none", "snapkv"] = Field(
+        "none",
+        description="pod: which distant tokens are kept (with shared keys): none, all of them; snapkv, the "
+        "SnapKV choice within budget (proximal tokens included), per KV head",
+    )
     window_size: int | Literal["auto"] | None = Field(
         None,
         description="tokens per window (windowkv: default 8); windowkv-per-head also 'auto' (the default) "
@@ -209,12 +222,17 @@ class KVPolicyConfig(BaseModel):
             raise ValueError(
                 f"{', '.join(map(name, extra))}: not a parameter of policy '{self.policy}' (its parameters: {allowed})"
             )
+        if self.policy == "pod":
+            self._check_pod_select(name)
         if self.policy in _NEEDS_BUDGET and self.budget is None:
             raise ValueError(f"{name('budget')}: policy '{self.policy}' needs a budget (token count or ratio in (0, 1])")
         if self.budget is not None:
             self._check_budget(name)
         if self.pool_size % 2 == 0:
             raise ValueError(f"{name('pool_size')}: must be odd so pooling keeps positions centred, got {self.pool_size}")
+        listed = [layer for group in self.groups or () for layer in group]
+        if len(listed) > MAX_LAYERS or any(not 0 <= layer < MAX_LAYERS for layer in listed):
+            raise ValueError(f"{name('groups')}: at most {MAX_LAYERS} layers, each in [0, {MAX_LAYERS})")
         sizes = [("window_size", self.window_size)] if isinstance(self.window_size, int) else []
         for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
             if not 1 <= size <= MAX_TOKENS:
@@ -229,6 +247,22 @@ class KVPolicyConfig(BaseModel):
                 f"{name('prefill_chunk')}: {self.prefill_chunk} tokens is less than {name('window')} ({self.window}); "
                 "each chunk's last queries score its compression"
             )
+
+    def _check_pod_select(self, name) -> None:
+        """pod reads the selection fields only with `select: snapkv`, which needs a budget and a window
+        inside the recent tokens (the scored prefix must hold every distant token)."""
+        if self.select == "none":
+            given = sorted(self.model_fields_set & _POD_SELECTION)
+            if given:
+                raise ValueError(f"{', '.join(map(name, given))}: read by pod only with {name('select')} snapkv")
+            return
+        if self.budget is None:
+            raise ValueError(
+                f"{name('budget')}: pod with {name('select')} snapkv needs a budget (token count or ratio in (0, 1])"
+            )
+        if self.window > self.recent:
+            raise ValueError(f"{name('window')}: {self.window} is more than {name('recent')} ({self.recent}); "
+                             "pod's observation window must lie inside the recent tokens")
 
     def _floor(self, prefix: str = "") -> tuple[int, str]:
         """The fewest tokens a budget may keep, and what sets it."""
@@ -261,13 +295,15 @@ class KVPolicyConfig(BaseModel):
     def check_model(self, num_layers: int, max_model_len: int | None = None, prefix: str = "") -> None:
         """Reject settings that cannot work with a model of `num_layers` layers and this context length
         (`prefix`: how the client spells fields, e.g. `kv_` over HTTP)."""
-        if "group_size" in POLICY_FIELDS[self.policy]:
+        if "group_size" in POLICY_FIELDS[self.policy] and self.groups is None:
             group = self.layer_group(num_layers)
             if group > num_layers or num_layers % group:
                 raise ValueError(
                     f"{prefix}group_size: {group} does not divide the model's {num_layers} layers; "
                     f"choose one of {[g for g in range(1, num_layers + 1) if num_layers % g == 0]}"
                 )
+        if self.groups is not None:
+            self._check_groups(num_layers, prefix)
         if self.tiers is not None and self.tiers > num_layers:
             raise ValueError(
                 f"{prefix}tiers: {self.tiers} for a model of {num_layers} layers (a tier holds one layer or more); "
@@ -287,6 +323,27 @@ class KVPolicyConfig(BaseModel):
                 )
         if isinstance(self.budget, float) and self.policy in _NEEDS_BUDGET:
             self.check_prompt(max_model_len, prefix)
+
+    def _check_groups(self, num_layers: int, prefix: str) -> None:
+        """`groups` must hold every layer of the model exactly once, in non-empty groups."""
+        if "group_size" in self.model_fields_set:
+            raise ValueError(
+                f"{prefix}groups, {prefix}group_size: give one of them (groups lists the layers themselves)"
+            )
+        layers = [layer for group in self.groups for layer in group]
+        if any(not group for group in self.groups) or sorted(layers) != list(range(num_layers)):
+            raise ValueError(
+                f"{prefix}groups: must hold each of the model's {num_layers} layers (0..{num_layers - 1}) "
+                f"exactly once, in non-empty groups; got {_short([list(g) for g in self.groups])}"
+            )
+
+    def pod_groups(self, num_layers: int) -> tuple[tuple[int, ...], ...]:
+        """PoD's layer groups, each ascending, in order of their lowest layer (the owner): `groups`, or
+        consecutive runs of `layer_group(num_layers)` layers."""
+        if self.groups is not None:
+            return tuple(sorted(tuple(sorted(g)) for g in self.groups))
+        size = self.layer_group(num_layers)
+        return tuple(tuple(range(start, min(start + size, num_layers))) for start in range(0, num_layers, size))
 
     def check_prompt(self, prompt_len: int, prefix: str = "") -> None:
         """Reject a ratio budget that keeps fewer of this prompt's tokens than the window (or sink + 1),
@@ -311,7 +368,10 @@ class KVPolicyConfig(BaseModel):
 
     def describe(self) -> str:
         """One line naming the policy and the parameters it reads, for logs and responses."""
-        params = {k: getattr(self, k) for k in sorted(POLICY_FIELDS[self.policy]) if getattr(self, k) is not None}
+        fields = POLICY_FIELDS[self.policy]
+        if self.policy == "pod" and self.select == "none":  # plain PoD reads no selection field
+            fields = fields - _POD_SELECTION - {"select"}
+        params = {k: getattr(self, k) for k in sorted(fields) if getattr(self, k) is not None}
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 
@@ -359,9 +419,13 @@ def _preset(path: str | Path) -> dict:
     return data
 
 
+PRESET_NOTES = ("overrides", "calibration")  # preset keys that are no config field: rules, and how groups were found
+
+
 def load_preset(path: str | Path) -> KVPolicyConfig:
-    """Read a YAML preset (see configs/) into a validated config (its `overrides:` rules aside)."""
-    return KVPolicyConfig(**{k: v for k, v in _preset(path).items() if k != "overrides"})
+    """Read a YAML preset (see configs/, or `pod-calibrate`'s JSON) into a validated config (its
+    `overrides:` rules and `calibration:` notes aside)."""
+    return KVPolicyConfig(**{k: v for k, v in _preset(path).items() if k not in PRESET_NOTES})
 
 
 def preset_overrides(path: str | Path) -> dict:

@@ -21,7 +21,7 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.eval import check_answer
 from kvcomp_vllm.eval.budgets import parse_budget
 from kvcomp_vllm.eval.corpus import generated_paragraphs, load_corpus, read_paragraphs
-from kvcomp_vllm.eval.main import evaluate
+from kvcomp_vllm.eval.main import evaluate, plan
 from kvcomp_vllm.eval.scores import summarize
 from kvcomp_vllm.eval.runner import Setting, grid
 from kvcomp_vllm.eval.tasks import TASKS, PromptBuilder, TooShort, build_suite
@@ -172,3 +172,15 @@ def test_tiny_suite_full_equals_the_oracle_and_is_deterministic(tiny_llama_dir, 
     for name in ("score_vs_budget", "share_vs_budget", "needle_full", "needle_snapkv", "needle_pod"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| snapkv |" in paths["md"].read_text()
+
+
+def test_pod_with_selection_sweeps_budgets_as_snapkv_and_groups_come_from_a_file(tmp_path, tiny_llama_dir):
+    labels = [s.label for s in grid(["pod"], [0.1, 128], {"pod": {"select": "snapkv", "recent": 64}})]
+    assert labels == ["full", "pod@10%", "pod@128tok"]  # a ratio budget: the selection's, not recent
+    picked = grid(["pod"], [0.1], {"pod": {"select": "snapkv", "recent": 64}})[1]
+    assert picked.kvcomp() == {"policy": "pod", "budget": 0.1, "recent": 64, "select": "snapkv"}
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps({"policy": "pod", "groups": [[0, 3], [1, 2]], "calibration": {}}))
+    grid_plan, _, params = plan(_args(tiny_llama_dir, tmp_path, policies=["pod"], budgets=[64], pod_groups=str(path)))
+    assert params["pod"] == {"groups": [[0, 3], [1, 2]]}
+    assert grid_plan.settings[1].kvcomp() == {"policy": "pod", "recent": 64, "groups": [[0, 3], [1, 2]]}

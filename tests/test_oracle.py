@@ -59,6 +59,16 @@ def scenarios(draw):
         params["group_size"] = group_size
     if policy == "pod":
         params["recent"] = draw(st.integers(1, 40))
+    if policy == "pod" and draw(st.booleans()):  # PoD combined with SnapKV's choice of distant tokens
+        params.update(select="snapkv", window=min(window, params["recent"]), pool_size=draw(st.sampled_from([1, 3, 7])),
+                      pooling=draw(st.sampled_from(["avg", "max"])))
+        params["budget"] = draw(st.one_of(st.integers(params["window"], params["window"] + 60),
+                                          st.sampled_from([0.05, 0.1, 0.25, 0.5, 1.0])))
+    if policy == "pod" and draw(st.booleans()):  # layer groups of any layers
+        order = draw(st.permutations(range(num_layers)))
+        cuts = sorted(draw(st.sets(st.integers(1, num_layers - 1), max_size=num_layers - 1))) if num_layers > 1 else []
+        params.pop("group_size", None)
+        params["groups"] = [order[a:b] for a, b in zip([0, *cuts], [*cuts, num_layers])]
     config = KVPolicyConfig(**{k: v for k, v in params.items() if v is not None})
     b = config.budget if isinstance(config.budget, int) else 40
     chunk = config.prefill_chunk or 50

@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "skips vLLM's start-up check that 92%% of RAM is free, which fails on a shared machine, so there "
            f"it defaults to {CPU_KV_CACHE_GIB:g} unless VLLM_CPU_KVCACHE_SPACE is set")
     a("--pod-group-size", type=int, default=2, help="pod: layers sharing one key (must divide the layer count)")
+    a("--pod-groups", default=None,
+      help="pod: layer groups from a `kvcomp-vllm pod-calibrate` file (its groups; instead of --pod-group-size)")
     a("--params", type=json.loads, default={},
       help='per-policy parameters on top of the defaults, JSON: \'{"snapkv": {"pool_size": 15}, "pyramid": {"pool_size": 15}}\'')
     a("--dry-run", action="store_true", help="print the plan (prompts, settings, generations, engines) and stop")
@@ -114,6 +116,16 @@ def default_dtype() -> str:
     import torch
 
     return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def pod_groups(path: str) -> list[list[int]]:
+    """The `groups` of a pod grouping file (`pod-calibrate`'s JSON, or any pod preset)."""
+    from ..config import load_preset
+
+    groups = load_preset(path).groups
+    if groups is None:
+        raise ValueError(f"--pod-groups {path}: the file names no groups")
+    return [list(g) for g in groups]
 
 
 def default_kv_cache_gib() -> float | None:
@@ -131,7 +143,9 @@ def plan(args: argparse.Namespace) -> tuple[Plan, PromptBuilder, dict]:
     policies = args.policies if args.policies is not None else ([] if variants else _list(str)(POLICIES))
     params = {**getattr(args, "params", {})}
     if "pod" in policies:
-        params["pod"] = {"group_size": args.pod_group_size, **params.get("pod", {})}
+        groups = getattr(args, "pod_groups", None)
+        own = {"groups": pod_groups(groups)} if groups else {"group_size": args.pod_group_size}
+        params["pod"] = {**own, **params.get("pod", {})}
     settings = grid(policies, args.budgets, params, variants)
     allowed = model_context(args.model)
     lengths, skipped = fitting_lengths(args.lengths, ANSWER_TOKENS, allowed, args.max_model_len)

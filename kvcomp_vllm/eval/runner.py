@@ -50,12 +50,18 @@ class Setting:
         return self.variant if self.budget is None else f"{self.variant}@{budget_label(self.budget)}"
 
     def kvcomp(self) -> dict:
-        """The `kvcomp` settings of a request or engine. PoD's budget is its `recent` token count."""
+        """The `kvcomp` settings of a request or engine. PoD's budget is its `recent` token count, unless it
+        selects distant tokens (`select: snapkv`): then the budget is the selection's, as snapkv's."""
         if self.policy == "full":
             return {"policy": "full"}
-        if self.policy == "pod":
+        if self.policy == "pod" and not _pod_selects(self.params):
             return {"policy": "pod", "recent": int(self.budget), **dict(self.params)}
         return {"policy": self.policy, "budget": self.budget, **dict(self.params)}
+
+
+def _pod_selects(params) -> bool:
+    """Whether pod parameters (a dict or sorted pairs) choose distant tokens, so its budget is a selection's."""
+    return dict(params).get("select", "none") != "none"
 
 
 def grid(policies: list[str], budgets: list[int | float], params: dict[str, dict] | None = None,
@@ -78,7 +84,7 @@ def grid(policies: list[str], budgets: list[int | float], params: dict[str, dict
     settings = [Setting("full")]
     for policy, name, fields, pinned in rows:
         for budget in budgets if pinned is None else [pinned]:
-            if policy == "pod" and isinstance(budget, float):
+            if policy == "pod" and isinstance(budget, float) and not _pod_selects(fields):
                 if pinned is not None:
                     raise ValueError(f"variant {name}: pod's budget is its `recent`, a token count, not {budget}")
                 continue

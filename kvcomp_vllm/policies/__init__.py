@@ -31,6 +31,8 @@ def incompatibility(server: KVPolicy, request: KVPolicy) -> str | None:
     """
     if (server.name == "pod") != (request.name == "pod"):
         return f"policy 'pod' changes the cache layout and is engine-wide only; this server runs '{server.name}'"
+    if server.name == "pod" and any(server.owner_layer(i) != request.owner_layer(i) for i in range(server.num_layers)):
+        return "pod's layer groups (groups, group_size) are engine-wide: member layers read their owners' caches"
     tiers: dict[int, int] = {}
     for layer in range(server.num_layers):
         if tiers.setdefault(server.budget_tier(layer), request.budget_tier(layer)) != request.budget_tier(layer):

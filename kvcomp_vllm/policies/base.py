@@ -159,6 +159,15 @@ class KVPolicy(ABC):
         """Layer whose plan `layer` reuses; itself unless the policy shares selections in groups."""
         return layer
 
+    def derive(self, layer: int, prompt: PromptView, plan: LayerPlan | None) -> LayerPlan:
+        """`layer`'s plan from its source layer's `plan`: the same plan, unless the policy derives another
+        (PoD with selection: a member's from its owner's). `plan` is None where the source layer was not
+        planned at this point (its caller plans only layers that evict)."""
+        if plan is None:
+            src = self.source_layer(layer)
+            raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
+        return plan
+
     @property
     def observation_window(self) -> int:
         """Prompt queries the policy scores with: its `window`, or 0 where it never scores."""
@@ -222,9 +231,8 @@ class RequestCompressor:
             if gather is not None and self.policy.spans_heads:
                 heads = gather(heads)
             self._plans[layer] = self.policy.select(layer, prompt, heads)
-        elif src not in self._plans:
-            raise RuntimeError(f"layer {layer} reuses layer {src}'s plan, which was not computed first")
-        return self._plans[src]
+            return self._plans[layer]
+        return self.policy.derive(layer, prompt, self._plans.get(src))
 
 
 def apply_plan(
@@ -233,16 +241,25 @@ def apply_plan(
     """Cache of one layer after its plan, as dense `[num_kv_heads, kept, head_dim]` keys and values.
 
     This is the semantic reference for compaction: gathered positions keep their order, and PoD's
-    shared positions take the owner layer's keys (`owner_keys`, the owner's uncompacted prompt keys).
+    shared positions take the owner layer's keys (`owner_keys`, the owner's uncompacted prompt keys);
+    with a per-head choice of shared positions (PoD with selection) they follow the kept ones.
     """
     if plan.shared is not None:
         if owner_keys is None:
             raise ValueError(f"plan shares keys of layer {plan.key_owner}; pass its keys as owner_keys")
+        if plan.shared.dim() == 2:  # distant tokens chosen per head: kept K/V, then the chosen with the owner's keys
+            own_k, own_v = _gather(keys, plan.keep), _gather(values, plan.keep)
+            shared_k, shared_v = _gather(owner_keys, plan.shared), _gather(values, plan.shared)
+            return torch.cat([own_k, shared_k], 1), torch.cat([own_v, shared_v], 1)
         keys = keys.clone()
         keys[:, plan.shared] = owner_keys[:, plan.shared]
         return keys, values
     if plan.keep is None:
         return keys, values
-    idx = plan.keep.unsqueeze(-1).expand(-1, -1, keys.shape[-1])
-    return keys.gather(1, idx), values.gather(1, idx)
+    return _gather(keys, plan.keep), _gather(values, plan.keep)
+
+
+def _gather(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows `positions[h]` of each head of `x` `[heads, n, d]`."""
+    return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 

@@ -33,7 +33,8 @@ GROUPED = ("windowkv", "windowkv-per-head")  # the group's first layer selects f
 
 class Kept(NamedTuple):
     """What a layer keeps: `keep[h]` ascending cache positions of KV head `h` (None: all); PoD members also
-    take the keys of `shared` positions from layer `key_owner`."""
+    take the keys of `shared` positions from layer `key_owner` (with selection `shared[h]` per head: the
+    distant tokens the owner kept, which follow the kept ones)."""
 
     keep: torch.Tensor | None
     key_owner: int | None = None
@@ -112,8 +113,12 @@ def layer_budget(config: KVPolicyConfig, num_layers: int, layer: int, prompt_len
     if config.policy == "full":
         return prompt_len
     if config.policy == "pod":
-        owner = layer % config.layer_group(num_layers) == 0
-        return prompt_len if owner else min(prompt_len, config.sink + config.recent)
+        proximal = min(prompt_len, config.sink + config.recent)
+        if pod_owner(config, num_layers, layer) != layer:
+            return proximal
+        if config.select == "none":
+            return prompt_len
+        return proximal + min(prompt_len - proximal, max(resolved_budget(config, prompt_len) - proximal, 0))
     if config.policy == "pyramid":
         return pyramid_layer_budgets(config, num_layers, prompt_len)[layer]
     if config.policy == "windowkv":
@@ -163,17 +168,25 @@ def select_streaming(config: KVPolicyConfig, n: int, budget: int, kv_heads: int)
     return Kept(torch.tensor([row] * kv_heads))
 
 
-def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
-    """SnapKV (and PyramidKV per layer): the window's pooled top votes per KV head, plus the window."""
+def pooled_votes(config: KVPolicyConfig, keys, queries, scale: float) -> torch.Tensor:
+    """SnapKV's votes of the last `min(window, n)` queries for the tokens before them, 1-D pooled."""
     n = keys.shape[1]
-    if budget >= n:
-        return Kept(None)
     w = min(config.window, n)
     votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
     if config.pool_size > 1:
         pool = F.avg_pool1d if config.pooling == "avg" else F.max_pool1d
         extra = {"count_include_pad": True} if config.pooling == "avg" else {}
         votes = pool(votes[:, None], config.pool_size, stride=1, padding=config.pool_size // 2, **extra)[:, 0]
+    return votes
+
+
+def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+    """SnapKV (and PyramidKV per layer): the window's pooled top votes per KV head, plus the window."""
+    n = keys.shape[1]
+    if budget >= n:
+        return Kept(None)
+    w = min(config.window, n)
+    votes = pooled_votes(config, keys, queries, scale)
     chosen = [best_first(row.tolist())[: budget - w] for row in votes]
     return Kept(with_observation(chosen, n, w))
 
@@ -252,15 +265,45 @@ def select_windowkv_per_head(config: KVPolicyConfig, keys, queries, scale: float
     return Kept(with_observation(chosen, n, w))
 
 
+def pod_owner(config: KVPolicyConfig, num_layers: int, layer: int) -> int:
+    """The layer whose keys `layer` uses for distant tokens: the lowest of its group in `groups`, else the
+    first of its run of `group_size` consecutive layers."""
+    if config.groups is not None:
+        return min(next(group for group in config.groups if layer in group))
+    return layer - layer % config.layer_group(num_layers)
+
+
 def select_pod(config: KVPolicyConfig, num_layers: int, layer: int, n: int, kv_heads: int) -> Kept:
     """PoD: group owners keep all; members keep the first `sink` and last `recent` tokens' own keys and take
     the distant tokens' keys from their owner (values stay their own)."""
-    owner = layer - layer % config.layer_group(num_layers)
+    owner = pod_owner(config, num_layers, layer)
     if owner == layer or config.sink + config.recent >= n:
         return Kept(None)
     proximal = list(range(config.sink)) + list(range(n - config.recent, n))
     distant = list(range(config.sink, n - config.recent))
     return Kept(torch.tensor([proximal] * kv_heads), owner, torch.tensor(distant))
+
+
+def select_pod_snapkv(config: KVPolicyConfig, num_layers: int, layer: int, keys, queries, scale: float,
+                      budget: int, owner_plan: Kept | None) -> Kept:
+    """PoD with SnapKV selection: an owner keeps its proximal tokens and, of the distant ones, the top
+    `budget - proximal` pooled votes per KV head; its members keep proximal K/V and the values of the
+    distant tokens their owner kept (each head its own), attending to them with the owner's keys."""
+    kv_heads, n, _ = keys.shape
+    owner = pod_owner(config, num_layers, layer)
+    if config.sink + config.recent >= n or (owner == layer and budget >= n):
+        return Kept(None)
+    proximal = list(range(config.sink)) + list(range(n - config.recent, n))
+    distant = range(config.sink, n - config.recent)
+    if owner == layer:
+        votes = pooled_votes(config, keys, queries, scale)
+        top = [best_first(row[distant.start : distant.stop].tolist())[: budget - len(proximal)] for row in votes]
+        rows = [sorted(proximal + [config.sink + i for i in chosen]) for chosen in top]
+        return Kept(torch.tensor(rows))
+    if owner_plan.keep is None:  # the owner kept all: every distant token shares its key
+        return select_pod(config, num_layers, layer, n, kv_heads)
+    shared = [[p for p in row if p in distant] for row in owner_plan.keep.tolist()]
+    return Kept(torch.tensor([proximal] * kv_heads), owner, torch.tensor(shared))
 
 
 def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Kept]:
@@ -285,6 +328,9 @@ def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Ke
             plan = select_windowkv(config, keys, queries, scale, budget)
         elif p == "windowkv-per-head":
             plan = select_windowkv_per_head(config, keys, queries, scale, budget)
+        elif config.select == "snapkv":
+            owner = plans.get(pod_owner(config, num_layers, layer))
+            plan = select_pod_snapkv(config, num_layers, layer, keys, queries, scale, budget, owner)
         else:
             plan = select_pod(config, num_layers, layer, n, kv_heads)
         plans[layer] = plan
@@ -311,6 +357,7 @@ class _Run:
     prompt_len: int
     compress: bool = True
     kept: dict[int, int] = field(default_factory=dict)
+    prompt_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # each layer's keys at its compaction
 
 
 _RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("kvcomp_oracle_run")
@@ -331,7 +378,14 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         layer = module.layer_idx
         plan = run.select(layer, key[0], query[0], scale, run.prompt_len)
         keys, values = key[0], value[0]
-        if plan.shared is not None:  # PoD member: distant keys are the owner's
+        run.prompt_keys[layer] = keys
+        if plan.shared is not None and plan.shared.dim() == 2:  # PoD member of chosen distant tokens, per head
+            own = plan.keep.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+            shared = plan.shared.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
+            owner_keys = run.prompt_keys[plan.key_owner]  # before its compaction: keys at their true positions
+            keys = torch.cat([keys.gather(1, own), owner_keys.gather(1, shared)], dim=1)
+            values = torch.cat([values.gather(1, own), values.gather(1, shared)], dim=1)
+        elif plan.shared is not None:  # PoD member: distant keys are the owner's
             keys = keys.clone()
             shared = plan.shared.to(keys.device)
             keys[:, shared] = run.cache.layers[plan.key_owner].keys[0][:, shared]

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ..config import POLICY_NAMES, RENAMED, KVPolicyConfig, load_preset, preset_overrides, settings_error
 from ..overrides import OverrideRules
+from ..pod.geometry import mismatch
 from ..policies import make_policy
 from .compat import (
     EngineArgs,
@@ -173,6 +174,9 @@ def check_engine_config(vllm_config) -> None:
     # Async scheduling stays as vLLM set it (on by default on CUDA): the next step is scheduled while the
     # GPU runs this one, and blocks freed by a compaction are reused only by later kernels on the stream.
     policy = make_policy(config, layers)
+    why = mismatch(model.model, config, layers) if config.policy == "pod" else None
+    if why:
+        logger.warning("kvcomp: %s", why)
     n = model.max_model_len
     budgets = [policy.layer_budget(layer, n) for layer in range(layers)]
     logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
