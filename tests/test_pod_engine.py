@@ -8,12 +8,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
-from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.pod.adapt import AdaptSettings, adapt
-from kvcomp_vllm.testing.engine import compacted_counts, drive
+from kvcomp_vllm.testing.engine import drive
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration import engine_args
-from test_vllm_engine import greedy, make_llm, prompt_ids, release  # noqa: F401 - release is a fixture
+from test_vllm_engine import (  # noqa: F401 - release is a fixture
+    greedy, make_llm, policy_counts, prompt_ids, release, served_as_oracle,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -42,14 +43,7 @@ def start_up_warnings(monkeypatch, model_dir, settings) -> list[str]:
 def test_adapted_checkpoint_with_non_consecutive_groups_serves_as_the_oracle(adapted_dir, release):
     model = AutoModelForCausalLM.from_pretrained(adapted_dir, dtype=torch.float32)
     prompts = [prompt_ids(adapted_dir, 40, 1), prompt_ids(adapted_dir, 3, 2), prompt_ids(adapted_dir, 60, 3)]
-    llm = make_llm(adapted_dir, SETTINGS)
-    before = compacted_counts(llm, "pod")
-    run = drive(llm, prompts, greedy(12))
-    config = KVPolicyConfig(**SETTINGS)
-    for req_id, prompt in zip(run.tokens, prompts):
-        assert run.tokens[req_id] == generate(model, prompt, config, 12).tokens, (req_id, len(prompt))
-    assert run.free_blocks_after == run.free_blocks_before
-    kept, evicted = (a - b for a, b in zip(compacted_counts(llm, "pod"), before))
+    run, (_, evicted) = served_as_oracle(make_llm(adapted_dir, SETTINGS), model, prompts, SETTINGS)
     assert evicted > 0  # members 2 and 3 packed their distant values
     # Served with consecutive groups the members read other owners' keys: other tokens.
     other = generate(model, prompts[2], KVPolicyConfig(policy="pod", sink=4, recent=48, group_size=2), 12).tokens
@@ -73,17 +67,8 @@ def test_serving_another_geometry_than_adapted_for_warns(monkeypatch, adapted_di
 def test_pod_with_snapkv_selection_matches_the_oracle(tiny_model_dir, settings, release):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
-    llm = make_llm(tiny_model_dir, settings)
-    before = compacted_counts(llm, "pod")
-    run = drive(llm, prompts, greedy(12))
-    config = KVPolicyConfig(**settings)
-    for req_id, prompt in zip(run.tokens, prompts):
-        assert run.tokens[req_id] == generate(model, prompt, config, 12).tokens, (req_id, len(prompt))
-    assert run.free_blocks_after == run.free_blocks_before
-    policy = make_policy(config, 4)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
-    counted = compacted_counts(llm, "pod")
-    assert (counted[0] - before[0], counted[1] - before[1]) == (kept, 4 * sum(map(len, prompts)) - kept)
+    run, counted = served_as_oracle(make_llm(tiny_model_dir, settings), model, prompts, settings)
+    assert counted == policy_counts(settings, prompts)
     # The selection matters: without it (all distant tokens kept) the long prompt decodes otherwise.
     plain = {k: v for k, v in settings.items() if k not in ("select", "budget", "window", "pool_size")}
     assert generate(model, prompts[2], KVPolicyConfig(**plain), 12).tokens != run.tokens["req-2"]

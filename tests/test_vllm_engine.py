@@ -66,22 +66,33 @@ def release():
     gc.collect()
 
 
+def served_as_oracle(llm, model, prompts: list[list[int]], settings: dict, max_tokens: int = 12):
+    """Serve `prompts` greedily on `llm`: every request must equal the oracle and the free blocks come back
+    exactly. Returns the run and the (kept, evicted) prompt tokens the workers counted while serving it."""
+    before = compacted_counts(llm, settings["policy"])
+    run = drive(llm, prompts, greedy(max_tokens))
+    config = KVPolicyConfig(**settings)
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(model, prompt, config, max_tokens).tokens, (req_id, len(prompt))
+    assert run.free_blocks_after == run.free_blocks_before
+    after = compacted_counts(llm, settings["policy"])
+    return run, (after[0] - before[0], after[1] - before[1])
+
+
+def policy_counts(settings: dict, prompts: list[list[int]], layers: int = 4) -> tuple[int, int]:
+    """The (kept, evicted) prompt tokens the policy's slots per layer give `prompts`."""
+    policy = make_policy(KVPolicyConfig(**settings), layers)
+    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(layers))
+    return kept, layers * sum(map(len, prompts)) - kept
+
+
 @pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
 def test_policy_matches_the_oracle_generator(tiny_model_dir, hf_model, settings, release):
     # Long prompts and one shorter than the budget (kept whole), batched together.
     prompts = [prompt_ids(tiny_model_dir, 40, 1), prompt_ids(tiny_model_dir, 3, 2), prompt_ids(tiny_model_dir, 60, 3)]
-    llm = make_llm(tiny_model_dir, settings)
-    before = compacted_counts(llm, settings["policy"])
-    run = drive(llm, prompts, greedy(12))
-    config = KVPolicyConfig(**settings)
-    for req_id, prompt in zip(run.tokens, prompts):
-        assert run.tokens[req_id] == generate(hf_model, prompt, config, 12).tokens, (req_id, len(prompt))
-    assert run.free_blocks_after == run.free_blocks_before
+    _, counted = served_as_oracle(make_llm(tiny_model_dir, settings), hf_model, prompts, settings)
     # The workers' counts of what they compacted equal the slots the policy gives each layer.
-    policy = make_policy(config, 4)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
-    counted = compacted_counts(llm, settings["policy"])
-    assert (counted[0] - before[0], counted[1] - before[1]) == (kept, 4 * sum(map(len, prompts)) - kept)
+    assert counted == policy_counts(settings, prompts)
 
 
 @pytest.mark.parametrize(
