@@ -29,7 +29,7 @@ from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_b
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
-from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
@@ -50,6 +50,7 @@ __all__ = [
     "ModelRunnerOutput",
     "MultiGroupBlockTable",
     "Scheduler",
+    "SlidingWindowSpec",
     "serve_subcommand",
     "cdiv",
     "extract_layer_index",
