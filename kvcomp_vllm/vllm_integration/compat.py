@@ -321,7 +321,8 @@ class RequestRejected(VLLMValidationError, ValueError):
 
 
 def kv_cache_group_sizes(layers_per_tier: list[int]) -> list[int]:
-    """KV cache groups vLLM's hybrid allocator makes per tier, from each tier's layer count.
+    """KV cache groups vLLM's hybrid allocator makes per tier, from each tier's layer count (a hybrid model's
+    sliding-window layers, which share one spec, count as one more tier).
 
     It splits every kind of spec into groups of one size: the smallest kind's layer count, or the
     largest's when that is under 1.5x the smallest (`_get_kv_cache_groups_uniform_page_size`).
