@@ -52,7 +52,7 @@ def group_kinds(llm) -> list[str]:
 @pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"] + ("-tiers" if "tiers" in s else ""))
 def test_hybrid_model_matches_the_oracle(tiny_gemma3_dir, hf_gemma3, settings, release):
     # Prompts far longer than the window, and one shorter than the budget (kept whole), batched together.
-    prompts = [prompt_ids(tiny_gemma3_dir, 40, 1), prompt_ids(tiny_gemma3_dir, 3, 2), prompt_ids(tiny_gemma3_dir, 60, 3)]
+    prompts = [prompt_ids(tiny_gemma3_dir, n, seed) for n, seed in ((40, 1), (3, 2), (60, 3))]
     llm = make_llm(tiny_gemma3_dir, settings)
     assert group_kinds(llm).count("SlidingWindowSpec") >= 1  # vLLM's own manager keeps the sliding layers
     before = compacted_counts(llm, settings["policy"])
@@ -95,10 +95,11 @@ def test_only_the_full_attention_groups_free_blocks(tiny_gemma3_dir, release):
     run = drive(llm, prompts, greedy(4))
     policy = make_policy(KVPolicyConfig(**settings), FULL_LAYERS)
     for req_id, prompt in zip(run.tokens, prompts):
-        [sliding] = [vanilla.first_decode_blocks[req_id][i] for i, k in enumerate(vanilla_kinds) if k == "SlidingWindowSpec"]
+        held = vanilla.first_decode_blocks[req_id]
+        [sliding] = [blocks for blocks, kind in zip(held, vanilla_kinds) if kind == "SlidingWindowSpec"]
         want = [
-            -(-(policy.layer_budget(g.kv_cache_spec.layer, len(prompt)) + 1) // BLOCK) if kind == "CompressedAttentionSpec"
-            else sliding
+            -(-(policy.layer_budget(g.kv_cache_spec.layer, len(prompt)) + 1) // BLOCK)
+            if kind == "CompressedAttentionSpec" else sliding
             for g, kind in zip(groups, kinds)
         ]
         assert run.first_decode_blocks[req_id] == want
@@ -133,3 +134,42 @@ def test_a_model_without_full_attention_layers_is_refused(tmp_path):
         "kv policy 'snapkv' has no layer to compress: kvcomp compresses full-attention layers and every layer of "
         "this model is sliding_attention; serve it with --kv-policy full"
     )
+
+
+@pytest.mark.vllm
+def test_chunked_prefill_and_compression_rounds_on_a_hybrid_model(tiny_gemma3_dir, hf_gemma3, release):
+    """Scheduler chunks of 128 and compression every 256 prompt tokens: the sliding-window layers free blocks
+    behind their window while the full-attention layers are compressed round by round."""
+    settings = dict(policy="snapkv", budget=96, prefill_chunk=256)
+    prompts = [prompt_ids(tiny_gemma3_dir, 60, 20, length=7 * 128 + 10),
+               prompt_ids(tiny_gemma3_dir, 60, 21, length=500)]
+    run = drive(make_llm(tiny_gemma3_dir, settings, max_num_batched_tokens=128), prompts, greedy(10))
+    for req_id, prompt in zip(run.tokens, prompts):
+        assert run.tokens[req_id] == generate(hf_gemma3, prompt, KVPolicyConfig(**settings), 10).tokens
+    assert run.free_blocks_after == run.free_blocks_before
+
+
+@pytest.mark.vllm
+def test_vllm_serve_pyramid_on_a_hybrid_model(tiny_gemma3_dir, hf_gemma3, tmp_path):
+    """`vllm serve --kv-policy pyramid` (float32, the model's dtype) answers what the oracle generates."""
+    from transformers import AutoTokenizer
+
+    from kvcomp_vllm.testing.server import serve
+    from test_server import post
+
+    log = tmp_path / "serve.log"
+    args = ("--kv-policy", "pyramid", "--kv-budget", "0.1", "--max-model-len", "2048", "--enforce-eager",
+            "--dtype", "float32", "--block-size", str(BLOCK))
+    prompt = " ".join(["Ka lo mi the ren of tusa vel."] * 60)
+    with serve(tiny_gemma3_dir, *args, log=log) as url:
+        body = {"model": str(tiny_gemma3_dir), "prompt": prompt, "max_tokens": 8, "temperature": 0}
+        completion = post(url + "/v1/completions", body)
+        assert completion["usage"]["completion_tokens"] == 8
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
+    ids = tokenizer(prompt).input_ids
+    assert completion["usage"]["prompt_tokens"] == len(ids) > 4 * 64  # well past the sliding window
+    expected = generate(hf_gemma3, ids, KVPolicyConfig(policy="pyramid", budget=0.1), 8).tokens
+    assert completion["choices"][0]["text"] == tokenizer.decode(expected)
+    text = log.read_text()
+    assert "kvcomp: hybrid model: the policy's layers are the full-attention layers [1, 2, 4, 5]; the other 2 " \
+           "layers stay under vLLM's own KV management" in text

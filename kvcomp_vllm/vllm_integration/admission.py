@@ -140,7 +140,8 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
         return
     policy = request_policy(server, sampling_params)
     max_tokens = sampling_params.max_tokens or 1
-    in_flight = getattr(vllm_config, "max_in_flight_tokens", None) or vllm_config.scheduler_config.max_num_batched_tokens
+    in_flight = getattr(vllm_config, "max_in_flight_tokens", None)  # 0.32; 0.26 has one step in flight
+    in_flight = in_flight or vllm_config.scheduler_config.max_num_batched_tokens
     untouched = untouched_layers(vllm_config, prompt_len, max_tokens, in_flight)
     need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens, untouched)
     if need <= pool:

@@ -45,10 +45,11 @@ def _get_kv_cache_spec(original):
             layer = layers.policy_layer(extract_layer_index(name))
             if layer is None and type(spec) in (SlidingWindowSpec, FullAttentionSpec):
                 continue  # a hybrid model's sliding-window layer: vLLM's own manager holds it
-            if layer is None or type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size:
+            local = type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size
+            if layer is None or local:
                 raise ValueError(
                     f"kv policy '{config.policy}' cannot handle layer {name} ({type(spec).__name__}); it compresses "
-                    "full-attention layers and leaves the sliding-window layers its config's layer_types name to vLLM"
+                    "full-attention layers and leaves to vLLM the sliding-window ones its config's layer_types name"
                 )
             specs[name] = CompressedAttentionSpec.from_spec(spec, policy, layer)
         return specs
