@@ -173,3 +173,16 @@ def test_vllm_serve_pyramid_on_a_hybrid_model(tiny_gemma3_dir, hf_gemma3, tmp_pa
     text = log.read_text()
     assert "kvcomp: hybrid model: the policy's layers are the full-attention layers [1, 2, 4, 5]; the other 2 " \
            "layers stay under vLLM's own KV management" in text
+
+
+@pytest.mark.vllm
+def test_per_request_overrides_on_a_hybrid_model(tiny_gemma3_dir, hf_gemma3, release):
+    """A pyramid server (one tier per full-attention layer) serves other policies per request, each as the oracle."""
+    requests = [dict(policy="snapkv", budget=64), dict(policy="streaming", budget=80), dict(budget=0.2), None]
+    prompts = [prompt_ids(tiny_gemma3_dir, 50, 30 + i) for i in range(len(requests))]
+    llm = make_llm(tiny_gemma3_dir, dict(policy="pyramid", budget=0.12))
+    run = drive(llm, prompts, [greedy(8, kvcomp=r) for r in requests])
+    for req_id, prompt, asked in zip(run.tokens, prompts, requests):
+        config = KVPolicyConfig(**{"policy": "pyramid", "budget": 0.12, **(asked or {})})
+        assert run.tokens[req_id] == generate(hf_gemma3, prompt, config, 8).tokens, asked
+    assert run.free_blocks_after == run.free_blocks_before
