@@ -50,6 +50,13 @@ REFUSED: dict[str, Refusal] = {
     ),
 }
 
+# What a compressing policy does with each kind of decoder layer (`attention_layers`, the worker's KV spec hook).
+LAYER_KINDS = (
+    "full-attention layers compressed; a hybrid model's sliding-window layers (Gemma 3, gpt-oss: layer_types in "
+    "its config) kept by vLLM's own manager; refused: chunked local attention, state-space and linear-attention "
+    "layers, and models without a full-attention layer"
+)
+
 BEAM_SEARCH = Refusal(
     "beam search", "use_beam_search", "use_beam_search / LLM.beam_search",
     "vLLM runs every beam step as a new request whose prompt holds the generated tokens, which would "
