@@ -18,6 +18,7 @@ from kvcomp_vllm.testing import build_tiny_model, tiny_gemma3_spec
 from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing.tiny_model import GEMMA3_LAYER_TYPES
+from kvcomp_vllm.vllm_integration.compat import kv_cache_group_sizes
 
 from test_vllm_engine import BLOCK, greedy, make_llm, prompt_ids
 
@@ -54,7 +55,13 @@ def test_hybrid_model_matches_the_oracle(tiny_gemma3_dir, hf_gemma3, settings, r
     # Prompts far longer than the window, and one shorter than the budget (kept whole), batched together.
     prompts = [prompt_ids(tiny_gemma3_dir, n, seed) for n, seed in ((40, 1), (3, 2), (60, 3))]
     llm = make_llm(tiny_gemma3_dir, settings)
-    assert group_kinds(llm).count("SlidingWindowSpec") >= 1  # vLLM's own manager keeps the sliding layers
+    # The front end counts the KV cache groups as the engine forms them: the tiers', then the sliding layers'.
+    tiers = make_policy(KVPolicyConfig(**settings), FULL_LAYERS).tier_layers()
+    groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
+    formed = [sum(getattr(g.kv_cache_spec, "tier", None) == tier for g in groups) for tier in tiers]
+    formed.append(group_kinds(llm).count("SlidingWindowSpec"))  # vLLM's own manager keeps the sliding layers
+    assert kv_cache_group_sizes([len(layers) for layers in tiers.values()] + [2]) == formed
+    assert formed[-1] >= 1 and sum(formed) == len(groups)
     before = compacted_counts(llm, settings["policy"])
     run = drive(llm, prompts, greedy(12))
     config = KVPolicyConfig(**settings)
@@ -77,8 +84,9 @@ def test_the_oracle_compresses_full_attention_layers_only(hf_gemma3, tiny_gemma3
 @pytest.mark.vllm
 def test_only_the_full_attention_groups_free_blocks(tiny_gemma3_dir, release):
     """Per-layer pyramid: one KV cache group per full-attention layer, holding its budget after prefill; the
-    sliding-window layers (two groups of one, vLLM cuts every kind to one size) hold what vanilla vLLM holds."""
-    from kvcomp_vllm.vllm_integration.compat import kv_cache_group_sizes
+    sliding-window layers (two groups of one, vLLM cuts every kind to one size) hold what vanilla vLLM holds.
+    Admission's peak, both kinds of group counted, bounds what the request held."""
+    from kvcomp_vllm.vllm_integration.admission import peak_blocks, untouched_layers
 
     settings = dict(policy="pyramid", budget=0.1)
     prompts = [prompt_ids(tiny_gemma3_dir, 60, 5, length=1000), prompt_ids(tiny_gemma3_dir, 40, 6, length=700)]
@@ -91,10 +99,13 @@ def test_only_the_full_attention_groups_free_blocks(tiny_gemma3_dir, release):
     groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
     kinds = group_kinds(llm)
     assert kinds.count("CompressedAttentionSpec") == 4 and kinds.count("SlidingWindowSpec") == 2
-    assert kv_cache_group_sizes([1, 1, 1, 1, 2]) == [1, 1, 1, 1, 2]  # the front end's count of them
     run = drive(llm, prompts, greedy(4))
     policy = make_policy(KVPolicyConfig(**settings), FULL_LAYERS)
+    vllm_config = llm.llm_engine.vllm_config
+    in_flight = vllm_config.scheduler_config.max_num_batched_tokens
     for req_id, prompt in zip(run.tokens, prompts):
+        untouched = untouched_layers(vllm_config, len(prompt), 4, in_flight)
+        assert run.peak_blocks[req_id] <= peak_blocks(policy, policy, BLOCK, len(prompt), 4, untouched)
         held = vanilla.first_decode_blocks[req_id]
         [sliding] = [blocks for blocks, kind in zip(held, vanilla_kinds) if kind == "SlidingWindowSpec"]
         want = [
