@@ -197,3 +197,13 @@ def test_per_request_overrides_on_a_hybrid_model(tiny_gemma3_dir, hf_gemma3, rel
         config = KVPolicyConfig(**{"policy": "pyramid", "budget": 0.12, **(asked or {})})
         assert run.tokens[req_id] == generate(hf_gemma3, prompt, config, 8).tokens, asked
     assert run.free_blocks_after == run.free_blocks_before
+
+
+def test_the_hybrid_kv_cache_manager_turned_off_is_refused(tiny_gemma3_dir):
+    from test_refusals import refused
+
+    assert refused(tiny_gemma3_dir, disable_hybrid_kv_cache_manager=True) == (
+        "kv policy 'snapkv' cannot be combined with vLLM's hybrid KV cache manager turned off on a hybrid model: "
+        "scheduler_config.disable_hybrid_kv_cache_manager (--disable-hybrid-kv-cache-manager); vLLM would then hold "
+        "the sliding-window layers as full attention, in the compressed layers' KV cache groups"
+    )

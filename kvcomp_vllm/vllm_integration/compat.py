@@ -35,6 +35,8 @@ from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+from .attention_layers import compressed_layers
+
 __all__ = [
     "AttentionBackendEnum",
     "BlockTable",
@@ -392,6 +394,8 @@ def untested_features(vllm_config) -> dict[str, object]:
         found["pipeline_parallel"] = vllm_config.parallel_config.pipeline_parallel_size
     if vllm_config.lora_config is not None:
         found["lora"] = True
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager and compressed_layers(model.hf_text_config).hybrid:
+        found["hybrid_kv_cache_manager_off"] = True
     if vllm_config.speculative_config is not None:
         found["speculative"] = getattr(vllm_config.speculative_config, "method", None) or True
     return found

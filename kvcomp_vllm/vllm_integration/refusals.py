@@ -44,6 +44,11 @@ REFUSED: dict[str, Refusal] = {
         "compaction across pipeline stages is untested; use tensor parallelism",
     ),
     "lora": Refusal("LoRA adapters", "lora_config", "--enable-lora", "scoring with adapters is untested"),
+    "hybrid_kv_cache_manager_off": Refusal(
+        "vLLM's hybrid KV cache manager turned off on a hybrid model", "scheduler_config.disable_hybrid_kv_cache_manager",
+        "--disable-hybrid-kv-cache-manager",
+        "vLLM would then hold the sliding-window layers as full attention, in the compressed layers' KV cache groups",
+    ),
     "speculative": Refusal(
         "speculative decoding", "speculative_config", "--speculative-config",
         "verifying draft tokens over a compacted cache is untested",
