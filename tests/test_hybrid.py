@@ -207,3 +207,21 @@ def test_the_hybrid_kv_cache_manager_turned_off_is_refused(tiny_gemma3_dir):
         "scheduler_config.disable_hybrid_kv_cache_manager (--disable-hybrid-kv-cache-manager); vLLM would then hold "
         "the sliding-window layers as full attention, in the compressed layers' KV cache groups"
     )
+
+
+@pytest.mark.vllm
+def test_tp2_on_a_hybrid_model_serves_as_tp1(tiny_gemma3_dir, tmp_path):
+    """Each rank holds one of the two KV heads; head-spanning rules (windowkv) gather both, sliding layers split
+    their heads as vLLM does."""
+    from test_tensor_parallel import prompts_of, results, served, start
+
+    overrides = [None, {"policy": "snapkv", "budget": 64}, {"policy": "windowkv", "budget": 100, "group_size": 2},
+                 {"policy": "windowkv-per-head", "budget": 100, "group_size": 2}]
+    prompts = prompts_of(tiny_gemma3_dir, [400, 437, 474, 511])
+    batch = {"server": dict(policy="pyramid", budget=0.12), "prompts": prompts, "overrides": overrides, "max_tokens": 8}
+    tp2 = start(tiny_gemma3_dir, 2, [batch], tmp_path, fault=False)
+    [one], _ = results(start(tiny_gemma3_dir, 1, [batch], tmp_path, fault=False))
+    [two], _ = results(tp2)
+    assert two["tokens"] == one["tokens"]
+    assert two["free"][0] == two["free"][1] and one["free"][0] == one["free"][1]
+    assert served(two["reports"]) == served(one["reports"]) != {}
