@@ -42,7 +42,7 @@ def doctor(args: argparse.Namespace) -> int:
 
     from .vllm_integration.compat import PATCHED_INTERNALS, platform_name, vllm_support, vllm_version
     from .vllm_integration.engine_args import settings_from_args, validated
-    from .vllm_integration.refusals import BEAM_SEARCH, REFUSED
+    from .vllm_integration.refusals import BEAM_SEARCH, LAYER_KINDS, REFUSED
 
     plugins = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
     device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
@@ -61,6 +61,7 @@ def doctor(args: argparse.Namespace) -> int:
     lines.append(f"effective config: {config.describe() if config else 'none given (vLLM serves full KV)'}")
     refused = ", ".join(f"{r.feature} ({r.flag})" for r in (*REFUSED.values(), BEAM_SEARCH))
     lines.append(f"refused with a compressing policy (untested): {refused}")
+    lines.append(f"layers: {LAYER_KINDS}")
     lines.append("patched vLLM internals:")
     lines += [f"  {target}: {why} [checked on vLLM {', '.join(on)}]" for target, why, on in PATCHED_INTERNALS]
     print("\n".join(lines))

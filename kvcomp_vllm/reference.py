@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from .config import KVPolicyConfig
 from .policies import LayerPlan, PromptView, RequestCompressor, make_policy
-from .testing.oracle import GenerateOutput
+from .testing.oracle import GenerateOutput, full_attention_layers
 from .testing.oracle import generate as oracle_generate
 
 ReferenceOutput = GenerateOutput
@@ -30,5 +30,5 @@ def policy_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., La
 def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: int, eos_token_id: int | None = None,
              forced: list[int] | None = None) -> GenerateOutput:
     """`testing.oracle.generate` with the policy package's selection."""
-    select = policy_selector(config, model.config.num_hidden_layers)
+    select = policy_selector(config, len(full_attention_layers(model.config)))
     return oracle_generate(model, prompt, config, max_new_tokens, eos_token_id, forced, select=select)

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter (before triton is imported)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model  # noqa: E402
+from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model, tiny_gemma3_spec  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
@@ -31,6 +31,12 @@ def tiny_model_dir(request, tmp_path_factory):
 def tiny_llama_dir(tmp_path_factory):
     """The tiny Llama-style model folder."""
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama", TinyModelSpec(arch="llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory):
+    """A tiny hybrid model: Gemma 3's architecture, sliding-window (64) and full-attention layers interleaved."""
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-gemma3", tiny_gemma3_spec())
 
 
 @pytest.fixture(scope="session")

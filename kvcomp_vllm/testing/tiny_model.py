@@ -1,4 +1,7 @@
-"""Tiny Llama- and Qwen2-style models built locally: random weights, a BPE tokenizer trained here.
+"""Tiny Llama-, Qwen2- and Gemma-3-style models built locally: random weights, a BPE tokenizer trained here.
+
+The Gemma 3 shape is hybrid: `layer_types` interleaves sliding-window layers (window `sliding_window`)
+with full-attention layers, as Gemma 3 and gpt-oss do.
 
 The result is an ordinary Hugging Face model folder that transformers and vLLM load offline, so
 tests and the demo never touch a hub. Same arguments, same seed: byte-identical weights.
@@ -18,14 +21,18 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# Two sliding-window layers among four full-attention ones: the tiny hybrid model's default pattern.
+GEMMA3_LAYER_TYPES = ("sliding_attention", "full_attention", "full_attention", "sliding_attention",
+                      "full_attention", "full_attention")
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Shape of a tiny model; GQA by default (4 query heads over 2 KV heads, head_dim 64)."""
+    """Shape of a tiny model; GQA by default (4 query heads over 2 KV heads, head_dim 64). `sliding_window` and
+    `layer_types` (one "sliding_attention" or "full_attention" per layer) are read for gemma3 only."""
 
-    arch: Literal["llama", "qwen2"] = "llama"
+    arch: Literal["llama", "qwen2", "gemma3"] = "llama"
     num_layers: int = 4
     hidden_size: int = 256
     num_heads: int = 4
@@ -36,6 +43,13 @@ class TinyModelSpec:
     max_position_embeddings: int = 8192
     init_std: float = 0.08  # large enough that attention is peaked, so token scores rarely tie
     seed: int = 0
+    sliding_window: int = 64
+    layer_types: tuple[str, ...] | None = None
+
+
+def tiny_gemma3_spec(**fields) -> TinyModelSpec:
+    """The tiny hybrid model: Gemma 3's architecture, six layers of `GEMMA3_LAYER_TYPES`, window 64."""
+    return TinyModelSpec(**{"arch": "gemma3", "num_layers": len(GEMMA3_LAYER_TYPES), **fields})
 
 
 def synthetic_text(num_sentences: int, seed: int) -> list[str]:
@@ -77,7 +91,7 @@ def _train_tokenizer(vocab_size: int, seed: int):
 
 
 def _config(spec: TinyModelSpec, bos: int, eos: int):
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     common = dict(
         vocab_size=spec.vocab_size,
@@ -96,6 +110,10 @@ def _config(spec: TinyModelSpec, bos: int, eos: int):
     )
     if spec.arch == "llama":
         return LlamaConfig(**common)
+    if spec.arch == "gemma3":
+        types = list(spec.layer_types or GEMMA3_LAYER_TYPES[: spec.num_layers])
+        return Gemma3TextConfig(**common, sliding_window=spec.sliding_window, layer_types=types,
+                                query_pre_attn_scalar=spec.head_dim, pad_token_id=0)
     return Qwen2Config(**common, use_sliding_window=False)
 
 
@@ -106,7 +124,7 @@ def build_tiny_model(path: str | Path, spec: TinyModelSpec | None = None) -> Pat
     spec = spec or TinyModelSpec()
     path = Path(path)
     stamp = path / "kvcomp_spec.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(spec):
+    if stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(asdict(spec))):
         return path
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer(spec.vocab_size, spec.seed)
@@ -120,12 +138,12 @@ def build_tiny_model(path: str | Path, spec: TinyModelSpec | None = None) -> Pat
 
 
 def main() -> None:
-    """`python -m kvcomp_vllm.testing.tiny_model DIR [llama|qwen2]`: build a tiny model folder."""
+    """`python -m kvcomp_vllm.testing.tiny_model DIR [llama|qwen2|gemma3]`: build a tiny model folder."""
     import sys
 
     out = sys.argv[1] if len(sys.argv) > 1 else ".cache/tiny-llama"
     arch = sys.argv[2] if len(sys.argv) > 2 else "llama"
-    print(build_tiny_model(out, TinyModelSpec(arch=arch)))
+    print(build_tiny_model(out, tiny_gemma3_spec() if arch == "gemma3" else TinyModelSpec(arch=arch)))
 
 
 if __name__ == "__main__":

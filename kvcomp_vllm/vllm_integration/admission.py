@@ -22,6 +22,7 @@ from .metrics import count_refused_override
 from .settings import (
     adopt_new_names,
     client_prefix,
+    model_layers,
     override_rules,
     request_overrides,
     request_policy,
@@ -62,20 +63,40 @@ def _checked_config(vllm_config, server: KVPolicy, sampling_params) -> KVPolicyC
     return config
 
 
-def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
-    """Blocks a request holds at its peak: each KV cache group (of a tier of the server's policy) has its own."""
-    return _blocks(server, block_size, lambda layer: policy.peak_slots(layer, prompt_len, max_tokens))
+Untouched = tuple[int, int]  # a hybrid model's layers left to vLLM (sliding-window) and the tokens each holds
 
 
-def held_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int) -> int:
+def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int,
+                untouched: Untouched = (0, 0)) -> int:
+    """Blocks a request holds at its peak: each KV cache group (of a tier of the server's policy, or of
+    the `untouched` layers) has its own."""
+    return _blocks(server, block_size, lambda layer: policy.peak_slots(layer, prompt_len, max_tokens), untouched)
+
+
+def held_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int,
+                untouched: Untouched = (0, 0)) -> int:
     """Blocks a request holds through its decode, once its prompt is compressed and its tokens generated."""
-    return _blocks(server, block_size, lambda layer: policy.layer_slots(layer, prompt_len) + max_tokens)
+    return _blocks(server, block_size, lambda layer: policy.layer_slots(layer, prompt_len) + max_tokens, untouched)
 
 
-def _blocks(server: KVPolicy, block_size: int, slots) -> int:
+def _blocks(server: KVPolicy, block_size: int, slots, untouched: Untouched) -> int:
     tiers = server.tier_layers()
-    groups = kv_cache_group_sizes([len(layers) for layers in tiers.values()])
-    return sum(count * cdiv(slots(layers[0]), block_size) for count, layers in zip(groups, tiers.values()))
+    layers, tokens = untouched
+    groups = kv_cache_group_sizes([len(tier) for tier in tiers.values()] + ([layers] if layers else []))
+    held = sum(count * cdiv(slots(tier[0]), block_size) for count, tier in zip(groups, tiers.values()))
+    # vLLM's sliding-window bound: the window's blocks, plus one where the window starts mid-block.
+    return held + (groups[-1] * (cdiv(tokens, block_size) + 1) if layers else 0)
+
+
+def untouched_layers(vllm_config, prompt_len: int, max_tokens: int, in_flight: int = 1) -> Untouched:
+    """A hybrid model's layers that vLLM's own manager holds, and the tokens each holds at most for this request
+    with `in_flight` tokens scheduled at once: its sliding window's, or every token where it has none."""
+    layers = model_layers(vllm_config)
+    if not layers.hybrid:
+        return 0, 0
+    window = getattr(vllm_config.model_config.hf_text_config, "sliding_window", None)
+    total = prompt_len + max_tokens
+    return layers.num_model_layers - layers.count, total if not window else min(window - 1 + in_flight, total)
 
 
 def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
@@ -96,8 +117,9 @@ def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     if refusal is None and rules.allow == "lower":
         max_tokens = sampling_params.max_tokens or 1
         block_size = vllm_config.cache_config.block_size
-        asks = held_blocks(policy, server, block_size, prompt_len, max_tokens)
-        owns = held_blocks(server, server, block_size, prompt_len, max_tokens)
+        untouched = untouched_layers(vllm_config, prompt_len, max_tokens)
+        asks = held_blocks(policy, server, block_size, prompt_len, max_tokens, untouched)
+        owns = held_blocks(server, server, block_size, prompt_len, max_tokens, untouched)
         if asks > owns:
             refusal = "footprint", (
                 f"these settings would hold {asks} KV cache blocks through this request's decode, more than the "
@@ -118,7 +140,10 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
         return
     policy = request_policy(server, sampling_params)
     max_tokens = sampling_params.max_tokens or 1
-    need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
+    in_flight = getattr(vllm_config, "max_in_flight_tokens", None)  # 0.32; 0.26 has one step in flight
+    in_flight = in_flight or vllm_config.scheduler_config.max_num_batched_tokens
+    untouched = untouched_layers(vllm_config, prompt_len, max_tokens, in_flight)
+    need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens, untouched)
     if need <= pool:
         return
     hint = "lower max_tokens or the budget"

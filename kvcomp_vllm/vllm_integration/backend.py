@@ -71,7 +71,9 @@ class CompressingAttention:
         state = worker_state()
         if state is None or attn_metadata is None or not state.rows:
             return output
-        layer_idx = extract_layer_index(layer.layer_name)
+        layer_idx = state.layers.policy_layer(extract_layer_index(layer.layer_name))
+        if layer_idx is None:  # a hybrid model's sliding-window layer: vLLM's own
+            return output
         for span in state.window_rows:
             if span.req_id not in state.failed:
                 try:
@@ -212,7 +214,7 @@ class CompressingAttention:
         """Overwrite PoD member rows' outputs with attention that reads distant keys from the owner layer."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         owner = state.requests[spans[0].req_id].members[layer_idx].owner
-        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, owner)
+        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, state.layers.model_layer(owner))
         tokens, batch, layout, longest = self._member_inputs(state, spans, layer_idx, query.device)
         result = for_tensor(paged_decode, query)(
             query.view(-1, self.num_heads, self.head_size)[tokens],

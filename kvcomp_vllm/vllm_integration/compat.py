@@ -29,11 +29,13 @@ from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_b
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
-from vllm.v1.kv_cache_interface import FullAttentionSpec
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
 from vllm.v1.worker.block_table import BlockTable, MultiGroupBlockTable
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+from .attention_layers import compressed_layers
 
 __all__ = [
     "AttentionBackendEnum",
@@ -50,6 +52,7 @@ __all__ = [
     "ModelRunnerOutput",
     "MultiGroupBlockTable",
     "Scheduler",
+    "SlidingWindowSpec",
     "serve_subcommand",
     "cdiv",
     "extract_layer_index",
@@ -320,7 +323,8 @@ class RequestRejected(VLLMValidationError, ValueError):
 
 
 def kv_cache_group_sizes(layers_per_tier: list[int]) -> list[int]:
-    """KV cache groups vLLM's hybrid allocator makes per tier, from each tier's layer count.
+    """KV cache groups vLLM's hybrid allocator makes per tier, from each tier's layer count (a hybrid model's
+    sliding-window layers, which share one spec, count as one more tier).
 
     It splits every kind of spec into groups of one size: the smallest kind's layer count, or the
     largest's when that is under 1.5x the smallest (`_get_kv_cache_groups_uniform_page_size`).
@@ -390,6 +394,8 @@ def untested_features(vllm_config) -> dict[str, object]:
         found["pipeline_parallel"] = vllm_config.parallel_config.pipeline_parallel_size
     if vllm_config.lora_config is not None:
         found["lora"] = True
+    if vllm_config.scheduler_config.disable_hybrid_kv_cache_manager and compressed_layers(model.hf_text_config).hybrid:
+        found["hybrid_kv_cache_manager_off"] = True
     if vllm_config.speculative_config is not None:
         found["speculative"] = getattr(vllm_config.speculative_config, "method", None) or True
     return found

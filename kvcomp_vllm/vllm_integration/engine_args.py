@@ -30,7 +30,8 @@ from .compat import (
     without_full_cudagraphs,
 )
 from .refusals import check_features
-from .settings import CONFIG_KEY, OVERRIDES_KEY, engine_settings, num_layers, remember_served
+from .attention_layers import other_layer_kinds
+from .settings import CONFIG_KEY, OVERRIDES_KEY, engine_settings, model_layers, num_layers, remember_served
 
 logger = init_logger("vllm.kvcomp")  # under vLLM's logger, so its handlers and level apply
 
@@ -159,6 +160,12 @@ def check_engine_config(vllm_config) -> None:
     config = validated(settings)
     model = vllm_config.model_config
     layers = num_layers(vllm_config)
+    if not layers and config.policy != "full":
+        kinds = ", ".join(other_layer_kinds(model.hf_text_config)) or "no full attention"
+        raise ValueError(
+            f"kv policy '{config.policy}' has no layer to compress: kvcomp compresses full-attention layers and "
+            f"every layer of this model is {kinds}; serve it with --kv-policy full"
+        )
     config.check_model(layers, model.max_model_len)
     vllm_config.additional_config[CONFIG_KEY] = config.model_dump(exclude_unset=True)
     if config.policy == "full":
@@ -180,6 +187,11 @@ def check_engine_config(vllm_config) -> None:
     n = model.max_model_len
     budgets = [policy.layer_budget(layer, n) for layer in range(layers)]
     logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
+    compressed = model_layers(vllm_config)
+    if compressed.hybrid:
+        logger.info("kvcomp: hybrid model: the policy's layers are the full-attention layers %s; the other %d "
+                    "layers stay under vLLM's own KV management", list(compressed.layers),
+                    compressed.num_model_layers - compressed.count)
 
 
 def check_device(config: KVPolicyConfig, vllm_config) -> None:

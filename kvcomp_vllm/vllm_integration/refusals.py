@@ -44,11 +44,23 @@ REFUSED: dict[str, Refusal] = {
         "compaction across pipeline stages is untested; use tensor parallelism",
     ),
     "lora": Refusal("LoRA adapters", "lora_config", "--enable-lora", "scoring with adapters is untested"),
+    "hybrid_kv_cache_manager_off": Refusal(
+        "vLLM's hybrid KV cache manager turned off on a hybrid model", "scheduler_config.disable_hybrid_kv_cache_manager",
+        "--disable-hybrid-kv-cache-manager",
+        "vLLM would then hold the sliding-window layers as full attention, in the compressed layers' KV cache groups",
+    ),
     "speculative": Refusal(
         "speculative decoding", "speculative_config", "--speculative-config",
         "verifying draft tokens over a compacted cache is untested",
     ),
 }
+
+# What a compressing policy does with each kind of decoder layer (`attention_layers`, the worker's KV spec hook).
+LAYER_KINDS = (
+    "full-attention layers compressed; a hybrid model's sliding-window layers (Gemma 3, gpt-oss: layer_types in "
+    "its config) kept by vLLM's own manager; refused: chunked local attention, state-space and linear-attention "
+    "layers, and models without a full-attention layer"
+)
 
 BEAM_SEARCH = Refusal(
     "beam search", "use_beam_search", "use_beam_search / LLM.beam_search",

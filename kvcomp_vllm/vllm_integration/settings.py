@@ -14,6 +14,7 @@ from functools import lru_cache
 from ..config import RENAMED, KVPolicyConfig, request_config
 from ..overrides import OverrideRules
 from ..policies import KVPolicy, make_policy
+from .attention_layers import CompressedLayers, compressed_layers
 
 CONFIG_KEY = "kvcomp"
 OVERRIDES_KEY = "kvcomp_overrides"  # the operator's rules for per-request settings (`OverrideRules`)
@@ -39,8 +40,14 @@ def _rules(rules_json: str) -> OverrideRules:
 
 
 def num_layers(vllm_config: Any) -> int:
-    """Decoder layers of the engine's model."""
-    return vllm_config.model_config.hf_text_config.num_hidden_layers
+    """Layers the policy compresses: the model's full-attention decoder layers (all of them but a hybrid
+    model's sliding-window ones, `attention_layers`)."""
+    return model_layers(vllm_config).count
+
+
+def model_layers(vllm_config: Any) -> CompressedLayers:
+    """The engine's model's full-attention layers, which the policy compresses."""
+    return compressed_layers(vllm_config.model_config.hf_text_config)
 
 
 def server_policy(vllm_config: Any) -> KVPolicy:

@@ -22,13 +22,14 @@ from .compat import (
     GPUModelRunner,
     ModelRunnerOutput,
     MultiGroupBlockTable,
+    SlidingWindowSpec,
     extract_layer_index,
     init_logger,
     patch,
 )
 from .kv_spec import CompressedAttentionSpec
 from .scratch import engine_scratch_shape, scratch_bytes
-from .settings import engine_policy
+from .settings import engine_policy, model_layers
 from .worker_state import forget_worker_state, runner_policy, state_for, worker_state
 
 
@@ -39,14 +40,18 @@ def _get_kv_cache_spec(original):
         config = engine_policy(self.vllm_config)
         if config is None:
             return specs
-        policy = runner_policy(self, config)
+        policy, layers = runner_policy(self, config), model_layers(self.vllm_config)
         for name, spec in specs.items():
-            if type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size:
+            layer = layers.policy_layer(extract_layer_index(name))
+            if layer is None and type(spec) in (SlidingWindowSpec, FullAttentionSpec):
+                continue  # a hybrid model's sliding-window layer: vLLM's own manager holds it
+            local = type(spec) is not FullAttentionSpec or spec.sliding_window or spec.attention_chunk_size
+            if layer is None or local:
                 raise ValueError(
-                    f"kv policy '{config.policy}' cannot handle layer {name} ({type(spec).__name__}); "
-                    "it supports decoder models whose layers all use full attention"
+                    f"kv policy '{config.policy}' cannot handle layer {name} ({type(spec).__name__}); it compresses "
+                    "full-attention layers and leaves to vLLM the sliding-window ones its config's layer_types name"
                 )
-            specs[name] = CompressedAttentionSpec.from_spec(spec, policy, extract_layer_index(name))
+            specs[name] = CompressedAttentionSpec.from_spec(spec, policy, layer)
         return specs
 
     return get_kv_cache_spec

@@ -14,7 +14,8 @@ from ..policies import KVPolicy, RequestCompressor, make_policy
 from . import compacted
 from .compat import GPUModelRunner, init_logger, set_row_num_blocks, tp_coordinator
 from .kv_spec import CompressedAttentionSpec, kept_blocks
-from .settings import engine_policy, num_layers, request_policy
+from .attention_layers import CompressedLayers
+from .settings import engine_policy, model_layers, num_layers, request_policy
 from .tensor_parallel import HeadExchange, TPGroup, failed_anywhere
 
 logger = init_logger("vllm.kvcomp")
@@ -62,11 +63,14 @@ class WorkerCompression:
 
     `policy` is the server's: its tiers give the KV cache groups; each request plans with its own.
     `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
-    `tp` is the tensor-parallel group this worker's heads are part of (None on one rank).
+    `tp` is the tensor-parallel group this worker's heads are part of (None on one rank). `layers` maps the
+    model's layers to the policy's (a hybrid model's sliding-window layers to none); default: all layers.
     """
 
-    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int, tp: TPGroup | None = None):
+    def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int, tp: TPGroup | None = None,
+                 layers: CompressedLayers | None = None):
         self.policy = policy
+        self.layers = layers or CompressedLayers(tuple(range(policy.num_layers)), policy.num_layers)
         self.move_tokens = move_tokens
         self.tp = tp
         self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
@@ -254,7 +258,8 @@ def state_for(runner: GPUModelRunner) -> WorkerCompression | None:
         groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
         tp = None if config is None else TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
         runner._kvcomp_state = None if config is None else WorkerCompression(
-            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp
+            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp,
+            model_layers(runner.vllm_config),
         )
     _STATE = runner._kvcomp_state
     return _STATE
