@@ -117,6 +117,7 @@ def parse_config(text: str) -> ServeConfig:
     from pydantic import ValidationError
 
     from kvcomp_vllm.config import KVPolicyConfig, load_preset
+    from kvcomp_vllm.vllm_integration.engine_args import FLAGS
 
     name, sep, spec = text.partition("=")
     if not sep or ":" in name or "/" in name or name.endswith((".yaml", ".yml")):
@@ -134,7 +135,7 @@ def parse_config(text: str) -> ServeConfig:
     for item in filter(None, (p.strip() for p in params.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not eq or key in ("policy", "window_sizes") or key not in KVPolicyConfig.model_fields:
+        if not eq or f"--kv-{key.replace('_', '-')}" not in FLAGS:
             raise ValueError(f"config {text!r}: {item!r} is not key=value of a --kv-* flag")
         fields[key] = _value(value.strip())
     try:
