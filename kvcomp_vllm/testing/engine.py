@@ -17,6 +17,7 @@ class EngineRun:
     """Outputs and scheduler observations of one batch driven to completion."""
 
     tokens: dict[str, list[int]] = field(default_factory=dict)
+    samples: dict[str, list[list[int]]] = field(default_factory=dict)  # every completion of each request (n > 1)
     logprobs: dict[str, list[float]] = field(default_factory=dict)
     finish_reasons: dict[str, str] = field(default_factory=dict)
     peak_running: int = 0
@@ -101,6 +102,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
                 if out.finished:
                     completion = out.outputs[0]
                     run.tokens[out.request_id] = list(completion.token_ids)
+                    run.samples[out.request_id] = [list(c.token_ids) for c in out.outputs]
                     run.finish_reasons[out.request_id] = completion.finish_reason
                     run.logprobs[out.request_id] = [
                         lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs or [])
@@ -120,6 +122,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
     run.seconds = time.perf_counter() - start
     run.free_blocks_after = pool.get_num_free_blocks()
     run.tokens = {i: run.tokens[i] for i in ids}
+    run.samples = {i: run.samples[i] for i in ids}
     run.logprobs = {i: run.logprobs[i] for i in ids}
     return run
 
@@ -132,3 +135,19 @@ def compacted_counts(llm, policy: str) -> tuple[int, int]:
     report = min(llm.collective_rpc(RPC_METHOD), key=lambda r: r["rank"])
     counts = report["compacted"].get(policy, {})
     return counts.get("kept", 0), counts.get("evicted", 0)
+
+
+def prefix_counts(llm, policy: str) -> tuple[int, int]:
+    """Prompt tokens kept raw for the prefix cache and given to the policy so far under `policy`, as the
+    engine's lowest-rank worker counted them."""
+    from ..vllm_integration.report import RPC_METHOD
+
+    report = min(llm.collective_rpc(RPC_METHOD), key=lambda r: r["rank"])
+    counts = report["compacted"].get(policy, {})
+    return counts.get("protected", 0), counts.get("compressed", 0)
+
+
+def prefix_cache_hits(llm) -> tuple[int, int]:
+    """vLLM's own prefix-cache counters so far, (queries, hits) in tokens (needs `disable_log_stats=False`)."""
+    values = {m.name: m.value for m in llm.get_metrics() if m.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")}
+    return int(values.get("vllm:prefix_cache_queries", 0)), int(values.get("vllm:prefix_cache_hits", 0))
