@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.config import request_config
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import drive, prefix_cache_hits, prefix_counts, scheduler_of
+from kvcomp_vllm.testing.engine import drive, external_id, prefix_cache_hits, prefix_counts, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration.compat import cdiv
 
@@ -41,7 +41,11 @@ def greedy(max_tokens, kvcomp=None, n=1):
     from vllm import SamplingParams
 
     extra = {"extra_args": {"kvcomp": kvcomp}} if kvcomp is not None else {}
-    return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, n=n, **extra)
+    if n > 1:  # vLLM samples n > 1 (top_k=1 samples the greedy token); the final output holds all n
+        from vllm.sampling_params import RequestOutputKind
+
+        extra.update(temperature=1.0, top_k=1, output_kind=RequestOutputKind.FINAL_ONLY)
+    return SamplingParams(max_tokens=max_tokens, ignore_eos=True, n=n, **{"temperature": 0, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -153,19 +157,19 @@ def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_l
         ({"policy": "snapkv", "budget": 48, "cache_prefix": "auto"}, 1),
     ]
     prompts = [system + o for o in own]
-    llm = make_llm(tiny_llama_dir, server, num_gpu_blocks_override=90, max_num_batched_tokens=128, max_num_seqs=8,
-                   max_model_len=1024)
+    llm = make_llm(tiny_llama_dir, server, num_gpu_blocks_override=64, max_num_batched_tokens=128, max_num_seqs=8,
+                   max_model_len=768)
     seen = record_protected(llm)
-    run = drive(llm, prompts, [greedy(48, kvcomp, n) for kvcomp, n in requests])
+    run = drive(llm, prompts, [greedy(80, kvcomp, n) for kvcomp, n in requests])
     assert run.preemptions > 0
     assert prefix_cache_hits(llm)[1] > 0
     base = KVPolicyConfig(**server)
     for (req_id, samples), prompt, (kvcomp, n) in zip(run.samples.items(), prompts, requests):
         config = request_config(base, kvcomp)
-        protected = {p for r, p in seen.items() if r == req_id or r.startswith(req_id) or r.endswith(req_id)}
+        protected = {p for r, p in seen.items() if external_id(r, list(run.samples)) == req_id}
         if config.cache_prefix == SHARED:
             assert protected == {SHARED}, req_id
-        want = generate(model, prompt, config, 48, protected=max(protected)).tokens
+        want = generate(model, prompt, config, 80, protected=max(protected)).tokens
         assert samples == [want] * n, (req_id, config.describe(), protected)
     scheduler = scheduler_of(llm)
     assert run.free_blocks_after == run.free_blocks_before

@@ -6,6 +6,7 @@ request and KV group, concurrently running requests, and free blocks before and 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -50,8 +51,10 @@ def blocks_held(scheduler, req_id: str) -> list[int]:
     return [len(m.req_to_blocks.get(req_id, ())) for m in managers]
 
 
-def _external_id(internal: str, ids: list[str]) -> str:
-    """The id a request was added with (vLLM may append a suffix inside the engine)."""
+def external_id(internal: str, ids: list[str]) -> str:
+    """The id a request was added with (vLLM may append a suffix inside the engine, and names the
+    children of a request with n > 1 `k_<id>`)."""
+    internal = re.sub(r"^\d+_", "", internal)
     return next(i for i in ids if internal == i or internal.startswith(i + "-"))
 
 
@@ -111,7 +114,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
             run.peak_running = max(run.peak_running, len(scheduler.running))
             for request in scheduler.running if record_blocks else ():
                 # After the first decode step the prompt is compacted and one token appended.
-                req_id = _external_id(request.request_id, ids)
+                req_id = external_id(request.request_id, ids)
                 held = sum(blocks_held(scheduler, request.request_id))
                 run.peak_blocks[req_id] = max(run.peak_blocks.get(req_id, 0), held)
                 if request.num_output_tokens == 2 and req_id not in run.first_decode_blocks:
