@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.config import request_config
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import drive, external_id, prefix_cache_hits, prefix_counts, scheduler_of
+from kvcomp_vllm.testing.engine import cached_blocks, drive, external_id, prefix_cache_hits, prefix_counts, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration.compat import cdiv
 
@@ -102,7 +102,7 @@ def test_compacted_blocks_are_never_hit_as_raw(tiny_llama_dir, model, ids, relea
     settings = {"policy": "snapkv", "budget": 64}
     llm = make_llm(tiny_llama_dir, settings)  # cache_prefix auto: nothing to protect without a hit
     first, second = drive(llm, [prompt], greedy(10)), drive(llm, [prompt], greedy(10))
-    assert prefix_cache_hits(llm) == (2 * len(prompt), 0)
+    assert prefix_cache_hits(llm) == (2 * len(prompt), 0) and cached_blocks(llm) == 0
     want = generate(model, prompt, KVPolicyConfig(**settings), 10).tokens
     assert one(first) == want and one(second) == want
 
@@ -112,7 +112,7 @@ def test_cache_prefix_makes_the_protected_part_a_hit(tiny_llama_dir, model, ids,
     settings = {"policy": "snapkv", "budget": 64, "cache_prefix": 200}  # rounded down to 192: six blocks
     llm = make_llm(tiny_llama_dir, settings)
     first, second = drive(llm, [prompt], greedy(10)), drive(llm, [prompt], greedy(10))
-    assert prefix_cache_hits(llm) == (2 * len(prompt), 192)
+    assert prefix_cache_hits(llm) == (2 * len(prompt), 192) and cached_blocks(llm) == 192 // BLOCK
     want = generate(model, prompt, KVPolicyConfig(**settings), 10, protected=192).tokens
     assert one(first) == want and one(second) == want
 
@@ -125,6 +125,8 @@ def test_auto_protects_exactly_what_a_full_request_left_in_the_cache(tiny_llama_
     a = drive(llm, [full], greedy(8, {"policy": "full"}))  # evicts nothing: every full block enters the cache
     b = drive(llm, [compressed], greedy(8))
     assert prefix_cache_hits(llm)[1] == SHARED
+    # The full request's blocks (prompt and 7 computed output tokens); the compressed one's hit adds none.
+    assert cached_blocks(llm) == (len(full) + 7) // BLOCK
     assert one(a) == generate(model, full, KVPolicyConfig(policy="full"), 8).tokens
     assert one(b) == generate(model, compressed, KVPolicyConfig(**settings), 8, protected=SHARED).tokens
 

@@ -154,3 +154,8 @@ def prefix_cache_hits(llm) -> tuple[int, int]:
     """vLLM's own prefix-cache counters so far, (queries, hits) in tokens (needs `disable_log_stats=False`)."""
     values = {m.name: m.value for m in llm.get_metrics() if m.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")}
     return int(values.get("vllm:prefix_cache_queries", 0)), int(values.get("vllm:prefix_cache_hits", 0))
+
+
+def cached_blocks(llm) -> int:
+    """Blocks in vLLM's prefix cache now (held or evictable), over all KV cache groups."""
+    return len(scheduler_of(llm).kv_cache_manager.block_pool.cached_block_hash_to_block)
