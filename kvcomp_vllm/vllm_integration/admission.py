@@ -17,8 +17,10 @@ from pydantic import ValidationError
 
 from ..config import POLICY_FIELDS, KVPolicyConfig, request_config, settings_error
 from ..policies import KVPolicy, incompatibility, make_policy
-from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
+from ..policies.protected import protected_policy
+from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks, prefix_caching
 from .metrics import count_refused_override
+from .prefix_cache import protected_prefix
 from .settings import (
     adopt_new_names,
     client_prefix,
@@ -78,6 +80,14 @@ def _blocks(server: KVPolicy, block_size: int, slots) -> int:
     return sum(count * cdiv(slots(layers[0]), block_size) for count, layers in zip(groups, tiers.values()))
 
 
+def with_cache_prefix(vllm_config, policy: KVPolicy, prompt_len: int):
+    """`policy` after the prefix its `cache_prefix` keeps raw whatever the cache holds (prefix caching on):
+    what a request holds at least; hits add the same to every setting."""
+    if not prefix_caching(vllm_config):
+        return policy
+    return protected_policy(policy, protected_prefix(policy, prompt_len, 0, vllm_config.cache_config.block_size))
+
+
 def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     """Raise `RequestRejected` where a request's own settings cannot serve its prompt (a ratio budget
     below the window) or go past what the operator allows (`OverrideRules`, refusals counted by reason)."""
@@ -86,6 +96,7 @@ def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     if not asked or server.name == "full":
         return
     policy, prefix = request_policy(server, sampling_params), client_prefix(sampling_params)
+    block_size = vllm_config.cache_config.block_size
     if "budget" in asked:
         try:
             policy.config.check_prompt(prompt_len, prefix)
@@ -95,9 +106,9 @@ def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     refusal = rules.refusal(policy.config, asked, prompt_len, prefix)
     if refusal is None and rules.allow == "lower":
         max_tokens = sampling_params.max_tokens or 1
-        block_size = vllm_config.cache_config.block_size
-        asks = held_blocks(policy, server, block_size, prompt_len, max_tokens)
-        owns = held_blocks(server, server, block_size, prompt_len, max_tokens)
+        asked_policy = with_cache_prefix(vllm_config, policy, prompt_len)
+        asks = held_blocks(asked_policy, server, block_size, prompt_len, max_tokens)
+        owns = held_blocks(with_cache_prefix(vllm_config, server, prompt_len), server, block_size, prompt_len, max_tokens)
         if asks > owns:
             refusal = "footprint", (
                 f"these settings would hold {asks} KV cache blocks through this request's decode, more than the "
@@ -118,7 +129,8 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
         return
     policy = request_policy(server, sampling_params)
     max_tokens = sampling_params.max_tokens or 1
-    need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
+    protected = with_cache_prefix(vllm_config, policy, prompt_len)
+    need = peak_blocks(protected, server, vllm_config.cache_config.block_size, prompt_len, max_tokens)
     if need <= pool:
         return
     hint = "lower max_tokens or the budget"
