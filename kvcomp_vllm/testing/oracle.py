@@ -423,11 +423,12 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
 
 
 def largest_logprob_gaps(model, prompts: list[list[int]], outputs: list[list[int]], config: KVPolicyConfig,
-                         new_tokens: int) -> list[float]:
+                         new_tokens: int, protected: int = 0) -> list[float]:
     """Per prompt, the largest gap between the oracle's best token and another engine's token at that
-    step, fed that engine's `outputs`: how far a lower-precision engine strays from the oracle."""
+    step, fed that engine's `outputs`: how far a lower-precision engine strays from the oracle (each
+    prompt's first `protected` tokens kept raw, as a prefix-cache hit)."""
     gaps = []
     for prompt, got in zip(prompts, outputs):
-        scored = generate(model, prompt, config, new_tokens, forced=got)
+        scored = generate(model, prompt, config, new_tokens, forced=got, protected=protected)
         gaps.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
     return gaps
