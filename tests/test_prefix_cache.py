@@ -26,6 +26,8 @@ POLICIES = [
     dict(policy="windowkv", budget=100, group_size=2),
     dict(policy="streaming", budget=64),
     dict(policy="pod", recent=48, group_size=2),
+    dict(policy="windowkv-per-head", budget=100, group_size=2),
+    dict(policy="snapkv", budget=64, prefill_chunk=64),  # rounds every 64 tokens after the protected prefix
 ]
 
 
@@ -70,7 +72,7 @@ def one(run) -> list[int]:
     return tokens
 
 
-@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
+@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"] + ("-chunked" if "prefill_chunk" in s else ""))
 def test_second_request_hits_the_shared_system_prompt(tiny_llama_dir, model, ids, settings, release):
     system = ids(40, 1, SHARED)
     first, second = system + ids(20, 2, 150), system + ids(20, 3, 170)

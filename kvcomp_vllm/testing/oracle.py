@@ -169,8 +169,9 @@ def select_streaming(config: KVPolicyConfig, n: int, budget: int, kv_heads: int)
 
 
 def votes_after(keys, queries, scale: float, w: int, protected: int) -> torch.Tensor:
-    """`window_scores` over every key the layer holds, cut to the tokens after the protected prefix."""
-    return window_scores(keys, queries[:, -w:], scale)[:, protected:]
+    """`window_scores` over every key the layer holds, cut to the tokens after the protected prefix and
+    before the window (a short last chunk has fewer queries than `w`: its scores cover more tokens)."""
+    return window_scores(keys, queries[:, -w:], scale)[:, protected : keys.shape[1] - w]
 
 
 def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int, protected: int = 0) -> Kept:
