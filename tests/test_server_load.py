@@ -49,6 +49,7 @@ OVERRIDES = [  # per-request settings as top-level body fields; the last via vll
     {"kv_policy": "streaming", "kv_budget": 48},
     {"kv_policy": "windowkv", "kv_budget": 0.2},
     {"kv_policy": "full"},
+    {"kv_policy": "snapkv", "kv_budget": 64, "kv_cache_prefix": 64},
     {"vllm_xargs": {"kv_policy": "snapkv", "kv_window": 16, "kv_budget": 0.25}},
 ]
 BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must contain)
@@ -56,6 +57,8 @@ BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must conta
     (COMPLETIONS, {"kv_policy": "lru"}, "kvcomp: invalid settings in request: kv_policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (got 'lru')"),
     (CHAT, {"kv_budget": 1.5}, "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 1.5"),
     (COMPLETIONS, {"kv_budget": "64"}, "kvcomp: invalid settings in request: kv_budget: should be a valid integer or should be a valid number (got '64')"),
+    (COMPLETIONS, {"kv_cache_prefix": -1}, "kvcomp: invalid settings in request: kv_cache_prefix: must be 'auto' or a token count in [0, 16777216], got -1"),
+    (CHAT, {"kv_cache_prefix": "64"}, "kvcomp: invalid settings in request: kv_cache_prefix"),
     (COMPLETIONS, {"kv_sink": 4}, "kvcomp: invalid settings in request: kv_sink: not a parameter of policy 'pyramid' (its parameters: kv_beta, kv_budget"),
     (CHAT, {"kv_policy": "pod"}, "policy 'pod' changes the cache layout and is engine-wide only"),
     (COMPLETIONS, "oversize", f"This model's maximum context length is {MAX_MODEL_LEN} tokens"),
