@@ -71,7 +71,6 @@ class CompressedAttentionSpec(FullAttentionSpec):
         return all(isinstance(s, CompressedAttentionSpec) and s.tier == self.tier for s in kv_cache_specs.values())
 
 
-
 class CompressedAttentionManager(FullAttentionManager):
     """Frees a compressed request's evicted blocks at each compression point of its prompt."""
 
