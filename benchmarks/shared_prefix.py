@@ -35,7 +35,7 @@ def run(args, name: str) -> dict:
     from transformers import AutoConfig
     from vllm import LLM, SamplingParams
 
-    from kvcomp_vllm.testing.engine import drive, prefix_cache_hits
+    from kvcomp_vllm.testing.engine import count_prefix_cache, drive
 
     settings, caching = CONFIGS[name]
     extra = {}
@@ -49,9 +49,9 @@ def run(args, name: str) -> dict:
     batch = prompts(AutoConfig.from_pretrained(args.model).vocab_size, args.shared, args.own, args.requests + 1)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     drive(llm, batch[:1], params)  # the first sender of the system prompt
-    before = prefix_cache_hits(llm)
+    cache = count_prefix_cache(llm)
     timed = drive(llm, batch[1:], params, record_blocks=False)
-    queries, hits = (a - b for a, b in zip(prefix_cache_hits(llm), before))
+    queries, hits = cache["queries"], cache["hits"]
     row = {"config": name, "output_tok_s": args.requests * args.max_tokens / timed.seconds, "seconds": timed.seconds,
            "peak_running": timed.peak_running, "hit_rate": hits / queries if queries else 0.0}
     del llm

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import cached_blocks, drive, prefix_cache_hits
+from kvcomp_vllm.testing.engine import cached_blocks, drive
 from kvcomp_vllm.testing.oracle import largest_logprob_gaps
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -54,8 +54,9 @@ def test_shared_system_prompt_hits_on_flash_attention(tiny_llama_dir, settings):
     system = ids(tiny_llama_dir, 40, 1, SHARED)
     prompts = [system + ids(tiny_llama_dir, 20, 2, 150), system + ids(tiny_llama_dir, 20, 3, 170)]
     llm = make_llm(tiny_llama_dir, {**settings, "cache_prefix": SHARED})
+    cache = count_prefix_cache(llm)
     runs = [drive(llm, [prompt], greedy()) for prompt in prompts]
-    assert prefix_cache_hits(llm) == (sum(map(len, prompts)), SHARED)
+    assert (cache["queries"], cache["hits"]) == (sum(map(len, prompts)), SHARED)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
     outputs = [next(iter(run.tokens.values())) for run in runs]
     worst = largest_logprob_gaps(model, prompts, outputs, KVPolicyConfig(**settings), NEW_TOKENS, protected=SHARED)
@@ -69,8 +70,9 @@ def test_compacted_prompt_sent_again_hits_only_its_protected_blocks(tiny_llama_d
     prompt = ids(tiny_llama_dir, 60, 4, 480)
     settings = {"policy": "snapkv", "budget": 64, "cache_prefix": cache_prefix}
     llm = make_llm(tiny_llama_dir, settings)
+    cache = count_prefix_cache(llm)
     runs = [drive(llm, [prompt], greedy()) for _ in range(2)]
-    assert prefix_cache_hits(llm) == (2 * len(prompt), hit) and cached_blocks(llm) == hit // BLOCK
+    assert (cache["queries"], cache["hits"]) == (2 * len(prompt), hit) and cached_blocks(llm) == hit // BLOCK
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
     outputs = [next(iter(run.tokens.values())) for run in runs]
     worst = largest_logprob_gaps(model, [prompt] * 2, outputs, KVPolicyConfig(**settings), NEW_TOKENS, protected=hit)

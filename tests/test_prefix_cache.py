@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.config import request_config
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import cached_blocks, drive, external_id, prefix_cache_hits, prefix_counts, scheduler_of
+from kvcomp_vllm.testing.engine import cached_blocks, count_prefix_cache, drive, external_id, prefix_counts, scheduler_of
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration.compat import cdiv
 
@@ -77,16 +77,19 @@ def test_second_request_hits_the_shared_system_prompt(tiny_llama_dir, model, ids
     system = ids(40, 1, SHARED)
     first, second = system + ids(20, 2, 150), system + ids(20, 3, 170)
     llm = make_llm(tiny_llama_dir, {**settings, "cache_prefix": SHARED})
+    cache = count_prefix_cache(llm)
     config = KVPolicyConfig(**settings)
+    protected, compressed = prefix_counts(llm, config.policy)  # counts so far in this process (earlier engines')
     a = drive(llm, [first], greedy(10))
-    queries, hits = prefix_cache_hits(llm)
+    queries, hits = cache["queries"], cache["hits"]
     assert (queries, hits) == (len(first), 0)
     b = drive(llm, [second], greedy(10))
-    assert prefix_cache_hits(llm) == (len(first) + len(second), SHARED)  # the whole shared prompt, no more
+    assert (cache["queries"], cache["hits"]) == (len(first) + len(second), SHARED)  # the whole shared prompt, no more
     # Both keep the shared prompt raw and compress their own tokens, as the oracle does.
     assert one(a) == generate(model, first, config, 10, protected=SHARED).tokens
     assert one(b) == generate(model, second, config, 10, protected=SHARED).tokens
-    assert prefix_counts(llm, config.policy) == (2 * SHARED, len(first) + len(second) - 2 * SHARED)
+    counted = prefix_counts(llm, config.policy)
+    assert (counted[0] - protected, counted[1] - compressed) == (2 * SHARED, len(first) + len(second) - 2 * SHARED)
     assert a.free_blocks_after == a.free_blocks_before and b.free_blocks_after == b.free_blocks_before
 
 
@@ -94,6 +97,7 @@ def test_snapkv_blocks_after_compaction_count_the_protected_prefix(tiny_llama_di
     system = ids(40, 1, SHARED)
     prompt = system + ids(20, 2, 150)
     llm = make_llm(tiny_llama_dir, {"policy": "snapkv", "budget": 64, "cache_prefix": SHARED})
+    cache = count_prefix_cache(llm)
     run = drive(llm, [prompt], greedy(10))
     # One KV group: the protected blocks, then the budget and the first generated token.
     assert run.first_decode_blocks["req-0"] == [cdiv(SHARED + 64 + 1, BLOCK)]
@@ -103,8 +107,9 @@ def test_compacted_blocks_are_never_hit_as_raw(tiny_llama_dir, model, ids, relea
     prompt = ids(60, 4, 480)
     settings = {"policy": "snapkv", "budget": 64}
     llm = make_llm(tiny_llama_dir, settings)  # cache_prefix auto: nothing to protect without a hit
+    cache = count_prefix_cache(llm)
     first, second = drive(llm, [prompt], greedy(10)), drive(llm, [prompt], greedy(10))
-    assert prefix_cache_hits(llm) == (2 * len(prompt), 0) and cached_blocks(llm) == 0
+    assert (cache["queries"], cache["hits"]) == (2 * len(prompt), 0) and cached_blocks(llm) == 0
     want = generate(model, prompt, KVPolicyConfig(**settings), 10).tokens
     assert one(first) == want and one(second) == want
 
@@ -113,8 +118,9 @@ def test_cache_prefix_makes_the_protected_part_a_hit(tiny_llama_dir, model, ids,
     prompt = ids(60, 4, 480)
     settings = {"policy": "snapkv", "budget": 64, "cache_prefix": 200}  # rounded down to 192: six blocks
     llm = make_llm(tiny_llama_dir, settings)
+    cache = count_prefix_cache(llm)
     first, second = drive(llm, [prompt], greedy(10)), drive(llm, [prompt], greedy(10))
-    assert prefix_cache_hits(llm) == (2 * len(prompt), 192) and cached_blocks(llm) == 192 // BLOCK
+    assert (cache["queries"], cache["hits"]) == (2 * len(prompt), 192) and cached_blocks(llm) == 192 // BLOCK
     want = generate(model, prompt, KVPolicyConfig(**settings), 10, protected=192).tokens
     assert one(first) == want and one(second) == want
 
@@ -124,9 +130,10 @@ def test_auto_protects_exactly_what_a_full_request_left_in_the_cache(tiny_llama_
     full, compressed = system + ids(20, 5, 100), system + ids(20, 6, 200)
     settings = {"policy": "snapkv", "budget": 64}
     llm = make_llm(tiny_llama_dir, settings)
+    cache = count_prefix_cache(llm)
     a = drive(llm, [full], greedy(8, {"policy": "full"}))  # evicts nothing: every full block enters the cache
     b = drive(llm, [compressed], greedy(8))
-    assert prefix_cache_hits(llm)[1] == SHARED
+    assert cache["hits"] == SHARED
     # The full request's blocks (prompt and 7 computed output tokens); the compressed one's hit adds none.
     assert cached_blocks(llm) == (len(full) + 7) // BLOCK
     assert one(a) == generate(model, full, KVPolicyConfig(policy="full"), 8).tokens
@@ -163,10 +170,11 @@ def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_l
     prompts = [system + o for o in own]
     llm = make_llm(tiny_llama_dir, server, num_gpu_blocks_override=64, max_num_batched_tokens=128, max_num_seqs=8,
                    max_model_len=768)
+    cache = count_prefix_cache(llm)
     seen = record_protected(llm)
     run = drive(llm, prompts, [greedy(80, kvcomp, n) for kvcomp, n in requests])
     assert run.preemptions > 0
-    assert prefix_cache_hits(llm)[1] > 0
+    assert cache["hits"] > 0
     base = KVPolicyConfig(**server)
     for (req_id, samples), prompt, (kvcomp, n) in zip(run.samples.items(), prompts, requests):
         config = request_config(base, kvcomp)

@@ -150,10 +150,24 @@ def prefix_counts(llm, policy: str) -> tuple[int, int]:
     return counts.get("protected", 0), counts.get("compressed", 0)
 
 
-def prefix_cache_hits(llm) -> tuple[int, int]:
-    """vLLM's own prefix-cache counters so far, (queries, hits) in tokens (needs `disable_log_stats=False`)."""
-    values = {m.name: m.value for m in llm.get_metrics() if m.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")}
-    return int(values.get("vllm:prefix_cache_queries", 0)), int(values.get("vllm:prefix_cache_hits", 0))
+def count_prefix_cache(llm) -> dict[str, int]:
+    """From now on, the engine's prefix-cache queries and hits in tokens, as vLLM's own stats (the source of
+    its `vllm:prefix_cache_*` counters) report them each step: the returned dict stays current. Per engine,
+    where the process-wide Prometheus registry may also hold earlier engines' counts (needs
+    `disable_log_stats=False`)."""
+    manager = scheduler_of(llm).kv_cache_manager
+    total = {"queries": 0, "hits": 0}
+    make = manager.make_prefix_cache_stats
+
+    def counting():
+        stats = make()
+        if stats is not None:
+            total["queries"] += stats.queries
+            total["hits"] += stats.hits
+        return stats
+
+    manager.make_prefix_cache_stats = counting
+    return total
 
 
 def cached_blocks(llm) -> int:
