@@ -57,7 +57,7 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
     first = next(iter(points))
     settings = None if engine == "vanilla" else {"policy": engine, "budget": points[first][0], **engine_params(engine, args)}
     prefill_count, prefill_len = (int(x) for x in args.prefill.split("x"))
-    # Prompts repeat across passes and points: vanilla's prefix cache would skip their prefill (kvcomp turns it off).
+    # Prompts repeat across passes and points: a prefix cache would skip their prefill, so it is off here.
     engine_args = {"enable_prefix_caching": False,
                    "max_model_len": max(prefill_len + 1, preset.prompt_len + preset.output_len), **args.engine}
     llm, config, _, _ = start_engine(args.preset, settings, args.model_root, **engine_args)

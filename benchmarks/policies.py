@@ -132,8 +132,8 @@ def make_prompts(preset: Preset, requests: int, vocab_size: int, length: int | N
 
 def pass_prompts(preset: Preset, requests: int, vocab_size: int) -> dict[str, list[list[int]]]:
     """The prompts of each timed pass, `prefill` (where the preset has that pass) and `full`, seeded apart:
-    no pass sees an earlier pass's prompts, so vanilla's prefix cache (on by default; compressing engines
-    turn it off) cannot serve the full run from the prefill pass."""
+    no pass sees an earlier pass's prompts, so no engine's prefix cache (on by default, with compression
+    too) can serve the full run from the prefill pass."""
     passes = {"prefill": 1} if preset.prefill_pass else {}
     passes["full"] = 0  # the seed of the full run's prompts before the passes were seeded apart
     return {name: make_prompts(preset, requests, vocab_size, seed=seed) for name, seed in passes.items()}

@@ -19,18 +19,19 @@ POLICY_NAMES: tuple[str, ...] = PolicyName.__args__
 
 # Which parameters each policy reads. Setting one a policy does not read is an error rather than a
 # silent no-op, so a request is never served with different settings than it asked for.
-_SELECTION = {"budget", "window", "prefill_chunk"}
+# `cache_prefix` (raw prompt tokens kept for vLLM's prefix cache) applies to every compressing policy.
+_SELECTION = {"budget", "window", "prefill_chunk", "cache_prefix"}
 _POOLED = _SELECTION | {"pool_size", "pooling"}
 POLICY_FIELDS: dict[str, frozenset[str]] = {
     "full": frozenset(),
-    "streaming": frozenset({"budget", "sink", "prefill_chunk"}),
+    "streaming": frozenset({"budget", "sink", "prefill_chunk", "cache_prefix"}),
     "snapkv": frozenset(_POOLED),
     "pyramid": frozenset(_POOLED | {"beta", "tiers"}),
     "windowkv": frozenset(_SELECTION | {"window_size", "window_scoring", "concentration_threshold", "group_size"}),
     "windowkv-per-head": frozenset(
         _SELECTION | {"window_size", "window_sizes", "concentration_threshold", "group_size"}
     ),
-    "pod": frozenset({"sink", "recent", "group_size", "groups", "select"} | _POOLED - {"prefill_chunk"}),
+    "pod": frozenset({"sink", "recent", "group_size", "groups", "select", "cache_prefix"} | _POOLED - {"prefill_chunk"}),
 }
 _NEEDS_BUDGET = frozenset({"streaming", "snapkv", "pyramid", "windowkv", "windowkv-per-head"})
 _POD_SELECTION = frozenset({"budget", "window", "pool_size", "pooling"})  # pod reads them with select: snapkv only
@@ -43,7 +44,7 @@ MAX_TOKENS = 1 << 24  # token counts: beyond any model's context
 MAX_POOL_SIZE = 255  # pooling width: SnapKV pools over 5-13 tokens; the pooling buffer grows with it
 MAX_LAYERS = 1024  # layer counts (group sizes, tiers)
 MAX_BETA = 1000.0  # pyramid steepness: PyramidKV uses 20
-_TOKEN_FIELDS = ("window", "sink", "recent", "prefill_chunk")  # token counts bounded by the context
+_TOKEN_FIELDS = ("window", "sink", "recent", "prefill_chunk")  # and cache_prefix where an integer  # token counts bounded by the context
 
 
 # Old field names still accepted, for one release, as aliases of the new ones (old -> new). Each logs a
@@ -188,6 +189,12 @@ class KVPolicyConfig(BaseModel):
         description="compress every this many prompt tokens during prefill (peak cache: budget + "
         "prefill_chunk per layer), so prompts longer than the KV pool fit; unset: once, after the prompt",
     )
+    cache_prefix: int | Literal["auto"] = Field(
+        "auto",
+        description="prompt tokens kept raw and entered in vLLM's prefix cache: 'auto' keeps exactly the "
+        "tokens that hit the cache at admission; an integer N also keeps the first N (rounded down to whole "
+        "blocks), so the first request sending a shared prefix makes it a hit for the next",
+    )
     concentration_threshold: float = Field(
         0.5,
         gt=0.0,
@@ -233,6 +240,8 @@ class KVPolicyConfig(BaseModel):
         listed = [layer for group in self.groups or () for layer in group]
         if len(listed) > MAX_LAYERS or any(not 0 <= layer < MAX_LAYERS for layer in listed):
             raise ValueError(f"{name('groups')}: at most {MAX_LAYERS} layers, each in [0, {MAX_LAYERS})")
+        if isinstance(self.cache_prefix, int) and not 0 <= self.cache_prefix <= MAX_TOKENS:
+            raise ValueError(f"{name('cache_prefix')}: must be 'auto' or a token count in [0, {MAX_TOKENS}], got {self.cache_prefix}")
         sizes = [("window_size", self.window_size)] if isinstance(self.window_size, int) else []
         for field, size in [*sizes, *(("window_sizes", s) for s in self.window_sizes)]:
             if not 1 <= size <= MAX_TOKENS:
@@ -316,6 +325,8 @@ class KVPolicyConfig(BaseModel):
             counts["budget"] = self.budget
         if isinstance(self.window_size, int):
             counts["window_size"] = self.window_size
+        if isinstance(self.cache_prefix, int):
+            counts["cache_prefix"] = self.cache_prefix
         for field, value in counts.items():
             if value is not None and value > max_model_len:
                 raise ValueError(
@@ -371,7 +382,8 @@ class KVPolicyConfig(BaseModel):
         fields = POLICY_FIELDS[self.policy]
         if self.policy == "pod" and self.select == "none":  # plain PoD reads no selection field
             fields = fields - _POD_SELECTION - {"select"}
-        params = {k: getattr(self, k) for k in sorted(fields) if getattr(self, k) is not None}
+        shown = [k for k in sorted(fields) if k != "cache_prefix" or k in self.model_fields_set]
+        params = {k: getattr(self, k) for k in shown if getattr(self, k) is not None}
         return self.policy + "".join(f" {k}={v}" for k, v in params.items())
 
 

@@ -197,13 +197,13 @@ def test_cpu_tiny_serving_benchmark(tmp_path, monkeypatch, tiny_llama_dir):
                   "--warmup-prompts", "0")
     vanilla, snapkv = data["runs"]
     assert (vanilla["config"], vanilla["prefix_caching"], vanilla["env"]["VLLM_PLUGINS"]) == ("vanilla", True, "")
-    assert (snapkv["config"], snapkv["prefix_caching"]) == ("snapkv-10%", False)
+    assert (snapkv["config"], snapkv["prefix_caching"]) == ("snapkv-10%", True)  # prefix caching stays on with compression
     assert "kvcomp:" not in Path(vanilla["serve_log"]).read_text()  # the plugin was not loaded
     assert "kvcomp: snapkv budget=0.1" in Path(snapkv["serve_log"]).read_text()
     seeds = [p["seed"] for p in vanilla["passes"]]
     assert len(set(seeds)) == 2 and seeds == [p["seed"] for p in snapkv["passes"]]  # own per pass, same per config
     md = (tmp_path / "s.md").read_text()
-    assert "| vanilla | on | 2 | 3/3 |" in md and "| snapkv-10% | off | 4 | 3/3 |" in md
+    assert "| vanilla | on | 2 | 3/3 |" in md and "| snapkv-10% | on | 4 | 3/3 |" in md
 
 
 @pytest.mark.vllm

@@ -58,7 +58,8 @@ def test_presets_lists_every_yaml_with_its_settings(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "configs/pod-35pct.yaml: pod group_size=4 recent=1024 sink=4" in lines
-    assert len(lines) == 4
+    assert "configs/snapkv-10pct-shared-prompt.yaml: snapkv budget=0.1 cache_prefix=4096 pool_size=15 pooling=avg window=32" in lines
+    assert len(lines) == 5
 
 
 def test_doctor_says_whether_the_installed_vllm_is_tested(capsys, monkeypatch):

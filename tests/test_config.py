@@ -1,5 +1,7 @@
 """KVPolicyConfig validation: accepted values, and error messages that name the field."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -109,7 +111,7 @@ def test_budget_required_for_selection_policies():
 def test_parameter_of_another_policy_is_rejected():
     text = error_text(policy="snapkv", budget=64, beta=10)
     assert "beta: not a parameter of policy 'snapkv'" in text
-    assert "budget, pool_size, pooling, prefill_chunk, window" in text
+    assert "budget, cache_prefix, pool_size, pooling, prefill_chunk, window" in text
     assert "budget: not a parameter of policy 'full'" in error_text(policy="full", budget=0.1)
 
 
@@ -258,7 +260,7 @@ def test_errors_name_pool_size_as_it_was_given(deprecations):
     with pytest.raises(ValueError, match=r"kv_kernel: not a parameter of policy 'streaming' \(its parameters: kv_budget"):
         request_config(server, {"policy": "streaming", "budget": 64, "kernel": 5}, prefix="kv_")
     with pytest.raises(ValueError, match=r"kv_beta: not a parameter of policy 'snapkv' \(its parameters: kv_budget, "
-                       r"kv_pool_size, kv_pooling"):
+                       r"kv_cache_prefix, kv_pool_size, kv_pooling"):
         request_config(server, {"kernel": 5, "beta": 2.0}, prefix="kv_")
 
 
@@ -307,3 +309,30 @@ def test_flags_take_kv_pool_size_and_the_deprecated_kv_kernel(deprecations):
         settings("--kv-kernel", "5", "--kv-pool-size", "7")
     with pytest.raises(ValueError, match="invalid kvcomp settings: kernel: must be odd"):
         settings("--kv-kernel", "4")
+
+
+def test_cache_prefix_is_auto_or_a_bounded_token_count():
+    assert KVPolicyConfig(policy="snapkv", budget=64).cache_prefix == "auto"
+    assert KVPolicyConfig(policy="pod", cache_prefix=512).cache_prefix == 512
+    for bad, text in [(True, "cache_prefix.int"), ("64", "cache_prefix.int"), (1.5, "cache_prefix.int"),
+                      ("all", "cache_prefix.literal"), (-1, "cache_prefix: must be 'auto' or a token count in [0, 16777216], got -1")]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            KVPolicyConfig(policy="snapkv", budget=64, cache_prefix=bad)
+    with pytest.raises(ValueError, match=r"cache_prefix: not a parameter of policy 'full' \(its parameters: none\)"):
+        KVPolicyConfig(policy="full", cache_prefix=64)
+    with pytest.raises(ValueError, match=r"kv_cache_prefix: 5000 tokens is larger than the model's context \(4096 tokens\)"):
+        KVPolicyConfig(policy="snapkv", budget=64, cache_prefix=5000).check_model(4, 4096, prefix="kv_")
+
+
+def test_kv_cache_prefix_flag_takes_auto_or_a_count():
+    import argparse
+
+    from kvcomp_vllm.vllm_integration.engine_args import add_kv_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_kv_arguments(parser)
+    for value, want in [("auto", "auto"), ("1024", 1024)]:
+        args = parser.parse_args(["--kv-policy", "snapkv", "--kv-budget", "64", "--kv-cache-prefix", value])
+        assert settings_from_args(args)["cache_prefix"] == want
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-prefix", "half"])

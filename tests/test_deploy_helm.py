@@ -318,6 +318,7 @@ PARAMS = {
     "window_scoring": "max",
     "concentration_threshold": 0.7,
     "prefill_chunk": 512,
+    "cache_prefix": 512,
 }
 BUDGETS = {"streaming": 256, "snapkv": 256, "pyramid": 0.2, "windowkv": 0.5, "windowkv-per-head": 0.5}
 # Each case: KVPolicyConfig fields, plus "preset" for --kv-config. One fault at most per case.
@@ -376,6 +377,11 @@ CASES = [
     {"policy": "streaming", "budget": 64, "prefill_chunk": 1},
     {"policy": "streaming", "budget": 64, "prefill_chunk": 0},
     {"policy": "pod", "prefill_chunk": 256},
+    {"policy": "snapkv", "budget": 64, "cache_prefix": "auto"},
+    {"policy": "pod", "cache_prefix": 0},
+    {"policy": "snapkv", "budget": 64, "cache_prefix": -1},
+    {"policy": "snapkv", "budget": 64, "cache_prefix": "all"},
+    {"policy": "full", "cache_prefix": 64},
     *({"preset": p.stem} for p in sorted((ROOT / "configs").glob("*.yaml"))),
     {"preset": "pyramid-10pct", "budget": 16},
     {"preset": "pyramid-10pct", "budget": 16, "window": 8},

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import PromptView, RequestCompressor, make_policy
+from kvcomp_vllm.policies.protected import protected_policy
 from kvcomp_vllm.reference import generate as policy_generate
 from kvcomp_vllm.testing import oracle
 from kvcomp_vllm.testing.oracle import generate
@@ -118,6 +119,42 @@ def test_policies_keep_what_the_oracle_keeps_in_every_round(scenario):
             assert got.key_owner == want.key_owner
             assert (got.shared is None and want.shared is None) or torch.equal(got.shared, want.shared)
             held[layer] = n if config.policy == "pod" else budget
+
+
+@SETTINGS
+@given(scenarios(), st.integers(1, 40))
+def test_policies_after_a_protected_prefix_keep_what_the_oracle_keeps(scenario, protected):
+    # The prefix stays whole; the rest is selected as a prompt of its own, scored with the prefix's keys too.
+    config, num_layers, kv_heads, ratio, own_len, seed = scenario
+    prompt_len = protected + own_len
+    g = torch.Generator().manual_seed(seed)
+    policy = protected_policy(make_policy(config, num_layers), protected)
+    points = oracle.compression_points(config, prompt_len, protected)
+    assert points == [p for p in range(1, prompt_len + 1) if p == policy.next_compression_point(prompt_len, p - 1)]
+    held = [0] * num_layers
+    for new in [b - a for a, b in zip([0, *points], points)]:
+        compressor, select = RequestCompressor(policy), oracle.oracle_selector(config, num_layers, protected)
+        for layer in range(num_layers):
+            n = held[layer] + new
+            keys = 2 * torch.randn(kv_heads, n, D, generator=g, dtype=torch.float64)
+            queries = 2 * torch.randn(kv_heads * ratio, new, D, generator=g, dtype=torch.float64)
+            dense = PromptView.dense(keys, queries, D**-0.5)
+            view = PromptView(n - protected, kv_heads, keys.device, lambda w, d=dense: d.scores(w)[:, protected:],
+                              context_len=own_len)
+            got = compressor.plan(layer, view)
+            want = select(layer, keys, queries, D**-0.5, prompt_len)
+            assert (got.keep is None) == (want.keep is None), (layer, n)
+            if got.keep is None:
+                held[layer] = n
+                continue
+            prefix = torch.arange(protected).expand(kv_heads, -1)
+            assert torch.equal(torch.cat([prefix, got.keep + protected], dim=1), want.keep), (layer, n)
+            assert (got.shared is None and want.shared is None) or torch.equal(got.shared + protected, want.shared)
+            held[layer] = n if config.policy == "pod" else protected + got.keep.shape[1]
+    # Every layer holds the prefix and its budget of the own tokens, as the wrapped policy says (PoD
+    # members pack distant values, so their slots are fewer than their positions).
+    if config.policy != "pod":
+        assert held == [policy.layer_slots(layer, prompt_len) for layer in range(num_layers)]
 
 
 @SETTINGS

@@ -1,11 +1,12 @@
-"""Load test of `vllm serve --kv-policy pyramid`: bounded concurrent mixed traffic over the OpenAI API.
+"""Load test of `vllm serve --kv-policy pyramid`, prefix caching on: bounded concurrent mixed traffic over the OpenAI API.
 
 Good requests (completions and chat, streamed or not, per-request policies, prompts longer and shorter
 than the budget, n = 2) all answer; bad ones (malformed JSON, bad overrides, an oversize prompt) get a
 400 naming the problem; clients that hang up mid-stream are dropped. Afterwards the server is still
 up, vLLM's gauges are back to idle (no KV block held), kvcomp's counters add up to the admitted
 requests, the workers' scoring and compaction histograms are on `/metrics`, and a fixed prompt
-decoded under load equals the offline `LLM` path token for token.
+decoded under load equals the offline `LLM` path token for token. With `--kv-cache-prefix 128` the first
+128 tokens of every compressed prompt stay raw and cached, so repeated prompts hit vLLM's prefix cache.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from kvcomp_vllm.testing.server import metric_samples, serve
 pytestmark = pytest.mark.vllm
 
 MAX_MODEL_LEN = 1024
-SERVER = KVPolicyConfig(policy="pyramid", budget=0.1)
+CACHE_PREFIX = 128
+SERVER = KVPolicyConfig(policy="pyramid", budget=0.1, cache_prefix=CACHE_PREFIX)
 ARGS = (
     "--kv-policy", "pyramid", "--kv-budget", "0.1", "--kv-overrides", "any", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
-    "--enforce-eager", "--seed", "0",
+    "--enforce-eager", "--seed", "0", "--enable-prefix-caching", "--kv-cache-prefix", str(CACHE_PREFIX),
 )  # fmt: skip
 IN_FLIGHT = 8
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
@@ -47,6 +49,7 @@ OVERRIDES = [  # per-request settings as top-level body fields; the last via vll
     {"kv_policy": "streaming", "kv_budget": 48},
     {"kv_policy": "windowkv", "kv_budget": 0.2},
     {"kv_policy": "full"},
+    {"kv_policy": "snapkv", "kv_budget": 64, "kv_cache_prefix": 64},
     {"vllm_xargs": {"kv_policy": "snapkv", "kv_window": 16, "kv_budget": 0.25}},
 ]
 BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must contain)
@@ -54,6 +57,8 @@ BAD = [  # (endpoint, kv fields / raw body / "oversize", text the 400 must conta
     (COMPLETIONS, {"kv_policy": "lru"}, "kvcomp: invalid settings in request: kv_policy: should be 'full', 'streaming', 'snapkv', 'pyramid', 'windowkv', 'windowkv-per-head' or 'pod' (got 'lru')"),
     (CHAT, {"kv_budget": 1.5}, "kvcomp: invalid settings in request: kv_budget: a ratio must lie in (0, 1], got 1.5"),
     (COMPLETIONS, {"kv_budget": "64"}, "kvcomp: invalid settings in request: kv_budget: should be a valid integer or should be a valid number (got '64')"),
+    (COMPLETIONS, {"kv_cache_prefix": -1}, "kvcomp: invalid settings in request: kv_cache_prefix: must be 'auto' or a token count in [0, 16777216], got -1"),
+    (CHAT, {"kv_cache_prefix": "64"}, "kvcomp: invalid settings in request: kv_cache_prefix"),
     (COMPLETIONS, {"kv_sink": 4}, "kvcomp: invalid settings in request: kv_sink: not a parameter of policy 'pyramid' (its parameters: kv_beta, kv_budget"),
     (CHAT, {"kv_policy": "pod"}, "policy 'pod' changes the cache layout and is engine-wide only"),
     (COMPLETIONS, "oversize", f"This model's maximum context length is {MAX_MODEL_LEN} tokens"),
@@ -256,8 +261,13 @@ def test_server_stays_up_frees_every_block_and_counts_every_admitted_request(loa
         assert total(samples, "vllm:kvcomp_requests_total", policy=policy) == len(lengths), policy
         # every prompt token-layer is counted once, kept or evicted (4 layers)
         assert total(samples, "vllm:kvcomp_prompt_tokens_total", policy=policy) == 4 * sum(lengths), policy
+        # and every prompt token once, protected for the prefix cache or given to the policy
+        assert total(samples, "vllm:kvcomp_prefix_tokens_total", policy=policy) == sum(lengths), policy
     assert total(samples, "vllm:kvcomp_requests_total") == len(admitted)
     assert total(samples, "vllm:kvcomp_prompt_tokens_total", policy="full", outcome="evicted") == 0
+    # Prefix caching stays on: repeated prompts hit, and compressed prompts kept their first blocks raw.
+    assert total(samples, "vllm:prefix_cache_hits_total") > 0
+    assert total(samples, "vllm:kvcomp_prefix_tokens_total", policy="pyramid", part="protected") >= CACHE_PREFIX * 4
 
 
 def test_fixed_prompt_under_load_equals_the_offline_llm(load, tiny_llama_dir):

@@ -17,7 +17,7 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
+from kvcomp_vllm.testing.engine import cached_blocks, compacted_counts, drive, scheduler_of
 from kvcomp_vllm.vllm_integration.worker_state import worker_state
 
 pytestmark = pytest.mark.vllm
@@ -248,16 +248,20 @@ def test_preempted_requests_are_compressed_again_the_same_way(tiny_llama_dir, se
     assert run.free_blocks_after == run.free_blocks_before
 
 
-def test_prefix_caching_is_turned_off_for_compressed_engines(tiny_llama_dir, release):
+def test_prefix_caching_stays_on_and_compacted_blocks_are_not_cached(tiny_llama_dir, release):
+    # cache_prefix auto and no request that evicts nothing: the shared 512 tokens are compacted by each
+    # request, so none enters the cache and each request compresses its whole prompt (tests/test_prefix_cache.py
+    # has the hits).
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     shared = prompt_ids(tiny_llama_dir, 40, 40, length=512)
     prompts = [shared + prompt_ids(tiny_llama_dir, 5, 41 + i, length=40) for i in range(3)]
     settings = dict(policy="pyramid", budget=0.2)
     llm = make_llm(tiny_llama_dir, settings, enable_prefix_caching=True)
-    assert not llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     run = drive(llm, prompts, greedy(8))
     for req_id, prompt in zip(run.tokens, prompts):
         assert run.tokens[req_id] == generate(model, prompt, KVPolicyConfig(**settings), 8).tokens
+    assert cached_blocks(llm) == 0
 
 
 BASELINE = """

@@ -6,6 +6,7 @@ request and KV group, concurrently running requests, and free blocks before and 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ class EngineRun:
     """Outputs and scheduler observations of one batch driven to completion."""
 
     tokens: dict[str, list[int]] = field(default_factory=dict)
+    samples: dict[str, list[list[int]]] = field(default_factory=dict)  # every completion of each request (n > 1)
     logprobs: dict[str, list[float]] = field(default_factory=dict)
     finish_reasons: dict[str, str] = field(default_factory=dict)
     peak_running: int = 0
@@ -50,8 +52,10 @@ def blocks_held(scheduler, req_id: str) -> list[int]:
     return [sum(not block.is_null for block in m.req_to_blocks.get(req_id, ())) for m in managers]
 
 
-def _external_id(internal: str, ids: list[str]) -> str:
-    """The id a request was added with (vLLM may append a suffix inside the engine)."""
+def external_id(internal: str, ids: list[str]) -> str:
+    """The id a request was added with (vLLM may append a suffix inside the engine, and names the
+    children of a request with n > 1 `k_<id>`)."""
+    internal = re.sub(r"^\d+_", "", internal)
     return next(i for i in ids if internal == i or internal.startswith(i + "-"))
 
 
@@ -102,6 +106,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
                 if out.finished:
                     completion = out.outputs[0]
                     run.tokens[out.request_id] = list(completion.token_ids)
+                    run.samples[out.request_id] = [list(c.token_ids) for c in out.outputs]
                     run.finish_reasons[out.request_id] = completion.finish_reason
                     run.logprobs[out.request_id] = [
                         lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs or [])
@@ -110,7 +115,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
             run.peak_running = max(run.peak_running, len(scheduler.running))
             for request in scheduler.running if record_blocks else ():
                 # After the first decode step the prompt is compacted and one token appended.
-                req_id = _external_id(request.request_id, ids)
+                req_id = external_id(request.request_id, ids)
                 held = sum(blocks_held(scheduler, request.request_id))
                 run.peak_blocks[req_id] = max(run.peak_blocks.get(req_id, 0), held)
                 if request.num_output_tokens == 2 and req_id not in run.first_decode_blocks:
@@ -121,6 +126,7 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
     run.seconds = time.perf_counter() - start
     run.free_blocks_after = pool.get_num_free_blocks()
     run.tokens = {i: run.tokens[i] for i in ids}
+    run.samples = {i: run.samples[i] for i in ids}
     run.logprobs = {i: run.logprobs[i] for i in ids}
     return run
 
@@ -133,3 +139,38 @@ def compacted_counts(llm, policy: str) -> tuple[int, int]:
     report = min(llm.collective_rpc(RPC_METHOD), key=lambda r: r["rank"])
     counts = report["compacted"].get(policy, {})
     return counts.get("kept", 0), counts.get("evicted", 0)
+
+
+def prefix_counts(llm, policy: str) -> tuple[int, int]:
+    """Prompt tokens kept raw for the prefix cache and given to the policy so far under `policy`, as the
+    engine's lowest-rank worker counted them."""
+    from ..vllm_integration.report import RPC_METHOD
+
+    report = min(llm.collective_rpc(RPC_METHOD), key=lambda r: r["rank"])
+    counts = report["compacted"].get(policy, {})
+    return counts.get("protected", 0), counts.get("compressed", 0)
+
+
+def count_prefix_cache(llm) -> dict[str, int]:
+    """From now on, the engine's prefix-cache queries and hits in tokens, as vLLM's own stats (the source of
+    its `vllm:prefix_cache_*` counters) report them each step: the returned dict stays current. Per engine,
+    where the process-wide Prometheus registry may also hold earlier engines' counts (needs
+    `disable_log_stats=False`)."""
+    manager = scheduler_of(llm).kv_cache_manager
+    total = {"queries": 0, "hits": 0}
+    make = manager.make_prefix_cache_stats
+
+    def counting():
+        stats = make()
+        if stats is not None:
+            total["queries"] += stats.queries
+            total["hits"] += stats.hits
+        return stats
+
+    manager.make_prefix_cache_stats = counting
+    return total
+
+
+def cached_blocks(llm) -> int:
+    """Blocks in vLLM's prefix cache now (held or evictable), over all KV cache groups."""
+    return len(scheduler_of(llm).kv_cache_manager.block_pool.cached_block_hash_to_block)

@@ -14,6 +14,11 @@ Budgets are those of the whole prompt (`prompt_len`), at most `n`.
 Hybrid models (`layer_types` in the config, as Gemma 3's): only full-attention layers are compressed,
 and the policy's layers are those, numbered in order; a sliding-window layer keeps its cache and each
 query attends to the last `sliding_window` positions, itself included, as vLLM's kernels do.
+
+A protected prefix (`protected`, prefix caching) is the first tokens of the prompt, kept raw in every
+layer. Selection then treats the rest as the prompt (its length budgets, its positions counted from the
+prefix's end, compression points every `prefill_chunk` after it) while the window's attention, whose
+shares are the scores, still spreads over the protected keys too.
 """
 
 from __future__ import annotations
@@ -172,11 +177,17 @@ def select_streaming(config: KVPolicyConfig, n: int, budget: int, kv_heads: int)
     return Kept(torch.tensor([row] * kv_heads))
 
 
-def pooled_votes(config: KVPolicyConfig, keys, queries, scale: float) -> torch.Tensor:
-    """SnapKV's votes of the last `min(window, n)` queries for the tokens before them, 1-D pooled."""
-    n = keys.shape[1]
-    w = min(config.window, n)
-    votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+def votes_after(keys, queries, scale: float, w: int, protected: int) -> torch.Tensor:
+    """`window_scores` over every key the layer holds, cut to the tokens after the protected prefix and
+    before the window (a short last chunk has fewer queries than `w`: its scores cover more tokens)."""
+    return window_scores(keys, queries[:, -w:], scale)[:, protected : keys.shape[1] - w]
+
+
+def pooled_votes(config: KVPolicyConfig, keys, queries, scale: float, protected: int = 0) -> torch.Tensor:
+    """SnapKV's votes of the last `min(window, n)` queries for the tokens after the protected prefix and
+    before them, 1-D pooled."""
+    w = min(config.window, keys.shape[1] - protected)
+    votes = votes_after(keys, queries, scale, w, protected)
     if config.pool_size > 1:
         pool = F.avg_pool1d if config.pooling == "avg" else F.max_pool1d
         extra = {"count_include_pad": True} if config.pooling == "avg" else {}
@@ -184,13 +195,13 @@ def pooled_votes(config: KVPolicyConfig, keys, queries, scale: float) -> torch.T
     return votes
 
 
-def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+def select_snapkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int, protected: int = 0) -> Kept:
     """SnapKV (and PyramidKV per layer): the window's pooled top votes per KV head, plus the window."""
-    n = keys.shape[1]
+    n = keys.shape[1] - protected
     if budget >= n:
         return Kept(None)
     w = min(config.window, n)
-    votes = pooled_votes(config, keys, queries, scale)
+    votes = pooled_votes(config, keys, queries, scale, protected)
     chosen = [best_first(row.tolist())[: budget - w] for row in votes]
     return Kept(with_observation(chosen, n, w))
 
@@ -202,22 +213,22 @@ def concentrated(config: KVPolicyConfig, votes: torch.Tensor) -> bool:
     return float((ranked[:, :top].sum(-1) / votes.sum(-1).clamp_min(1e-30)).mean()) >= config.concentration_threshold
 
 
-def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+def select_windowkv(config: KVPolicyConfig, keys, queries, scale: float, budget: int, protected: int = 0) -> Kept:
     """WindowKV (paper): prefix windows of `window_size` tokens from the start, the last one shorter, scored over
     all heads ("max": per head the mean of its top size // 2 votes, then over heads; "average": the mean of all
     its votes), best first into `budget - w` tokens, the last taken cut to its leading tokens; the same for every
     head. "max" observes `window` queries, "average" `window // 2`; auto takes "max" for concentrated votes."""
-    n, kv_heads = keys.shape[1], keys.shape[0]
+    n, kv_heads = keys.shape[1] - protected, keys.shape[0]
     if budget >= n:
         return Kept(None)
     scoring, w = config.window_scoring, min(config.window, n)
     if scoring != "average":
-        votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+        votes = votes_after(keys, queries, scale, w, protected)
         if scoring == "auto":
             scoring = "max" if concentrated(config, votes) else "average"
     if scoring == "average":
         w = min(max(1, config.window // 2), n)
-        votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+        votes = votes_after(keys, queries, scale, w, protected)
     size, left, picked, rank = config.window_size or 8, budget - w, [], []
     starts = list(range(0, n - w, size))
     for a in starts:
@@ -244,14 +255,15 @@ def windowkv_size(config: KVPolicyConfig, votes: torch.Tensor, selectable: int) 
     return max(1, min(size, (selectable - 1) // 2))
 
 
-def select_windowkv_per_head(config: KVPolicyConfig, keys, queries, scale: float, budget: int) -> Kept:
+def select_windowkv_per_head(config: KVPolicyConfig, keys, queries, scale: float, budget: int,
+                             protected: int = 0) -> Kept:
     """WindowKV per KV head (our variant): the best whole windows of `size` tokens tiled from the start, then the
     best free run of the remaining `< size` tokens, plus the observation window."""
-    n = keys.shape[1]
+    n = keys.shape[1] - protected
     if budget >= n:
         return Kept(None)
     w = min(config.window, n)
-    votes = window_scores(keys, queries[:, -w:], scale)[:, : n - w]
+    votes = votes_after(keys, queries, scale, w, protected)
     k = budget - w
     size = windowkv_size(config, votes, k)
     whole, rest = divmod(k, size)
@@ -289,18 +301,18 @@ def select_pod(config: KVPolicyConfig, num_layers: int, layer: int, n: int, kv_h
 
 
 def select_pod_snapkv(config: KVPolicyConfig, num_layers: int, layer: int, keys, queries, scale: float,
-                      budget: int, owner_plan: Kept | None) -> Kept:
+                      budget: int, owner_plan: Kept | None, protected: int = 0) -> Kept:
     """PoD with SnapKV selection: an owner keeps its proximal tokens and, of the distant ones, the top
     `budget - proximal` pooled votes per KV head; its members keep proximal K/V and the values of the
     distant tokens their owner kept (each head its own), attending to them with the owner's keys."""
-    kv_heads, n, _ = keys.shape
+    kv_heads, n = keys.shape[0], keys.shape[1] - protected
     owner = pod_owner(config, num_layers, layer)
     if config.sink + config.recent >= n or (owner == layer and budget >= n):
         return Kept(None)
     proximal = list(range(config.sink)) + list(range(n - config.recent, n))
     distant = range(config.sink, n - config.recent)
     if owner == layer:
-        votes = pooled_votes(config, keys, queries, scale)
+        votes = pooled_votes(config, keys, queries, scale, protected)
         top = [best_first(row[distant.start : distant.stop].tolist())[: budget - len(proximal)] for row in votes]
         rows = [sorted(proximal + [config.sink + i for i in chosen]) for chosen in top]
         return Kept(torch.tensor(rows))
@@ -310,15 +322,27 @@ def select_pod_snapkv(config: KVPolicyConfig, num_layers: int, layer: int, keys,
     return Kept(torch.tensor([proximal] * kv_heads), owner, torch.tensor(shared))
 
 
-def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Kept]:
+def after_prefix(kept: Kept, protected: int) -> Kept:
+    """A selection among the tokens after a protected prefix, in cache positions: the prefix kept first."""
+    if kept.keep is None or not protected:
+        return kept
+    heads = kept.keep.shape[0]
+    keep = torch.cat([torch.arange(protected).expand(heads, -1), kept.keep + protected], dim=1)
+    return Kept(keep, kept.key_owner, None if kept.shared is None else kept.shared + protected)
+
+
+def oracle_selector(config: KVPolicyConfig, num_layers: int, protected: int = 0) -> Callable[..., Kept]:
     """`select(layer, keys, queries, scale, prompt_len)` for one request, layers called in order each round;
-    windowkv's other layers of a group repeat the group's first layer."""
+    windowkv's other layers of a group repeat the group's first layer. The first `protected` cache
+    positions are always kept, and the rest selected as a prompt of `prompt_len - protected` tokens."""
     group = config.layer_group(num_layers)
-    plans: dict[int, Kept] = {}
+    plans: dict[int, Kept] = {}  # in cache positions
+    own: dict[int, Kept] = {}  # the same, among the own tokens (PoD members read their owner's)
 
     def select(layer: int, keys: torch.Tensor, queries: torch.Tensor, scale: float, prompt_len: int) -> Kept:
         kv_heads, n, _ = keys.shape
-        budget = min(n, layer_budget(config, num_layers, layer, prompt_len))
+        n -= protected
+        budget = min(n, layer_budget(config, num_layers, layer, prompt_len - protected))
         p = config.policy
         if p in GROUPED and layer % group:
             return plans[layer - layer % group]
@@ -327,17 +351,18 @@ def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Ke
         elif p == "streaming":
             plan = select_streaming(config, n, budget, kv_heads)
         elif p in ("snapkv", "pyramid"):
-            plan = select_snapkv(config, keys, queries, scale, budget)
+            plan = select_snapkv(config, keys, queries, scale, budget, protected)
         elif p == "windowkv":
-            plan = select_windowkv(config, keys, queries, scale, budget)
+            plan = select_windowkv(config, keys, queries, scale, budget, protected)
         elif p == "windowkv-per-head":
-            plan = select_windowkv_per_head(config, keys, queries, scale, budget)
+            plan = select_windowkv_per_head(config, keys, queries, scale, budget, protected)
         elif config.select == "snapkv":
-            owner = plans.get(pod_owner(config, num_layers, layer))
-            plan = select_pod_snapkv(config, num_layers, layer, keys, queries, scale, budget, owner)
+            owner = own.get(pod_owner(config, num_layers, layer))
+            plan = select_pod_snapkv(config, num_layers, layer, keys, queries, scale, budget, owner, protected)
         else:
             plan = select_pod(config, num_layers, layer, n, kv_heads)
-        plans[layer] = plan
+        own[layer] = plan
+        plans[layer] = plan = after_prefix(plan, protected)
         return plan
 
     return select
@@ -346,10 +371,11 @@ def oracle_selector(config: KVPolicyConfig, num_layers: int) -> Callable[..., Ke
 # Generator ---------------------------------------------------------------------------------------------
 
 
-def compression_points(config: KVPolicyConfig, prompt_len: int) -> list[int]:
-    """Where the cache is compressed: every `prefill_chunk` tokens (when set) and at the prompt's end."""
+def compression_points(config: KVPolicyConfig, prompt_len: int, protected: int = 0) -> list[int]:
+    """Where the cache is compressed: every `prefill_chunk` tokens after the protected prefix (when set)
+    and at the prompt's end."""
     chunk = config.prefill_chunk or prompt_len
-    return sorted({*range(chunk, prompt_len, chunk), prompt_len})
+    return sorted({*range(protected + chunk, prompt_len, chunk), prompt_len})
 
 
 def full_attention_layers(model_config) -> list[int]:
@@ -425,11 +451,13 @@ class GenerateOutput:
 
 @torch.no_grad()
 def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: int, eos_token_id: int | None = None,
-             forced: list[int] | None = None, select: Callable[..., object] | None = None) -> GenerateOutput:
+             forced: list[int] | None = None, select: Callable[..., object] | None = None,
+             protected: int = 0) -> GenerateOutput:
     """Greedy decode after `prompt` with the oracle's selection at every compression point (batch of one).
 
     `forced` feeds those tokens instead of the argmax, to score another engine's output; `select`
-    replaces the oracle's selection (same signature as `oracle_selector`'s), to run other code.
+    replaces the oracle's selection (same signature as `oracle_selector`'s), to run other code;
+    `protected` keeps the prompt's first tokens raw (a prefix-cache hit) and compresses the rest.
     """
     from transformers import AttentionInterface, DynamicCache
 
@@ -438,7 +466,7 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
     full = full_attention_layers(model.config)
     num_layers = len(full)
     cache = DynamicCache(config=model.config)
-    run = _Run(select or oracle_selector(config, num_layers), cache, len(prompt), full)
+    run = _Run(select or oracle_selector(config, num_layers, protected), cache, len(prompt), full)
     token = _RUN.set(run)
 
     def forward(ids: list[int], start: int) -> torch.Tensor:
@@ -448,7 +476,7 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
 
     try:
         start = 0
-        for point in compression_points(config, len(prompt)):
+        for point in compression_points(config, len(prompt), protected):
             logits = forward(prompt[start:point], start)
             start = point
         run.compress = False
@@ -469,11 +497,12 @@ def generate(model, prompt: list[int], config: KVPolicyConfig, max_new_tokens: i
 
 
 def largest_logprob_gaps(model, prompts: list[list[int]], outputs: list[list[int]], config: KVPolicyConfig,
-                         new_tokens: int) -> list[float]:
+                         new_tokens: int, protected: int = 0) -> list[float]:
     """Per prompt, the largest gap between the oracle's best token and another engine's token at that
-    step, fed that engine's `outputs`: how far a lower-precision engine strays from the oracle."""
+    step, fed that engine's `outputs`: how far a lower-precision engine strays from the oracle (each
+    prompt's first `protected` tokens kept raw, as a prefix-cache hit)."""
     gaps = []
     for prompt, got in zip(prompts, outputs):
-        scored = generate(model, prompt, config, new_tokens, forced=got)
+        scored = generate(model, prompt, config, new_tokens, forced=got, protected=protected)
         gaps.append(max(b - lp for b, lp in zip(scored.best_logprobs, scored.logprobs)))
     return gaps

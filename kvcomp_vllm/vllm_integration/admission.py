@@ -17,8 +17,10 @@ from pydantic import ValidationError
 
 from ..config import POLICY_FIELDS, KVPolicyConfig, request_config, settings_error
 from ..policies import KVPolicy, incompatibility, make_policy
-from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks
+from ..policies.protected import protected_policy
+from .compat import InputProcessor, RequestRejected, cdiv, kv_cache_group_sizes, patch, pool_blocks, prefix_caching
 from .metrics import count_refused_override
+from .prefix_cache import protected_prefix
 from .settings import (
     adopt_new_names,
     client_prefix,
@@ -99,6 +101,14 @@ def untouched_layers(vllm_config, prompt_len: int, max_tokens: int, in_flight: i
     return layers.num_model_layers - layers.count, total if not window else min(window - 1 + in_flight, total)
 
 
+def with_cache_prefix(vllm_config, policy: KVPolicy, prompt_len: int):
+    """`policy` after the prefix its `cache_prefix` keeps raw whatever the cache holds (prefix caching on):
+    what a request holds at least; hits add the same to every setting."""
+    if not prefix_caching(vllm_config):
+        return policy
+    return protected_policy(policy, protected_prefix(policy, prompt_len, 0, vllm_config.cache_config.block_size))
+
+
 def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     """Raise `RequestRejected` where a request's own settings cannot serve its prompt (a ratio budget
     below the window) or go past what the operator allows (`OverrideRules`, refusals counted by reason)."""
@@ -107,6 +117,7 @@ def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     if not asked or server.name == "full":
         return
     policy, prefix = request_policy(server, sampling_params), client_prefix(sampling_params)
+    block_size = vllm_config.cache_config.block_size
     if "budget" in asked:
         try:
             policy.config.check_prompt(prompt_len, prefix)
@@ -116,10 +127,11 @@ def check_overrides(vllm_config, prompt_len: int, sampling_params) -> None:
     refusal = rules.refusal(policy.config, asked, prompt_len, prefix)
     if refusal is None and rules.allow == "lower":
         max_tokens = sampling_params.max_tokens or 1
-        block_size = vllm_config.cache_config.block_size
         untouched = untouched_layers(vllm_config, prompt_len, max_tokens)
-        asks = held_blocks(policy, server, block_size, prompt_len, max_tokens, untouched)
-        owns = held_blocks(server, server, block_size, prompt_len, max_tokens, untouched)
+        asked_policy = with_cache_prefix(vllm_config, policy, prompt_len)
+        asks = held_blocks(asked_policy, server, block_size, prompt_len, max_tokens, untouched)
+        owns = held_blocks(with_cache_prefix(vllm_config, server, prompt_len), server, block_size, prompt_len, max_tokens,
+                           untouched)
         if asks > owns:
             refusal = "footprint", (
                 f"these settings would hold {asks} KV cache blocks through this request's decode, more than the "
@@ -143,7 +155,8 @@ def check_footprint(vllm_config, prompt_len: int, sampling_params) -> None:
     in_flight = getattr(vllm_config, "max_in_flight_tokens", None)  # 0.32; 0.26 has one step in flight
     in_flight = in_flight or vllm_config.scheduler_config.max_num_batched_tokens
     untouched = untouched_layers(vllm_config, prompt_len, max_tokens, in_flight)
-    need = peak_blocks(policy, server, vllm_config.cache_config.block_size, prompt_len, max_tokens, untouched)
+    protected = with_cache_prefix(vllm_config, policy, prompt_len)
+    need = peak_blocks(protected, server, vllm_config.cache_config.block_size, prompt_len, max_tokens, untouched)
     if need <= pool:
         return
     hint = "lower max_tokens or the budget"

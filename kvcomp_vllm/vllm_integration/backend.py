@@ -113,11 +113,13 @@ class CompressingAttention:
             request.window_queries.setdefault(layer_idx, []).append(part)
 
     def _prompt_view(self, state, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
-        """The `held` prompt tokens this layer's cache holds at the point; scores come from the paged cache.
+        """The `held` prompt tokens this layer's cache holds at the point, less the request's protected
+        prefix (`prefix_cache`); scores come from the paged cache, every held token attended to.
 
         The window queries are gathered once, so a policy may score with several windows (windowkv's auto).
         """
         request = state.requests[span.req_id]
+        protected = request.protected
         gathered: list[torch.Tensor] = []
 
         def scores(w: int) -> torch.Tensor:
@@ -126,26 +128,29 @@ class CompressingAttention:
                 parts = [p.to(query.device, non_blocking=True) for p in parts]
                 window = torch.cat([*parts, self._window_part(state, span, query)])
                 gathered.append(window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1))
-            return for_tensor(window_scores, key_cache)(gathered[0][:, -w:], key_cache, blocks, held, self.scale)
+            full = for_tensor(window_scores, key_cache)(gathered[0][:, -w:], key_cache, blocks, held, self.scale)
+            return full[:, protected:]
 
-        return PromptView(held, key_cache.shape[1], key_cache.device, scores, context_len=request.prompt_len)
+        return PromptView(held - protected, key_cache.shape[1], key_cache.device, scores,
+                          context_len=request.prompt_len - protected)
 
     def _compact(self, state: WorkerCompression, layer, layer_idx, query, kv_cache, metadata) -> None:
         """Plan every request reaching a compression point in this step and move their kept tokens in
         batched moves, each of at most `state.move_tokens` padded tokens (the scratch profiling counted)."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         tier = state.policy.budget_tier(layer_idx)
-        rows, sources = [], []
+        rows, sources, skips = [], [], []  # skips: the blocks of each row's protected prefix, never moved
 
         def flush() -> None:
             try:
-                self._move(state, rows, sources, key_cache, value_cache, metadata)
+                self._move(state, rows, sources, skips, key_cache, value_cache, metadata)
             except Exception:
                 for span in state.compress_rows:
                     if span.row in rows:
                         state.fail(span.req_id, f"compaction of layer {layer_idx}")
             rows.clear()
             sources.clear()
+            skips.clear()
 
         for span in state.compress_rows:
             request = state.requests[span.req_id]
@@ -171,7 +176,8 @@ class CompressingAttention:
                     flush()
                 sources.append(source)
                 rows.append(span.row)
-                held = source.shape[-1] - (span.end - span.point)
+                skips.append(request.protected // state.block_size)
+                held = request.protected + source.shape[-1] - (span.end - span.point)
             if span.point == request.prompt_len:
                 state.prompt_compacted(span.req_id, layer_idx, held)
         if rows:
@@ -194,13 +200,18 @@ class CompressingAttention:
             return None
         if plan.shared is not None:
             start, count = request.compressor.policy.distant_span(request.prompt_len)
-            request.members[layer_idx] = MemberLayout(plan.key_owner, plan.keep.shape[1], start, count)
-        # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim.
-        return move_sources(plan, torch.arange(span.point, span.end, device=key_cache.device) - before)
+            request.members[layer_idx] = MemberLayout(plan.key_owner, request.protected + plan.keep.shape[1], start, count)
+        # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim. The
+        # move addresses the cache after the protected prefix: positions count from it.
+        later = torch.arange(span.point, span.end, device=key_cache.device) - before - request.protected
+        return move_sources(plan, later)
 
     @staticmethod
-    def _move(state, rows: list[int], sources: list[torch.Tensor], key_cache, value_cache, metadata) -> None:
-        """Move every planned request's kept tokens to the front of its cache, in one batched call."""
+    def _move(state, rows: list[int], sources: list[torch.Tensor], skips: list[int], key_cache, value_cache,
+              metadata) -> None:
+        """Move every planned request's kept tokens to the front of its cache after its protected blocks
+        (`skips` per row: the block tables start past them, so those blocks are never written), in one
+        batched call."""
         with timed("compaction", state.policy.name, key_cache.device):  # one move for requests of any policy
             width = max(s.shape[-1] for s in sources)
             padded = torch.full((len(rows), *sources[0].shape[:2], width), -1, dtype=torch.int32, device=key_cache.device)
@@ -208,6 +219,8 @@ class CompressingAttention:
                 padded[i, ..., : s.shape[-1]] = s
             lengths = torch.tensor([s.shape[-1] for s in sources], dtype=torch.int32).to(key_cache.device)
             tables = metadata.block_table[torch.tensor(rows, device=metadata.block_table.device)]
+            if any(skips):
+                tables = skipped_blocks(tables, skips)
             for_tensor(move_tokens_, key_cache)(key_cache, value_cache, tables, padded, lengths)
 
     def _attend_members(self, state, spans: list[RowSpan], layer, layer_idx, query, kv_cache, metadata, output) -> None:
@@ -254,6 +267,12 @@ class CompressingAttention:
                 max(row[0] for row in layout),
             )
         return inputs
+
+
+def skipped_blocks(tables: torch.Tensor, skips: list[int]) -> torch.Tensor:
+    """Block tables `[rows, blocks]` with row i starting at its block `skips[i]` (the tail repeats the last)."""
+    idx = torch.arange(tables.shape[1], device=tables.device)[None] + torch.tensor(skips, device=tables.device)[:, None]
+    return tables.gather(1, idx.clamp(max=tables.shape[1] - 1))
 
 
 def prepare_caches(forward_context: dict, kv_caches: dict) -> list[str]:

@@ -26,6 +26,7 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
@@ -48,6 +49,7 @@ __all__ = [
     "FullAttentionSpec",
     "GPUModelRunner",
     "InputProcessor",
+    "KVCacheManager",
     "KVCacheSpecRegistry",
     "ModelRunnerOutput",
     "MultiGroupBlockTable",
@@ -70,6 +72,8 @@ __all__ = [
     "register_kv_spec",
     "set_row_num_blocks",
     "split_chunks_at",
+    "truncated_hit",
+    "prefix_caching",
     "cpu_attention_isa",
     "cpu_block_tilings",
     "cpu_kv_views",
@@ -186,6 +190,8 @@ PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("CompletionRequest.to_beam_search_params", "beam search refused when compressing", CHECKED),
     ("ChatCompletionRequest.to_beam_search_params", "beam search refused when compressing", CHECKED),
     ("LLM.beam_search", "beam search refused when compressing (on the MRO class defining it)", CHECKED),
+    ("KVCacheManager.get_computed_blocks", "a resumed compressing request hits at most its protected prefix", ("0.32.0 (CPU)",)),
+    ("KVCacheManager.allocate_slots", "a request's protected prefix fixed at its first allocation", ("0.32.0 (CPU)",)),
     ("Scheduler._mamba_block_aligned_split", "set per scheduler: the chunk-split hook (split_chunks_at)", CHECKED),
     ("WorkerWrapperBase.kvcomp_report", "added: the workers' metrics RPC (add_worker_method)", CHECKED),
     # vLLM's CPU platform turns async scheduling off, so only CUDA runs this one:
@@ -220,6 +226,21 @@ def split_chunks_at(scheduler: Scheduler, split) -> None:
 
     scheduler.need_mamba_block_aligned_split = True
     scheduler._mamba_block_aligned_split = hook
+
+
+def truncated_hit(manager: KVCacheManager, result: tuple, tokens: int) -> tuple:
+    """`get_computed_blocks`'s result cut to at most `tokens` (whole blocks) of hit; the rest unchanged."""
+    blocks, hit, *rest = result
+    if hit <= tokens:
+        return result
+    managers = manager.coordinator.single_type_managers
+    kept = tuple(list(group[: tokens // m.block_size]) for group, m in zip(blocks.blocks, managers))
+    return (manager.create_kv_cache_blocks(kept), tokens, *rest)
+
+
+def prefix_caching(vllm_config) -> bool:
+    """Whether the engine runs vLLM's automatic prefix caching."""
+    return bool(vllm_config.cache_config.enable_prefix_caching)
 
 
 def set_row_num_blocks(block_table: BlockTable, row: int, num_blocks: int) -> None:

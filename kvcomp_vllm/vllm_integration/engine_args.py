@@ -52,6 +52,16 @@ def _budget(text: str) -> int | float:
         raise argparse.ArgumentTypeError(f"budget must be a token count or a ratio in (0, 1], got {text!r}") from None
 
 
+def _cache_prefix(text: str) -> int | str:
+    """`auto` or a token count."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cache prefix must be 'auto' or a token count, got {text!r}") from None
+
+
 # flag -> (KVPolicyConfig field, argparse type, help)
 FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-budget": ("budget", _budget, "tokens kept per layer and KV head (2048) or ratio of the prompt (0.1)"),
@@ -67,6 +77,8 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-window-scoring": ("window_scoring", str, "windowkv: window scoring, max, average or auto (from the attention pattern)"),
     "--kv-concentration-threshold": ("concentration_threshold", float, "windowkv auto: top-5% attention share that counts as concentrated"),
     "--kv-prefill-chunk": ("prefill_chunk", int, "compress every N prompt tokens during prefill, so prompts longer than the KV pool fit"),
+    "--kv-cache-prefix": ("cache_prefix", _cache_prefix, "with prefix caching: prompt tokens kept raw and cached, "
+                          "auto (those that hit the cache) or the first N (whole blocks), so the next request sharing them hits"),
 }
 # Deprecated flags, accepted for one release: flag -> (old KVPolicyConfig field, argparse type), the field
 # mapping to its new name in KVPolicyConfig (config.RENAMED), which also logs the deprecation once.
@@ -175,9 +187,9 @@ def check_engine_config(vllm_config) -> None:
     check_device(config, vllm_config)
     if platform_name() == "cpu":
         check_cpu_packing(vllm_config)
-    if vllm_config.cache_config.enable_prefix_caching:
-        logger.warning("kvcomp: prefix caching turned off: compacted blocks no longer hold the raw prefix")
-        vllm_config.cache_config.enable_prefix_caching = False
+    if vllm_config.cache_config.enable_prefix_caching:  # stays on: protected prefixes stay raw (prefix_cache)
+        logger.info("kvcomp: prefix caching on: each request keeps its cache hits (cache_prefix: %s) raw and "
+                    "compresses its own tokens", config.cache_prefix)
     # Async scheduling stays as vLLM set it (on by default on CUDA): the next step is scheduled while the
     # GPU runs this one, and blocks freed by a compaction are reused only by later kernels on the stream.
     policy = make_policy(config, layers)

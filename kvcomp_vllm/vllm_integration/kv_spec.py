@@ -9,6 +9,8 @@ scheduled up to a compression point (that step may still run) it drops the block
 `cdiv(computed - evicted, block_size)` back to the pool, and from then on counts slots as `num_tokens - evicted`
 (`KVPolicy.evicted_after`). Admission reserves a request's peak (`KVPolicy.peak_slots`), not its
 raw length, and start-up asks the pool to hold one compressed prompt of `max_model_len` tokens.
+With prefix caching, a request's protected prefix (`prefix_cache`) is counted before the policy's slots,
+and only its blocks are entered in the cache by a request that compresses.
 """
 
 from __future__ import annotations
@@ -68,11 +70,6 @@ class CompressedAttentionSpec(FullAttentionSpec):
     def is_uniform_with_collection(self, kv_cache_specs: dict[str, Any]) -> bool:
         return all(isinstance(s, CompressedAttentionSpec) and s.tier == self.tier for s in kv_cache_specs.values())
 
-    @property
-    def prefix_cacheable(self) -> bool:
-        # Compacted blocks no longer hold the raw prefix their hash names.
-        return False
-
 
 class CompressedAttentionManager(FullAttentionManager):
     """Frees a compressed request's evicted blocks at each compression point of its prompt."""
@@ -85,16 +82,18 @@ class CompressedAttentionManager(FullAttentionManager):
         self.requests: dict = {}  # the scheduler's requests (set by its hook), for per-request settings
         self.request_policies: dict[str, KVPolicy] = {}
         self.settled: set[str] = set()  # requests whose whole prompt is accounted: nothing more to free
+        self.protection = None  # the scheduler's `PrefixProtection` (set by its hook) where prefix caching is on
 
     def _policy(self, request_id: str) -> KVPolicy:
-        """The request's own policy, resolved once per request (overrides are parsed only here)."""
+        """The request's own policy, resolved once per request (overrides are parsed only here), after
+        its protected prefix."""
         policy = self.request_policies.get(request_id)
         if policy is None:
             request = self.requests.get(request_id)
             if request is None:
                 return self.policy
             policy = self.request_policies[request_id] = request_policy(self.policy, request.sampling_params)
-        return policy
+        return policy if self.protection is None else self.protection.policy_of(request_id, policy)
 
     def remove_skipped_blocks(self, request_id: str, processed_computed_tokens: int, num_prompt_tokens=None) -> None:
         """Free the blocks a compression point evicted, in the schedule right after the step that reaches it.
@@ -136,7 +135,17 @@ class CompressedAttentionManager(FullAttentionManager):
         self.evicted.pop(request_id, None)
         self.request_policies.pop(request_id, None)
         self.settled.discard(request_id)
+        request = self.requests.get(request_id)
+        if self.protection is not None and (request is None or request.is_finished()):
+            self.protection.forget(request_id)  # a preempted request keeps its prefix for its recompute
         return super().pop_blocks_for_free(request_id)
 
     def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
+        """Enter a compressing request's protected blocks in the prefix cache, never those compaction
+        rewrites; every block of a request that evicts nothing."""
+        if self.protection is None:
+            return None
+        cacheable = self.protection.cacheable_tokens(request, num_tokens)
+        if cacheable >= self.block_size:
+            super().cache_blocks(request, cacheable, *args, **kwargs)
         return None

@@ -72,10 +72,12 @@ class WorkerReports:
 
     def collect(self):
         families = self._families()
-        tokens, blocks, ratio, *stages = families
+        tokens, blocks, ratio, prefix, *stages = families
         for policy, c in sorted(self.compacted.items()):
             tokens.add_metric([policy, "kept"], c["kept"])
             tokens.add_metric([policy, "evicted"], c["evicted"])
+            prefix.add_metric([policy, "protected"], c["protected"])
+            prefix.add_metric([policy, "compressed"], c["compressed"])
             blocks.add_metric([policy], c["blocks_saved"])
             _histogram(ratio, [policy], RATIO_BUCKETS, *c["ratio"])
         for stage, family in zip(STAGES, stages):
@@ -92,6 +94,8 @@ class WorkerReports:
             CounterMetricFamily("vllm:kvcomp_kv_blocks_saved", "KV blocks of one layer freed by compaction.", labels=["policy"]),
             HistogramMetricFamily("vllm:kvcomp_kept_ratio", "Share of the prompt's KV kept after compaction (all layers).",
                                   labels=["policy"]),
+            CounterMetricFamily("vllm:kvcomp_prefix_tokens", "Prompt tokens kept raw for the prefix cache (protected) "
+                                "or given to the policy (compressed).", labels=["policy", "part"]),
             *(HistogramMetricFamily(f"vllm:kvcomp_{stage}_seconds", f"Time per KV {stage} call on each worker.",
                                     labels=["policy", "rank"]) for stage in STAGES),
         ]

@@ -9,19 +9,22 @@ generated tokens are then replayed over the compacted cache, as they were decode
 
 from __future__ import annotations
 
-from .compat import Scheduler, finish_with_errors, init_logger, patch, split_chunks_at
+from .compat import Scheduler, finish_with_errors, init_logger, patch, prefix_caching, split_chunks_at
 from .kv_spec import CompressedAttentionManager
+from .prefix_cache import PrefixProtection, install_prefix_cache_hooks
 from .settings import request_policy, server_policy
 from .worker import FAILED_FIELD
 
 logger = init_logger("vllm.kvcomp")
 
 
-def stop_at_compression_point(policy, request, num_new_tokens: int, start: int) -> int:
-    """Chunk size clipped so that a prompt chunk stops at the request's next compression point."""
+def stop_at_compression_point(policy, request, num_new_tokens: int, start: int, protection=None) -> int:
+    """Chunk size clipped so that a prompt chunk stops at the request's next compression point (counted
+    after its protected prefix, with prefix caching)."""
     if start >= request.num_prompt_tokens:
         return num_new_tokens
-    point = request_policy(policy, request.sampling_params).next_compression_point(request.num_prompt_tokens, start)
+    own = request_policy(policy, request.sampling_params) if protection is None else protection.chunk_policy(request, start)
+    point = own.next_compression_point(request.num_prompt_tokens, start)
     return min(num_new_tokens, point - start)
 
 
@@ -30,10 +33,15 @@ def _init(original):
         original(self, *args, **kwargs)
         policy = server_policy(self.vllm_config)
         if policy.name != "full":
-            split_chunks_at(self, lambda request, n, start: stop_at_compression_point(policy, request, n, start))
+            protection = None
+            if prefix_caching(self.vllm_config):
+                protection = PrefixProtection(policy, self.cache_config.block_size, self.requests)
+                self.kv_cache_manager.kvcomp_protection = protection
+            split_chunks_at(self, lambda request, n, start: stop_at_compression_point(policy, request, n, start, protection))
             for manager in self.kv_cache_manager.coordinator.single_type_managers:
                 if isinstance(manager, CompressedAttentionManager):
                     manager.requests = self.requests
+                    manager.protection = protection
 
     return __init__
 
@@ -53,5 +61,6 @@ def _update_from_output(original):
 def install_scheduler_hooks() -> None:
     """Wrap the scheduler's constructor, and finish the requests whose kvcomp work failed on the worker
     as errors, so one request's failure never stops the engine (idempotent)."""
+    install_prefix_cache_hooks()
     patch(Scheduler, "__init__", _init)
     patch(Scheduler, "update_from_output", _update_from_output)

@@ -11,10 +11,12 @@ import torch
 from ..cache_layout import MemberLayout
 from ..config import KVPolicyConfig
 from ..policies import KVPolicy, RequestCompressor, make_policy
+from ..policies.protected import protected_policy
 from . import compacted
-from .compat import GPUModelRunner, init_logger, set_row_num_blocks, tp_coordinator
+from .compat import GPUModelRunner, init_logger, prefix_caching, set_row_num_blocks, tp_coordinator
 from .kv_spec import CompressedAttentionSpec, kept_blocks
 from .attention_layers import CompressedLayers
+from .prefix_cache import protected_prefix
 from .settings import engine_policy, model_layers, num_layers, request_policy
 from .tensor_parallel import HeadExchange, TPGroup, failed_anywhere
 
@@ -35,6 +37,7 @@ class CompressedRequest:
     compacted_at: int = 0  # compression point of the latest compaction
     truncated_at: int = 0  # compression point the block rows are cut for
     evicts: bool = False  # whether any tier evicts any prompt token
+    protected: int = 0  # first prompt tokens kept raw for the prefix cache (`prefix_cache`)
 
     def evicted_after(self, point: int) -> dict[int, int]:
         """Tokens each tier has evicted once the prompt is compressed at `point`."""
@@ -68,15 +71,17 @@ class WorkerCompression:
     """
 
     def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int, tp: TPGroup | None = None,
-                 layers: CompressedLayers | None = None):
+                 layers: CompressedLayers | None = None, prefix_caching: bool = False):
         self.policy = policy
         self.layers = layers or CompressedLayers(tuple(range(policy.num_layers)), policy.num_layers)
+        self.prefix_caching = prefix_caching
         self.move_tokens = move_tokens
         self.tp = tp
         self.group_tiers = [s.tier if isinstance(s, CompressedAttentionSpec) else None for s in group_specs]
         self.tier_layers = {s.tier: s.layer for s in group_specs if isinstance(s, CompressedAttentionSpec)}
         self.block_size = next((s.block_size for s in group_specs if isinstance(s, CompressedAttentionSpec)), 1)
         self.counted: set[str] = set()  # requests whose compacted prompt is counted (kept across preemption)
+        self.protected: dict[str, int] = {}  # request -> its protected prefix, fixed at admission (kept across preemption)
         self.uncounted: list[tuple] = []  # this step's counts, recorded once the step's failures are known
         self.requests: dict[str, CompressedRequest] = {}
         self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
@@ -128,10 +133,15 @@ class WorkerCompression:
             return None
         return HeadExchange(self.tp) if request.evicted_after(span.point)[tier] > request.evicted[tier] else None
 
-    def track(self, req_id: str, prompt_len: int, sampling_params) -> CompressedRequest:
-        """Start following a request under its own policy (the server's unless it overrides it)."""
+    def track(self, req_id: str, prompt_len: int, sampling_params, hit: int = 0) -> CompressedRequest:
+        """Start following a request under its own policy (the server's unless it overrides it), after
+        the protected prefix its first admission's prefix-cache `hit` gave it."""
         policy = request_policy(self.policy, sampling_params)
-        state = CompressedRequest(prompt_len, RequestCompressor(policy), self.tier_layers)
+        if self.prefix_caching and req_id not in self.protected:
+            self.protected[req_id] = protected_prefix(policy, prompt_len, hit, self.block_size)
+        protected = self.protected.get(req_id, 0)
+        state = CompressedRequest(prompt_len, RequestCompressor(protected_policy(policy, protected)), self.tier_layers,
+                                  protected=protected)
         state.evicted = dict.fromkeys(self.tier_layers, 0)
         state.evicts = state.compresses_at(prompt_len)
         self.requests[req_id] = state
@@ -143,8 +153,10 @@ class WorkerCompression:
             self.requests.pop(req_id, None)
             self.failed.discard(req_id)
         self.counted.difference_update(out.finished_req_ids)
+        for req_id in out.finished_req_ids:
+            self.protected.pop(req_id, None)
         for new in out.scheduled_new_reqs:
-            self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params)
+            self.track(new.req_id, len(new.prompt_token_ids), new.sampling_params, new.num_computed_tokens)
         cached = out.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             state = self.requests.get(req_id)
@@ -222,7 +234,8 @@ class WorkerCompression:
     def _count(self, req_id: str, state: CompressedRequest, slots: list[int]) -> None:
         if req_id not in self.counted:
             self.counted.add(req_id)
-            self.uncounted.append((req_id, state.compressor.policy.name, state.prompt_len, slots, self.block_size))
+            self.uncounted.append((req_id, state.compressor.policy.name, state.prompt_len, slots, self.block_size,
+                                   state.protected))
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
@@ -259,7 +272,7 @@ def state_for(runner: GPUModelRunner) -> WorkerCompression | None:
         tp = None if config is None else TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
         runner._kvcomp_state = None if config is None else WorkerCompression(
             runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp,
-            model_layers(runner.vllm_config),
+            model_layers(runner.vllm_config), prefix_caching(runner.vllm_config),
         )
     _STATE = runner._kvcomp_state
     return _STATE

@@ -51,7 +51,7 @@ is read as a token count. `kernel`, the deprecated name of `pool_size` (kvParams
   {{- $flags = concat $flags (list "--kv-budget" $text) -}}
 {{- end -}}
 {{- $params := $v.kvParams | default dict -}}
-{{- range $key := list "window" "poolSize" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "windowScoring" "concentrationThreshold" "prefillChunk" -}}
+{{- range $key := list "window" "poolSize" "kernel" "pooling" "beta" "tiers" "sink" "recent" "groupSize" "windowSize" "windowScoring" "concentrationThreshold" "prefillChunk" "cachePrefix" -}}
   {{- if and (hasKey $params $key) (not (kindIs "invalid" (get $params $key))) -}}
     {{- $x := get $params $key -}}
     {{- if ne $key "kernel" -}}

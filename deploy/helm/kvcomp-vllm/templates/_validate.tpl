@@ -26,12 +26,12 @@ left to values.schema.json.
 {{- if $s -}}
 {{- $fields := dict
     "full" (list)
-    "streaming" (list "budget" "prefill_chunk" "sink")
-    "snapkv" (list "budget" "pool_size" "pooling" "prefill_chunk" "window")
-    "pyramid" (list "beta" "budget" "pool_size" "pooling" "prefill_chunk" "tiers" "window")
-    "windowkv" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_scoring" "window_size")
-    "windowkv-per-head" (list "budget" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
-    "pod" (list "group_size" "recent" "sink") -}}
+    "streaming" (list "budget" "cache_prefix" "prefill_chunk" "sink")
+    "snapkv" (list "budget" "cache_prefix" "pool_size" "pooling" "prefill_chunk" "window")
+    "pyramid" (list "beta" "budget" "cache_prefix" "pool_size" "pooling" "prefill_chunk" "tiers" "window")
+    "windowkv" (list "budget" "cache_prefix" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_scoring" "window_size")
+    "windowkv-per-head" (list "budget" "cache_prefix" "concentration_threshold" "group_size" "prefill_chunk" "window" "window_size" "window_sizes")
+    "pod" (list "cache_prefix" "group_size" "recent" "sink") -}}
 {{- $policy := $s.policy | default "full" -}}
 {{- if not (hasKey $fields $policy) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "policy: must be one of full, streaming, snapkv, pyramid, windowkv, windowkv-per-head, pod, got %q (values: kvPolicy)" $policy) -}}
@@ -66,6 +66,15 @@ left to values.schema.json.
 {{- end -}}
 {{- if and (hasKey $s "window_size") (ne (toString $s.window_size) "auto") (not (include "kvcomp-vllm.intAtLeast" (list $s.window_size 1))) -}}
   {{- include "kvcomp-vllm.kvFail" (printf "window_size: must be 'auto' or an integer >= 1, got %v (values: kvParams.windowSize)" $s.window_size) -}}
+{{- end -}}
+{{- if and (hasKey $s "cache_prefix") (ne (toString $s.cache_prefix) "auto") -}}
+  {{- if not (include "kvcomp-vllm.intAtLeast" (list $s.cache_prefix 0)) -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "cache_prefix: must be 'auto' or a token count in [0, 16777216], got %v (values: kvParams.cachePrefix)" $s.cache_prefix) -}}
+  {{- else if gt (int64 $s.cache_prefix) 16777216 -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "cache_prefix: must be 'auto' or a token count in [0, 16777216], got %d (values: kvParams.cachePrefix)" (int64 $s.cache_prefix)) -}}
+  {{- else if and $.Values.maxModelLen (gt (int64 $s.cache_prefix) (int64 $.Values.maxModelLen)) -}}
+    {{- include "kvcomp-vllm.kvFail" (printf "cache_prefix: %d tokens is larger than the model's context (%d tokens) (values: kvParams.cachePrefix, maxModelLen)" (int64 $s.cache_prefix) (int64 $.Values.maxModelLen)) -}}
+  {{- end -}}
 {{- end -}}
 {{- if and (eq $policy "windowkv") (hasKey $s "window_size") (eq (toString $s.window_size) "auto") -}}
   {{- include "kvcomp-vllm.kvFail" "window_size: windowkv tiles windows of one size (default 8); 'auto' sizes belong to policy 'windowkv-per-head' (values: kvParams.windowSize)" -}}

@@ -1,0 +1,129 @@
+"""Compression beside vLLM's prefix cache: which prompt blocks a request keeps raw (its protected prefix).
+
+The rule: a block that is, or may become, a prefix-cache entry is never rewritten by compaction, and a
+block that compaction rewrites is never entered in the cache. A request's protected prefix is decided
+once, when the scheduler first allocates for it (`PrefixProtection.admit`): the tokens that hit the cache,
+or more with `cache_prefix: N` (the first N tokens, whole blocks), never the last block's worth. Those
+blocks stay raw in every layer; the policy compresses the rest (`policies.protected`). A request that
+compresses enters only its protected blocks in the cache; one that evicts nothing (policy `full`, a prompt
+within its budget) enters all, as vLLM does. A request resumed after preemption hits at most its protected
+prefix, so it replays exactly what it did before. The worker derives the same prefix from the hit it is
+told of (`protected_prefix`), and keeps it across preemption.
+"""
+
+from __future__ import annotations
+
+from ..policies import KVPolicy
+from ..policies.protected import protected_policy
+from .compat import KVCacheManager, patch, truncated_hit
+from .settings import request_policy
+
+
+def protected_prefix(policy: KVPolicy, prompt_len: int, hit: int, block_size: int) -> int:
+    """Prompt tokens kept raw for a request whose first `hit` tokens hit the prefix cache at admission."""
+    n = policy.config.cache_prefix
+    wanted = 0 if n == "auto" else n // block_size * block_size
+    return min(max(hit, wanted), (prompt_len - 1) // block_size * block_size)
+
+
+def evicts(policy, prompt_len: int) -> bool:
+    """Whether any layer of `policy` (protected or not) evicts prompt tokens once the prompt is read."""
+    return any(policy.evicted_after(layers[0], prompt_len, prompt_len) for layers in policy.tier_layers().values())
+
+
+class PrefixProtection:
+    """The scheduler's protected prefixes, shared by the KV cache manager and every group's manager."""
+
+    def __init__(self, policy: KVPolicy, block_size: int, requests: dict):
+        self.policy = policy  # the server's
+        self.block_size = block_size
+        self.requests = requests  # the scheduler's, for each request's settings
+        self.fixed: dict[str, int] = {}  # request id -> protected tokens, from its first allocation to its end
+        self.pending: dict[str, int] = {}  # the allocation being tried (it may find no room)
+        self.compressing: set[str] = set()  # fixed requests that evict prompt tokens: they cache only the prefix
+
+    def protected(self, request_id: str) -> int:
+        return self.fixed.get(request_id, self.pending.get(request_id, 0))
+
+    def policy_of(self, request_id: str, base: KVPolicy | None = None):
+        """The request's policy (`base`, or resolved from its settings), after its protected prefix."""
+        if base is None:
+            request = self.requests.get(request_id)
+            base = self.policy if request is None else request_policy(self.policy, request.sampling_params)
+        return protected_policy(base, self.protected(request_id))
+
+    def chunk_policy(self, request, start: int):
+        """The policy whose compression points a prompt chunk from `start` stops at: the request's, or for
+        one not yet allocated for, the one its admission with `start` tokens hit will fix."""
+        if request.request_id in self.fixed or request.request_id in self.pending:
+            return self.policy_of(request.request_id)
+        base = request_policy(self.policy, request.sampling_params)
+        return protected_policy(base, protected_prefix(base, request.num_prompt_tokens, start, self.block_size))
+
+    def admit(self, request, hit: int) -> bool:
+        """Try the request's protected prefix for an allocation; False where it was fixed earlier."""
+        if request.request_id in self.fixed:
+            return False
+        base = request_policy(self.policy, request.sampling_params)
+        self.pending[request.request_id] = protected_prefix(base, request.num_prompt_tokens, hit, self.block_size)
+        return True
+
+    def settle(self, request_id: str, allocated: bool) -> None:
+        """Fix the tried prefix where the allocation succeeded; forget it where it found no room."""
+        if request_id not in self.pending:
+            return
+        if allocated:
+            request = self.requests.get(request_id)
+            if request is not None and evicts(self.policy_of(request_id), request.num_prompt_tokens):
+                self.compressing.add(request_id)
+            self.fixed[request_id] = self.pending[request_id]
+        del self.pending[request_id]
+
+    def cacheable_tokens(self, request, num_tokens: int) -> int:
+        """Tokens of `request` that may be entered in the prefix cache: all where it evicts nothing."""
+        request_id = request.request_id
+        if request_id in self.pending:  # its first allocation, under way
+            compressing = evicts(self.policy_of(request_id), request.num_prompt_tokens)
+        else:
+            compressing = request_id in self.compressing
+        return min(num_tokens, self.protected(request_id)) if compressing else num_tokens
+
+    def forget(self, request_id: str) -> None:
+        """A finished request's prefix (a preempted one keeps it)."""
+        self.fixed.pop(request_id, None)
+        self.pending.pop(request_id, None)
+        self.compressing.discard(request_id)
+
+
+def _get_computed_blocks(original):
+    def get_computed_blocks(self, request):
+        result = original(self, request)
+        protection = getattr(self, "kvcomp_protection", None)
+        if protection is None or request.request_id not in protection.fixed:
+            return result
+        return truncated_hit(self, result, protection.fixed[request.request_id])
+
+    return get_computed_blocks
+
+
+def _allocate_slots(original):
+    def allocate_slots(self, request, num_new_tokens, num_new_computed_tokens=0, *args, **kwargs):
+        protection = getattr(self, "kvcomp_protection", None)
+        trying = protection is not None and protection.admit(request, num_new_computed_tokens)
+        try:
+            blocks = original(self, request, num_new_tokens, num_new_computed_tokens, *args, **kwargs)
+        except BaseException:
+            if trying:
+                protection.settle(request.request_id, False)
+            raise
+        if trying:
+            protection.settle(request.request_id, blocks is not None)
+        return blocks
+
+    return allocate_slots
+
+
+def install_prefix_cache_hooks() -> None:
+    """Fix each request's protected prefix at its first allocation and cap a resumed one's hits (idempotent)."""
+    patch(KVCacheManager, "get_computed_blocks", _get_computed_blocks)
+    patch(KVCacheManager, "allocate_slots", _allocate_slots)

@@ -1,0 +1,79 @@
+"""Compression with prefix caching on vLLM's FlashAttention (CUDA, vLLM 0.26), float16, against the oracle.
+
+Skipped without a GPU. The same two cases as the CPU tests (tests/test_prefix_cache.py): a shared system
+prompt made cacheable by the first request (`cache_prefix`) is hit by the second, both within the GPU
+tolerance of the oracle run with that prefix protected; and a compacted prompt sent again hits nothing,
+while with `cache_prefix` exactly its protected blocks hit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kvcomp_vllm import KVPolicyConfig
+from kvcomp_vllm.testing import synthetic_text
+from kvcomp_vllm.testing.engine import cached_blocks, drive
+from kvcomp_vllm.testing.oracle import largest_logprob_gaps
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+BLOCK = 32
+SHARED = 320
+NEW_TOKENS = 16
+LOGPROB_TOLERANCE = 0.05  # as tests/test_gpu_engine.py
+POLICIES = [
+    dict(policy="snapkv", budget=64),
+    dict(policy="pyramid", budget=0.2, tiers=2),
+    dict(policy="windowkv", budget=100, group_size=2),
+    dict(policy="pod", recent=48, group_size=2),
+]
+
+
+def make_llm(model_dir, settings):
+    from vllm import LLM
+
+    return LLM(model=str(model_dir), dtype="float16", enforce_eager=True, gpu_memory_utilization=0.05,
+               max_model_len=4096, block_size=BLOCK, enable_prefix_caching=True, disable_log_stats=False,
+               additional_config={"kvcomp": settings})
+
+
+def greedy():
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+
+
+def ids(model_dir, sentences, seed, length):
+    return AutoTokenizer.from_pretrained(model_dir)(" ".join(synthetic_text(sentences, seed))).input_ids[:length]
+
+
+@pytest.mark.parametrize("settings", POLICIES, ids=lambda s: s["policy"])
+def test_shared_system_prompt_hits_on_flash_attention(tiny_llama_dir, settings):
+    system = ids(tiny_llama_dir, 40, 1, SHARED)
+    prompts = [system + ids(tiny_llama_dir, 20, 2, 150), system + ids(tiny_llama_dir, 20, 3, 170)]
+    llm = make_llm(tiny_llama_dir, {**settings, "cache_prefix": SHARED})
+    cache = count_prefix_cache(llm)
+    runs = [drive(llm, [prompt], greedy()) for prompt in prompts]
+    assert (cache["queries"], cache["hits"]) == (sum(map(len, prompts)), SHARED)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
+    outputs = [next(iter(run.tokens.values())) for run in runs]
+    worst = largest_logprob_gaps(model, prompts, outputs, KVPolicyConfig(**settings), NEW_TOKENS, protected=SHARED)
+    print(settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
+    assert max(worst) <= LOGPROB_TOLERANCE
+    assert all(run.free_blocks_after == run.free_blocks_before for run in runs)
+
+
+@pytest.mark.parametrize("cache_prefix,hit", [("auto", 0), (200, 192)])
+def test_compacted_prompt_sent_again_hits_only_its_protected_blocks(tiny_llama_dir, cache_prefix, hit):
+    prompt = ids(tiny_llama_dir, 60, 4, 480)
+    settings = {"policy": "snapkv", "budget": 64, "cache_prefix": cache_prefix}
+    llm = make_llm(tiny_llama_dir, settings)
+    cache = count_prefix_cache(llm)
+    runs = [drive(llm, [prompt], greedy()) for _ in range(2)]
+    assert (cache["queries"], cache["hits"]) == (2 * len(prompt), hit) and cached_blocks(llm) == hit // BLOCK
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
+    outputs = [next(iter(run.tokens.values())) for run in runs]
+    worst = largest_logprob_gaps(model, [prompt] * 2, outputs, KVPolicyConfig(**settings), NEW_TOKENS, protected=hit)
+    assert max(worst) <= LOGPROB_TOLERANCE
