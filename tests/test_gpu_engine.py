@@ -46,18 +46,25 @@ def setting_id(settings: dict) -> str:
     return settings["policy"] + ("-chunked" if "prefill_chunk" in settings else "")
 
 
-@pytest.mark.parametrize("settings", POLICIES, ids=setting_id)
-def test_policy_on_flash_attention_matches_the_oracle(tiny_llama_dir, settings):
+def gaps_on_flash_attention(model_dir, settings: dict, dtype: torch.dtype, eager: bool):
+    """Three prompts (one under the budget) through vLLM on FlashAttention at `dtype`; per prompt the largest
+    logprob gap to the oracle's best token, and the engine run. The engine is dropped before returning."""
     from vllm import LLM, SamplingParams
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = [tokenizer(" ".join(synthetic_text(n, seed))).input_ids for n, seed in [(40, 1), (3, 2), (60, 3)]]
-    llm = LLM(model=str(tiny_llama_dir), dtype="float16", enforce_eager=True, gpu_memory_utilization=0.05,
-              max_model_len=4096, block_size=32, additional_config={"kvcomp": settings})
+    llm = LLM(model=str(model_dir), dtype=str(dtype).removeprefix("torch."), enforce_eager=eager,
+              gpu_memory_utilization=0.05, max_model_len=4096, block_size=32, additional_config={"kvcomp": settings})
     run = drive(llm, prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
-    config = KVPolicyConfig(**settings)
-    worst = largest_logprob_gaps(model, prompts, list(run.tokens.values()), config, NEW_TOKENS)
+    del llm
+    gc.collect()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda()
+    return largest_logprob_gaps(model, prompts, list(run.tokens.values()), KVPolicyConfig(**settings), NEW_TOKENS), run
+
+
+@pytest.mark.parametrize("settings", POLICIES, ids=setting_id)
+def test_policy_on_flash_attention_matches_the_oracle(tiny_llama_dir, settings):
+    worst, run = gaps_on_flash_attention(tiny_llama_dir, settings, torch.float16, eager=True)
     print(settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
     assert max(worst) <= (CHUNKED_LOGPROB_TOLERANCE if "prefill_chunk" in settings else LOGPROB_TOLERANCE)
     assert run.free_blocks_after == run.free_blocks_before
@@ -175,17 +182,7 @@ HYBRID_LOGPROB_TOLERANCE = 0.25
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "cuda-graphs"])
 def test_hybrid_model_on_flash_attention_matches_the_oracle(tiny_gemma3_dir, settings, eager):
     """The tiny Gemma 3: FlashAttention's sliding-window layers untouched, the full-attention ones compressed."""
-    from vllm import LLM, SamplingParams
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
-    prompts = [tokenizer(" ".join(synthetic_text(n, seed))).input_ids for n, seed in [(40, 1), (3, 2), (60, 3)]]
-    llm = LLM(model=str(tiny_gemma3_dir), dtype="bfloat16", enforce_eager=eager, gpu_memory_utilization=0.05,
-              max_model_len=4096, block_size=32, additional_config={"kvcomp": settings})
-    run = drive(llm, prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.bfloat16).cuda()
-    worst = largest_logprob_gaps(model, prompts, list(run.tokens.values()), KVPolicyConfig(**settings), NEW_TOKENS)
+    worst, run = gaps_on_flash_attention(tiny_gemma3_dir, settings, torch.bfloat16, eager)
     print("hybrid", settings["policy"], "largest logprob gap to the oracle's best token, per prompt:", worst)
     assert max(worst) <= HYBRID_LOGPROB_TOLERANCE
     assert run.free_blocks_after == run.free_blocks_before
-    del llm
-    gc.collect()
