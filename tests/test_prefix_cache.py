@@ -26,6 +26,7 @@ POLICIES = [
     dict(policy="windowkv", budget=100, group_size=2),
     dict(policy="streaming", budget=64),
     dict(policy="pod", recent=48, group_size=2),
+    dict(policy="pod", select="snapkv", budget=0.3, window=16, recent=48, groups=[[0, 3], [1, 2]]),
     dict(policy="windowkv-per-head", budget=100, group_size=2),
     dict(policy="snapkv", budget=64, prefill_chunk=64),  # rounds every 64 tokens after the protected prefix
 ]
