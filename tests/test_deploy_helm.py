@@ -275,7 +275,7 @@ def test_gpus_default_to_one_per_worker_with_shared_memory_for_nccl(tmp_path):
         ({"extraArgs": ["-tp", "8"]}, "extraArgs: -tp is set by the chart: use tensorParallelSize"),
         (
             {"kvPreset": "nope"},
-            'kvPreset: no preset "nope" (presets: pod-35pct, pyramid-10pct, snapkv-2k, windowkv-12pct)',
+            'kvPreset: no preset "nope" (presets: pod-35pct, pyramid-10pct, snapkv-10pct-shared-prompt, snapkv-2k, windowkv-12pct)',
         ),
         ({"kvPreset": "pod-35pct"}, "kvPolicy, kvBudget and kvParams override preset pod-35pct"),
         ({"maxModelLen": 1024}, "budget: 2048 tokens is larger than the model's context (1024 tokens)"),

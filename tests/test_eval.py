@@ -184,3 +184,37 @@ def test_pod_with_selection_sweeps_budgets_as_snapkv_and_groups_come_from_a_file
     grid_plan, _, params = plan(_args(tiny_llama_dir, tmp_path, policies=["pod"], budgets=[64], pod_groups=str(path)))
     assert params["pod"] == {"groups": [[0, 3], [1, 2]]}
     assert grid_plan.settings[1].kvcomp() == {"policy": "pod", "recent": 64, "groups": [[0, 3], [1, 2]]}
+
+
+def test_server_requests_never_share_prefix_cache_entries(monkeypatch):
+    """--server: each request carries a salt of its own, so no setting is served another's cached (and so
+    raw-kept) prefix; its kv_* fields carry the setting."""
+    from kvcomp_vllm.eval import runner
+    from kvcomp_vllm.eval.tasks.base import Sample
+
+    sent: list[dict] = []
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return json.dumps({"choices": [{"text": "ok"}]}).encode()
+
+    def urlopen(request, timeout):
+        sent.append(json.loads(request.data))
+        return Response()
+
+    monkeypatch.setattr(runner.urllib.request, "urlopen", urlopen)
+    engine = runner.ServerEngine("http://127.0.0.1:9", model="m")
+    sample = Sample("needle", 3, (5, 6, 7), "x")
+    setting = Setting("snapkv", 0.25)
+    assert engine.complete(sample, setting) == engine.complete(sample, setting) == "ok"
+    assert [{k: v for k, v in body.items() if k != "cache_salt"} for body in sent] == 2 * [
+        {"model": "m", "prompt": [5, 6, 7], "max_tokens": sample.max_tokens, "temperature": 0.0,
+         "kv_policy": "snapkv", "kv_budget": 0.25}]
+    salts = [body["cache_salt"] for body in sent]
+    assert len(set(salts)) == 2 and all(isinstance(s, str) and s for s in salts)

@@ -15,6 +15,7 @@ import json
 import os
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -122,7 +123,9 @@ class OfflineEngine:
 
     def __init__(self, model: str, **llm_args):
         self.model = str(model)
-        self.llm_args = {"enforce_eager": True, "seed": 0, **llm_args}
+        # Prefix caching off: the grid sends every prompt once per setting, and kvcomp keeps a prompt's cache
+        # hits raw, so a setting would be measured on what an earlier setting's run left in the cache.
+        self.llm_args = {"enforce_eager": True, "seed": 0, "enable_prefix_caching": False, **llm_args}
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # CUDA: kvcomp's hooks live in vLLM's V1 runner
 
     def _llm(self, kvcomp: dict):
@@ -196,6 +199,7 @@ class ServerEngine:
             "prompt": list(sample.prompt_ids),
             "max_tokens": sample.max_tokens,
             "temperature": 0.0,
+            "cache_salt": uuid.uuid4().hex,  # its own: no request hits what another left in the prefix cache
             **{f"kv_{k}": v for k, v in setting.kvcomp().items()},
         }
         request = urllib.request.Request(
