@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -44,6 +45,13 @@ def tiny_llama_kv4_dir(tmp_path_factory):
     """A tiny Llama with 4 KV heads (8 query heads), so TP=2 gives each rank two."""
     spec = TinyModelSpec(arch="llama", num_heads=8, num_kv_heads=4, head_dim=32)
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama-kv4", spec)
+
+
+@pytest.fixture
+def release():
+    """Engines made in a test are dropped after it, so the next one gets the memory back."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -39,12 +39,6 @@ def hf_gemma3(tiny_gemma3_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.float32)
 
 
-@pytest.fixture
-def release():
-    yield
-    gc.collect()
-
-
 def group_kinds(llm) -> list[str]:
     return [type(g.kv_cache_spec).__name__ for g in scheduler_of(llm).kv_cache_config.kv_cache_groups]
 

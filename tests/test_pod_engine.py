@@ -12,9 +12,7 @@ from kvcomp_vllm.pod.adapt import AdaptSettings, adapt
 from kvcomp_vllm.testing.engine import drive
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.vllm_integration import engine_args
-from test_vllm_engine import (  # noqa: F401 - release is a fixture
-    greedy, make_llm, policy_counts, prompt_ids, release, served_as_oracle,
-)
+from test_vllm_engine import greedy, make_llm, policy_counts, prompt_ids, served_as_oracle
 
 pytestmark = pytest.mark.vllm
 

@@ -3,7 +3,6 @@ request's own tokens are compressed, and the outputs equal the oracle run with t
 
 from __future__ import annotations
 
-import gc
 
 import pytest
 import torch
@@ -60,12 +59,6 @@ def model(tiny_llama_dir):
 def ids(tiny_llama_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     return lambda sentences, seed, length: tokenizer(" ".join(synthetic_text(sentences, seed))).input_ids[:length]
-
-
-@pytest.fixture
-def release():
-    yield
-    gc.collect()
 
 
 def one(run) -> list[int]:

@@ -59,13 +59,6 @@ def hf_model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
-@pytest.fixture
-def release():
-    """Engines made in a test are dropped after it, so the next one gets the memory back."""
-    yield
-    gc.collect()
-
-
 def served_as_oracle(llm, model, prompts: list[list[int]], settings: dict, max_tokens: int = 12):
     """Serve `prompts` greedily on `llm`: every request must equal the oracle and the free blocks come back
     exactly. Returns the run and the (kept, evicted) prompt tokens the workers counted while serving it."""
