@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import cached_blocks, drive
+from kvcomp_vllm.testing.engine import cached_blocks, count_prefix_cache, drive
 from kvcomp_vllm.testing.oracle import largest_logprob_gaps
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -35,6 +35,13 @@ class ShiftedSeqLens:
     captures the address the kernel reads, and each step rewrites it in place.
     """
 
+    @property
+    def supports_update_block_table(self) -> bool:
+        """False for compressed layers: vLLM would otherwise hand a KV cache group the metadata built by another
+        group of the same spec with only the block table swapped, so this builder's buffer, which that group's
+        full CUDA graph reads, would never be written (a hybrid model's two snapkv groups decoded garbage)."""
+        return not isinstance(self.kv_cache_spec, CompressedAttentionSpec) and super().supports_update_block_table
+
     def build(self, common_prefix_len, common_attn_metadata, *args, **kwargs):
         if isinstance(self.kv_cache_spec, CompressedAttentionSpec):
             cm = common_attn_metadata
