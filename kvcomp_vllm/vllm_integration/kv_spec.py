@@ -44,11 +44,11 @@ class CompressedAttentionSpec(FullAttentionSpec):
         """`layer`'s spec. Every layer of a tier gets an equal spec: vLLM 0.26 makes one KV group per
         distinct spec (0.32 also merges), and each group costs the scheduler per request and step."""
         base = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
-        tier = policy.budget_tier(layer)
+        tier = policy.layout.budget_tier(layer)
         return cls(
             **base,
             tier=tier,
-            layer=policy.tier_layers()[tier][0],
+            layer=policy.layout.tier_layers()[tier][0],
             num_layers=policy.num_layers,
             policy_json=policy.config.model_dump_json(exclude_unset=True),
         )
@@ -58,7 +58,7 @@ class CompressedAttentionSpec(FullAttentionSpec):
 
     def max_memory_usage_bytes(self, vllm_config) -> int:
         """Peak of one `max_model_len` prompt: with `prefill_chunk`, budget + chunk rather than the prompt."""
-        slots = self.policy().peak_slots(self.layer, vllm_config.model_config.max_model_len, 1)
+        slots = self.policy().layout.peak_slots(self.layer, vllm_config.model_config.max_model_len, 1)
         return cdiv(slots, self.block_size) * self.page_size_bytes
 
     @classmethod
@@ -108,7 +108,7 @@ class CompressedAttentionManager(FullAttentionManager):
         computed = processed_computed_tokens if request is None else request.num_computed_tokens
         if computed >= num_prompt_tokens:
             self.settled.add(request_id)  # decode steps skip the policy from here on
-        evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, computed)
+        evicted = self._policy(request_id).layout.evicted_after(self.layer, num_prompt_tokens, computed)
         if evicted > self.evicted.get(request_id, 0):
             self.evicted[request_id] = evicted
             blocks = self.req_to_blocks[request_id]
@@ -123,7 +123,7 @@ class CompressedAttentionManager(FullAttentionManager):
             request = self.requests.get(request_id)
             if request is not None:
                 generated = max(num_tokens - request.num_prompt_tokens, 0) + 1
-                peak = self._policy(request_id).peak_slots(self.layer, request.num_prompt_tokens, generated)
+                peak = self._policy(request_id).layout.peak_slots(self.layer, request.num_prompt_tokens, generated)
                 return super().get_num_blocks_to_allocate(request_id, min(num_tokens, peak + evicted) - evicted, *args, **kwargs)
         return super().get_num_blocks_to_allocate(request_id, num_tokens - evicted, *args, **kwargs)
 

@@ -24,7 +24,7 @@ def stop_at_compression_point(policy, request, num_new_tokens: int, start: int, 
     if start >= request.num_prompt_tokens:
         return num_new_tokens
     own = request_policy(policy, request.sampling_params) if protection is None else protection.chunk_policy(request, start)
-    point = own.next_compression_point(request.num_prompt_tokens, start)
+    point = own.layout.next_compression_point(request.num_prompt_tokens, start)
     return min(num_new_tokens, point - start)
 
 
