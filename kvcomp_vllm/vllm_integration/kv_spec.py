@@ -1,13 +1,13 @@
 """Scheduler-side block accounting: KV cache groups per tier, blocks freed as prompts compress.
 
-A tier is a set of layers sharing one per-layer budget (`KVPolicy.budget_tier`). Each decoder layer's
+A tier is a set of layers sharing one per-layer budget (`BudgetLayout.budget_tier`). Each decoder layer's
 spec becomes a `CompressedAttentionSpec` carrying its tier; specs of different tiers never merge, so
 vLLM's hybrid allocator gives every tier its own KV cache group (or several of equal size:
 `compat.kv_cache_group_sizes`), each with its own block table, all drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
 prompt is compressed, only the blocks its kept tokens and later tokens need: once the prompt is
 scheduled up to a compression point (that step may still run) it drops the blocks past
 `cdiv(computed - evicted, block_size)` back to the pool, and from then on counts slots as `num_tokens - evicted`
-(`KVPolicy.evicted_after`). Admission reserves a request's peak (`KVPolicy.peak_slots`), not its
+(`BudgetLayout.evicted_after`). Admission reserves a request's peak (`BudgetLayout.peak_slots`), not its
 raw length, and start-up asks the pool to hold one compressed prompt of `max_model_len` tokens.
 With prefix caching, a request's protected prefix (`prefix_cache`) is counted before the policy's slots,
 and only its blocks are entered in the cache by a request that compresses.
@@ -26,7 +26,7 @@ from .settings import request_policy
 
 def kept_blocks(computed: int, evicted: int, block_size: int) -> int:
     """Blocks one KV cache group keeps of a request once `evicted` of its `computed` tokens are gone
-    (`KVPolicy.evicted_after`): the count the scheduler frees down to and the worker cuts its rows to."""
+    (`BudgetLayout.evicted_after`): the count the scheduler frees down to and the worker cuts its rows to."""
     return cdiv(computed - evicted, block_size)
 
 

@@ -1,7 +1,7 @@
 """Scheduler hooks: a prefill chunk never runs past a compression point; managers see the requests.
 
 Compression points are the prompt's end and, with `prefill_chunk`, every that many prompt tokens
-(`KVPolicy.next_compression_point`). Stopping chunks there makes every compression round see
+(`BudgetLayout.next_compression_point`). Stopping chunks there makes every compression round see
 exactly the tokens the reference generator sees, whatever token budget the scheduler had. A
 request recomputed after preemption compresses its prompt exactly as the first time; its
 generated tokens are then replayed over the compacted cache, as they were decoded originally.
