@@ -19,29 +19,28 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.eval.corpus import load_corpus
 from kvcomp_vllm.eval.tasks import PromptBuilder, build_suite
-from kvcomp_vllm.policies.snapkv import SnapKVPolicy
 from kvcomp_vllm.policies.scoring import attention_concentration
-from kvcomp_vllm.policies.windowkv_per_head import PerHeadWindowKVPolicy as WindowKVPolicy
+from kvcomp_vllm.policies.selector import KeepWindow
+from kvcomp_vllm.policies.windowkv_per_head import PerHeadWindows
 from kvcomp_vllm.reference import generate
 
 
 def recorded(log: list):
-    """Wrap both policies' `select` so each plan (and windowkv's size choice) lands in `log`."""
-    windowkv, snapkv = WindowKVPolicy.select, SnapKVPolicy.select
+    """Wrap `KeepWindow.select`, snapkv's and windowkv-per-head's frame, so each plan (and windowkv-per-head's
+    size choice) lands in `log`."""
+    select = KeepWindow.select
 
-    def select_windowkv(self, layer, prompt, heads=None):
-        plan = windowkv(self, layer, prompt, heads)
-        scores = prompt.scores(min(self.config.window, prompt.prompt_len))
-        selectable = self.view_budget(layer, prompt) - min(self.config.window, prompt.prompt_len)
-        log.append((self.window_size(scores, selectable), attention_concentration(scores), plan.keep))
+    def recording(self, prompt, budget, heads=None):
+        plan = select(self, prompt, budget, heads)
+        if isinstance(self.chooser, PerHeadWindows):
+            w = min(self.observation_window, prompt.prompt_len)
+            scores = prompt.scores(w)
+            log.append((self.chooser.window_size(scores, budget - w), attention_concentration(scores), plan.keep))
+        else:
+            log.append((None, None, plan.keep))
         return plan
 
-    def select_snapkv(self, layer, prompt, heads=None):
-        plan = snapkv(self, layer, prompt, heads)
-        log.append((None, None, plan.keep))
-        return plan
-
-    WindowKVPolicy.select, SnapKVPolicy.select = select_windowkv, select_snapkv
+    KeepWindow.select = recording
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def tracked(req_id: str) -> list[str]:
 def expected_counts(prompts: list[list[int]]) -> tuple[int, int]:
     """Kept and evicted token-layers of these prompts compacted whole under SETTINGS (4 layers)."""
     policy = make_policy(KVPolicyConfig(**SETTINGS), 4)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
+    kept = sum(policy.layout.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
     return kept, 4 * sum(map(len, prompts)) - kept
 
 

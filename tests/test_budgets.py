@@ -29,7 +29,7 @@ def test_pyramid_hand_cases_near_the_prompt_length():
 
 def test_pyramid_budget_2048_on_a_2100_token_prompt_is_snapkvs_in_every_layer():
     policy = make_policy(KVPolicyConfig(policy="pyramid", budget=2048), 32)
-    assert [policy.layer_budget(layer, 2100) for layer in range(32)] == [2048] * 32
+    assert [policy.layout.layer_budget(layer, 2100) for layer in range(32)] == [2048] * 32
 
 
 @pytest.mark.parametrize("budget", [32, 33, 100, 517, 2048])
@@ -61,7 +61,7 @@ def test_pyramid_layers_keep_the_budget_on_average_for_every_prompt_longer_than_
     policy = make_policy(KVPolicyConfig(**settings), num_layers)
     runs = [sum(layer * tiers // num_layers == t for layer in range(num_layers)) for t in range(tiers)] if tiers else [1]
     for n in boundary_lengths(budget, window, beta):
-        kept = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+        kept = [policy.layout.layer_budget(layer, n) for layer in range(num_layers)]
         want = n if n <= budget else budget  # a prompt within budget is kept whole
         if len(set(runs)) == 1:  # one layer per tier, or tiers of equal length: exact
             assert sum(kept) == num_layers * want, (n, kept)
@@ -76,7 +76,7 @@ def test_pyramid_layers_keep_the_budget_on_average_for_every_prompt_longer_than_
 def test_pyramid_ratio_budgets_keep_the_mean(ratio, n):
     policy = make_policy(KVPolicyConfig(policy="pyramid", budget=ratio), 8)
     want = min(n, max(-(-int(ratio * 1024) * n // 1024), 32))
-    assert sum(policy.layer_budget(layer, n) for layer in range(8)) == 8 * want
+    assert sum(policy.layout.layer_budget(layer, n) for layer in range(8)) == 8 * want
 
 
 def test_staircase_hand_case():
@@ -106,22 +106,22 @@ def test_staircase_keeps_steps_order_and_mean(budget, num_layers, tiers):
 
 def test_layer_budgets_of_each_policy():
     n = 1000
-    assert [make_policy(KVPolicyConfig(policy="full"), 4).layer_budget(i, n) for i in range(4)] == [n] * 4
+    assert [make_policy(KVPolicyConfig(policy="full"), 4).layout.layer_budget(i, n) for i in range(4)] == [n] * 4
     snap = make_policy(KVPolicyConfig(policy="snapkv", budget=0.1), 4)
-    assert [snap.layer_budget(i, n) for i in range(4)] == [100] * 4
+    assert [snap.layout.layer_budget(i, n) for i in range(4)] == [100] * 4
     pyr = make_policy(KVPolicyConfig(policy="pyramid", budget=0.1), 4)
-    budgets = [pyr.layer_budget(i, n) for i in range(4)]
+    budgets = [pyr.layout.layer_budget(i, n) for i in range(4)]
     assert sum(budgets) == 400 and budgets == sorted(budgets, reverse=True)
 
 
 def test_prompt_within_budget_is_kept_whole_in_every_layer():
     pyr = make_policy(KVPolicyConfig(policy="pyramid", budget=512), 4)
-    assert [pyr.layer_budget(i, 300) for i in range(4)] == [300] * 4
+    assert [pyr.layout.layer_budget(i, 300) for i in range(4)] == [300] * 4
     # A prompt shorter than 2 * (budget - window) = 960: SnapKV's budget in every layer.
-    assert [pyr.layer_budget(i, 600) for i in range(4)] == [512] * 4
-    assert [pyr.layer_budget(i, 959) for i in range(4)] == [512] * 4
-    assert sum(pyr.layer_budget(i, 960) for i in range(4)) == 4 * 512  # from 960 on, the pyramid
-    assert pyr.layer_budget(0, 960) == 960 and pyr.layer_budget(3, 960) < 512
+    assert [pyr.layout.layer_budget(i, 600) for i in range(4)] == [512] * 4
+    assert [pyr.layout.layer_budget(i, 959) for i in range(4)] == [512] * 4
+    assert sum(pyr.layout.layer_budget(i, 960) for i in range(4)) == 4 * 512  # from 960 on, the pyramid
+    assert pyr.layout.layer_budget(0, 960) == 960 and pyr.layout.layer_budget(3, 960) < 512
 
 
 @pytest.mark.parametrize(
@@ -137,17 +137,17 @@ def test_layers_of_one_budget_tier_always_keep_the_same_count(params):
     for n in (10, 100, 333, 4096):
         by_tier = {}
         for layer in range(8):
-            by_tier.setdefault(policy.budget_tier(layer), set()).add(policy.layer_budget(layer, n))
+            by_tier.setdefault(policy.layout.budget_tier(layer), set()).add(policy.layout.layer_budget(layer, n))
         assert all(len(counts) == 1 for counts in by_tier.values())
 
 
 def test_pod_slots_pack_distant_values_two_per_slot():
     pod = make_policy(KVPolicyConfig(policy="pod", sink=4, recent=60, group_size=4), 8)
-    assert [pod.layer_slots(layer, 1000) for layer in range(5)] == [1000, 64 + 468, 64 + 468, 64 + 468, 1000]
-    assert pod.layer_slots(1, 1001) == 64 + 469  # an odd distant count rounds up
-    assert pod.layer_slots(1, 50) == 50  # all proximal: nothing shared
+    assert [pod.layout.layer_slots(layer, 1000) for layer in range(5)] == [1000, 64 + 468, 64 + 468, 64 + 468, 1000]
+    assert pod.layout.layer_slots(1, 1001) == 64 + 469  # an odd distant count rounds up
+    assert pod.layout.layer_slots(1, 50) == 50  # all proximal: nothing shared
     snap = make_policy(KVPolicyConfig(policy="snapkv", budget=100), 8)
-    assert snap.layer_slots(3, 1000) == snap.layer_budget(3, 1000) == 100
+    assert snap.layout.layer_slots(3, 1000) == snap.layout.layer_budget(3, 1000) == 100
 
 
 def test_windowkv_group_budgets_follow_the_official_arithmetic_decay():
@@ -156,9 +156,9 @@ def test_windowkv_group_budgets_follow_the_official_arithmetic_decay():
     # line (38.86 up to 97.14) rounded to the exact total 4 * 68: 97, 78, 58, 39, plus the window.
     assert group_budgets(100, 32, 4, 8, LONG) == (129, 110, 90, 71)
     policy = make_policy(KVPolicyConfig(policy="windowkv", budget=100), 32)
-    assert [policy.layer_budget(layer, LONG) for layer in range(32)] == [b for b in (129, 110, 90, 71) for _ in range(8)]
-    assert list(policy.tier_layers().values()) == [list(range(g * 8, g * 8 + 8)) for g in range(4)]
-    assert make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=100), 32).tier_layers() == {0: list(range(32))}
+    assert [policy.layout.layer_budget(layer, LONG) for layer in range(32)] == [b for b in (129, 110, 90, 71) for _ in range(8)]
+    assert list(policy.layout.tier_layers().values()) == [list(range(g * 8, g * 8 + 8)) for g in range(4)]
+    assert make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=100), 32).layout.tier_layers() == {0: list(range(32))}
 
 
 def test_windowkv_default_group_is_the_largest_divisor_up_to_eight():
@@ -173,8 +173,8 @@ def test_windowkv_groups_keep_the_budget_on_average_for_every_prompt_longer_than
     policy = make_policy(KVPolicyConfig(policy="windowkv", budget=budget, group_size=group), num_layers)
     s = budget - 32
     for n in sorted({budget + 1, budget + 2, budget + s // 2, 2 * budget, budget + 2 * s, 3 * budget + 7, LONG}):
-        schedule = [policy.layer_budget(layer, n) for layer in range(num_layers)]
+        schedule = [policy.layout.layer_budget(layer, n) for layer in range(num_layers)]
         assert sum(schedule) == budget * num_layers, n
         assert schedule == sorted(schedule, reverse=True) and 32 <= schedule[-1] and schedule[0] <= n
         assert all(len({schedule[i] for i in range(g, g + group)}) == 1 for g in range(0, num_layers, group))
-    assert [policy.layer_budget(layer, budget) for layer in range(num_layers)] == [budget] * num_layers
+    assert [policy.layout.layer_budget(layer, budget) for layer in range(num_layers)] == [budget] * num_layers

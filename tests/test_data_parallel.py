@@ -52,7 +52,7 @@ def test_two_engines_compress_their_own_requests_and_metrics_count_each_once(tin
         assert status == 200
         assert answer["choices"][0]["token_ids"] == generate(hf, prompt, config, 8).tokens
     policy = make_policy(config, 4)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
+    kept = sum(policy.layout.layer_slots(layer, len(p)) for p in prompts for layer in range(4))
     assert samples['vllm:kvcomp_requests_total{policy="snapkv"}'] == len(prompts)
     assert samples['vllm:kvcomp_prompt_tokens_total{outcome="kept",policy="snapkv"}'] == kept
     assert samples['vllm:kvcomp_prompt_tokens_total{outcome="evicted",policy="snapkv"}'] == 4 * sum(map(len, prompts)) - kept

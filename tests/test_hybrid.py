@@ -50,7 +50,7 @@ def test_hybrid_model_matches_the_oracle(tiny_gemma3_dir, hf_gemma3, settings, r
     prompts = [prompt_ids(tiny_gemma3_dir, n, seed) for n, seed in ((40, 1), (3, 2), (60, 3))]
     llm = make_llm(tiny_gemma3_dir, settings)
     # The front end counts the KV cache groups as the engine forms them: the tiers', then the sliding layers'.
-    tiers = make_policy(KVPolicyConfig(**settings), FULL_LAYERS).tier_layers()
+    tiers = make_policy(KVPolicyConfig(**settings), FULL_LAYERS).layout.tier_layers()
     groups = scheduler_of(llm).kv_cache_config.kv_cache_groups
     formed = [sum(getattr(g.kv_cache_spec, "tier", None) == tier for g in groups) for tier in tiers]
     formed.append(group_kinds(llm).count("SlidingWindowSpec"))  # vLLM's own manager keeps the sliding layers
@@ -64,7 +64,7 @@ def test_hybrid_model_matches_the_oracle(tiny_gemma3_dir, hf_gemma3, settings, r
     assert run.free_blocks_after == run.free_blocks_before
     # Counts cover the full-attention layers, those the policy compacts.
     policy = make_policy(config, FULL_LAYERS)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(FULL_LAYERS))
+    kept = sum(policy.layout.layer_slots(layer, len(p)) for p in prompts for layer in range(FULL_LAYERS))
     counted = compacted_counts(llm, settings["policy"])
     assert (counted[0] - before[0], counted[1] - before[1]) == (kept, FULL_LAYERS * sum(map(len, prompts)) - kept)
 
@@ -103,7 +103,7 @@ def test_only_the_full_attention_groups_free_blocks(tiny_gemma3_dir, release):
         held = vanilla.first_decode_blocks[req_id]
         [sliding] = [blocks for blocks, kind in zip(held, vanilla_kinds) if kind == "SlidingWindowSpec"]
         want = [
-            -(-(policy.layer_budget(g.kv_cache_spec.layer, len(prompt)) + 1) // BLOCK)
+            -(-(policy.layout.layer_budget(g.kv_cache_spec.layer, len(prompt)) + 1) // BLOCK)
             if kind == "CompressedAttentionSpec" else sliding
             for g, kind in zip(groups, kinds)
         ]

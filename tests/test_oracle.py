@@ -130,7 +130,7 @@ def test_policies_after_a_protected_prefix_keep_what_the_oracle_keeps(scenario, 
     g = torch.Generator().manual_seed(seed)
     policy = protected_policy(make_policy(config, num_layers), protected)
     points = oracle.compression_points(config, prompt_len, protected)
-    assert points == [p for p in range(1, prompt_len + 1) if p == policy.next_compression_point(prompt_len, p - 1)]
+    assert points == [p for p in range(1, prompt_len + 1) if p == policy.layout.next_compression_point(prompt_len, p - 1)]
     held = [0] * num_layers
     for new in [b - a for a, b in zip([0, *points], points)]:
         compressor, select = RequestCompressor(policy), oracle.oracle_selector(config, num_layers, protected)
@@ -154,7 +154,7 @@ def test_policies_after_a_protected_prefix_keep_what_the_oracle_keeps(scenario, 
     # Every layer holds the prefix and its budget of the own tokens, as the wrapped policy says (PoD
     # members pack distant values, so their slots are fewer than their positions).
     if config.policy != "pod":
-        assert held == [policy.layer_slots(layer, prompt_len) for layer in range(num_layers)]
+        assert held == [policy.layout.layer_slots(layer, prompt_len) for layer in range(num_layers)]
 
 
 @SETTINGS
@@ -164,7 +164,7 @@ def test_layer_budgets_equal_the_oracles(scenario):
     policy = make_policy(config, num_layers)
     for n in {prompt_len, prompt_len + 1, 2 * prompt_len, 10 * prompt_len}:
         want = [oracle.layer_budget(config, num_layers, layer, n) for layer in range(num_layers)]
-        assert [policy.layer_budget(layer, n) for layer in range(num_layers)] == want, n
+        assert [policy.layout.layer_budget(layer, n) for layer in range(num_layers)] == want, n
 
 
 def test_oracle_budgets_by_hand():
@@ -218,4 +218,4 @@ def test_oracle_generator_equals_the_policy_package_run_in_it(hf_llama, params):
     got = policy_generate(hf_llama, prompt, config, 8)
     assert got == want
     policy = make_policy(config, 4)
-    assert want.kept_per_layer == [policy.layer_budget(layer, len(prompt)) for layer in range(4)]
+    assert want.kept_per_layer == [policy.layout.layer_budget(layer, len(prompt)) for layer in range(4)]

@@ -20,8 +20,8 @@ def test_groups_field_gives_owners_tiers_and_is_validated():
     config = KVPolicyConfig(policy="pod", recent=8, groups=[[3, 0], [1], [2, 4, 5]])
     config.check_model(6)
     policy = make_policy(config, 6)
-    assert [policy.owner_layer(layer) for layer in range(6)] == [0, 1, 2, 0, 2, 2]
-    assert [policy.budget_tier(layer) for layer in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert [policy.layout.owner_layer(layer) for layer in range(6)] == [0, 1, 2, 0, 2, 2]
+    assert [policy.layout.budget_tier(layer) for layer in range(6)] == [0, 0, 0, 1, 1, 1]
     assert config.pod_groups(6) == ((0, 3), (1,), (2, 4, 5))
     assert KVPolicyConfig(policy="pod", group_size=2).pod_groups(4) == ((0, 1), (2, 3))
     for groups, fault in [([[0, 1], [1, 2, 3]], "exactly once"), ([[0, 1], [2]], "exactly once"),

@@ -27,10 +27,10 @@ def test_owner_keeps_the_top_distant_tokens_and_members_their_values():
     config = KVPolicyConfig(policy="pod", select="snapkv", budget=14, sink=2, recent=6, window=4, pool_size=1)
     policy = make_policy(config, 4)
     n = 30
-    assert [policy.layer_budget(i, n) for i in range(4)] == [14, 8, 14, 8]
-    assert [policy.layer_slots(i, n) for i in range(4)] == [14, 11, 14, 11]  # members: 8 + ceil(6 / 2)
-    assert policy.distant_span(n) == (2, 6) and policy.observation_window == 4
-    assert make_policy(KVPolicyConfig(policy="pod"), 4).observation_window == 0
+    assert [policy.layout.layer_budget(i, n) for i in range(4)] == [14, 8, 14, 8]
+    assert [policy.layout.layer_slots(i, n) for i in range(4)] == [14, 11, 14, 11]  # members: 8 + ceil(6 / 2)
+    assert policy.layout.distant_span(n) == (2, 6) and policy.selector.observation_window == 4
+    assert make_policy(KVPolicyConfig(policy="pod"), 4).selector.observation_window == 0
     keys, queries = layer(n, 0)
     compressor = RequestCompressor(policy)
     owner = compressor.plan(0, PromptView.dense(keys, queries[:, -4:], 0.5))
@@ -74,11 +74,11 @@ def test_member_decode_reads_the_chosen_keys_from_the_compacted_owner(chosen_cou
     policy = make_policy(KVPolicyConfig(policy="pod", select="snapkv", budget=sink + recent + chosen_count,
                                         sink=sink, recent=recent, window=4), 2)
     owner_plan = LayerPlan(keep=owner_plan_keep)
-    plan = policy.derive(1, PromptView(n, HKV, torch.device("cpu"), None), owner_plan)
+    plan = policy.selector.derive(1, PromptView(n, HKV, torch.device("cpu"), None), owner_plan)
     for pair, table, p in [((owner_keys, owner_values), owner_blocks, owner_plan), ((key_cache, value_cache), blocks, plan)]:
         sources = move_sources(p, torch.arange(n, n + later))
         move_tokens_reference_(*pair, table[None], sources[None], torch.tensor([sources.shape[-1]], dtype=torch.int32))
-    start, count = policy.distant_span(n)
+    start, count = policy.layout.distant_span(n)
     assert (start, count) == (sink, chosen_count)
     owner_chosen = owner_k.gather(1, chosen[..., None].expand(-1, -1, D))
     assert torch.equal(read_tokens(owner_keys, owner_blocks, sink + count)[:, sink:], owner_chosen)

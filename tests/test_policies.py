@@ -11,6 +11,8 @@ from kvcomp_kernels.attention import observation_scores
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import PromptView, RequestCompressor, apply_plan, make_policy
 from kvcomp_vllm.policies.scoring import attention_concentration, pool_scores
+from kvcomp_vllm.policies.windowkv import SharedWindows
+from kvcomp_vllm.policies.windowkv_per_head import PerHeadWindows
 
 D = 16
 SCALE = D**-0.5
@@ -97,7 +99,7 @@ def test_pooling_matches_brute_force(pooling):
 def test_snapkv_matches_brute_force(num_heads, num_kv_heads, n, budget, window, pooling):
     keys, queries = random_layer(num_heads, num_kv_heads, n, window, seed=n + budget)
     config = KVPolicyConfig(policy="snapkv", budget=budget, window=window, pool_size=5, pooling=pooling)
-    plan = make_policy(config, 4).select(0, view(keys, queries))
+    plan = make_policy(config, 4).selector.select(0, view(keys, queries))
     assert kept(plan) == brute_snapkv(keys, queries, budget, window, 5, pooling)
 
 
@@ -108,24 +110,24 @@ def test_snapkv_hand_case_keeps_attended_token_and_its_neighbours():
     queries = torch.zeros(2, 4, D, dtype=torch.float64)
     queries[:, :, 0] = 1.0
     one = KVPolicyConfig(policy="snapkv", budget=5, window=4, pool_size=1)
-    assert kept(make_policy(one, 1).select(0, view(keys, queries))) == [[3, 16, 17, 18, 19]]
+    assert kept(make_policy(one, 1).selector.select(0, view(keys, queries))) == [[3, 16, 17, 18, 19]]
     three = KVPolicyConfig(policy="snapkv", budget=7, window=4, pool_size=3)
-    assert kept(make_policy(three, 1).select(0, view(keys, queries))) == [[2, 3, 4, 16, 17, 18, 19]]
+    assert kept(make_policy(three, 1).selector.select(0, view(keys, queries))) == [[2, 3, 4, 16, 17, 18, 19]]
 
 
 def test_ratio_budget_below_window_keeps_the_window():
     keys, queries = random_layer(4, 2, 100, 32, seed=3)
     config = KVPolicyConfig(policy="snapkv", budget=0.05, window=32)
-    plan = make_policy(config, 2).select(0, view(keys, queries))
+    plan = make_policy(config, 2).selector.select(0, view(keys, queries))
     assert plan.keep.shape == (2, 32) and plan.keep[0].tolist() == list(range(68, 100))
 
 
 def test_streaming_hand_case():
     keys, queries = random_layer(4, 2, 10, 4, seed=0)
     config = KVPolicyConfig(policy="streaming", budget=5, sink=2)
-    assert kept(make_policy(config, 2).select(1, view(keys, queries))) == [[0, 1, 7, 8, 9]] * 2
+    assert kept(make_policy(config, 2).selector.select(1, view(keys, queries))) == [[0, 1, 7, 8, 9]] * 2
     whole = KVPolicyConfig(policy="streaming", budget=12, sink=2)
-    assert make_policy(whole, 2).select(0, view(keys, queries)).keep is None
+    assert make_policy(whole, 2).selector.select(0, view(keys, queries)).keep is None
 
 
 def test_pyramid_layers_select_like_snapkv_with_their_budgets():
@@ -133,8 +135,8 @@ def test_pyramid_layers_select_like_snapkv_with_their_budgets():
     config = KVPolicyConfig(policy="pyramid", budget=40, window=8, pool_size=5, beta=4)
     policy = make_policy(config, 4)
     for layer in range(4):
-        b = policy.layer_budget(layer, 120)
-        assert kept(policy.select(layer, view(keys, queries))) == brute_snapkv(keys, queries, b, 8, 5, "avg")
+        b = policy.layout.layer_budget(layer, 120)
+        assert kept(policy.selector.select(layer, view(keys, queries))) == brute_snapkv(keys, queries, b, 8, 5, "avg")
 
 
 def brute_windows(scores, k, size):
@@ -160,7 +162,7 @@ def brute_windows(scores, k, size):
 def test_windowkv_per_head_matches_brute_force(n, budget, size):
     keys, queries = random_layer(4, 2, n, 8, seed=n)
     config = KVPolicyConfig(policy="windowkv-per-head", budget=budget, window=8, window_size=size, group_size=1)
-    plan = make_policy(config, 2).select(0, view(keys, queries))
+    plan = make_policy(config, 2).selector.select(0, view(keys, queries))
     scores = brute_scores(keys, queries, 8)
     want = [brute_windows(s, budget - 8, size) + list(range(n - 8, n)) for s in scores]
     assert kept(plan) == want
@@ -168,19 +170,19 @@ def test_windowkv_per_head_matches_brute_force(n, budget, size):
 
 
 def test_windowkv_per_head_adapts_window_size_to_attention_pattern():
-    policy = make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_sizes=(4, 16)), 2)
+    chooser = PerHeadWindows(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_sizes=(4, 16)))
     spread = torch.ones(2, 400)
     peaked = torch.full((2, 400), 1e-4)
     peaked[:, 100] = 1.0
     assert attention_concentration(spread) == pytest.approx(20 / 400)
     assert attention_concentration(peaked) > 0.9
-    assert policy.window_size(spread, 48) == 4
-    assert policy.window_size(peaked, 48) == 16
+    assert chooser.window_size(spread, 48) == 4
+    assert chooser.window_size(peaked, 48) == 16
     # Too few selectable tokens for three runs of concentrated windows: the size shrinks so that three fit.
-    assert policy.window_size(peaked, 20) == 9  # two windows of 9 and a run of 2
-    assert policy.window_size(peaked, 33) == 16  # two windows of 16 and a run of 1
-    assert policy.window_size(peaked, 1) == 1
-    fixed = make_policy(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_size=16), 2)
+    assert chooser.window_size(peaked, 20) == 9  # two windows of 9 and a run of 2
+    assert chooser.window_size(peaked, 33) == 16  # two windows of 16 and a run of 1
+    assert chooser.window_size(peaked, 1) == 1
+    fixed = PerHeadWindows(KVPolicyConfig(policy="windowkv-per-head", budget=64, window_size=16))
     assert fixed.window_size(peaked, 20) == 16  # a configured size is used as given
 
 
@@ -212,16 +214,16 @@ def test_windowkv_scoring_max_favours_peaks_and_average_favours_spread():
     # Windows of 4 (top half: 2 tokens): a peak window [1, 1, 0, 0] and a spread one [.6, .6, .6, .6].
     base = [[1, 1, 0, 0, .6, .6, .6, .6, .1, .1, .1, .1] + [0] * 8] * 2
     peak, spread = [0, 1, 2, 3], [4, 5, 6, 7]
-    mx = paper_windowkv(budget=12, window=8, window_size=4, window_scoring="max").select(0, scored_view(base, 20))
+    mx = paper_windowkv(budget=12, window=8, window_size=4, window_scoring="max").selector.select(0, scored_view(base, 20))
     assert kept(mx) == [peak + list(range(12, 20))] * 2  # observes the last `window` queries
-    avg = paper_windowkv(budget=8, window=8, window_size=4, window_scoring="average").select(0, scored_view(base, 20))
+    avg = paper_windowkv(budget=8, window=8, window_size=4, window_scoring="average").selector.select(0, scored_view(base, 20))
     assert kept(avg) == [spread + list(range(16, 20))] * 2  # observes window // 2 = 4
 
 
 def test_windowkv_ranks_the_short_last_window_and_keeps_exactly_its_budget():
     # Prefix of 10 tokens in windows of 4: [0-3], [4-7] and the short [8, 9], which scores best.
     base = [[.2, .2, .2, .2, .1, .1, .1, .1, .9, .9, 0]] * 2
-    plan = paper_windowkv(budget=8, window=2, window_size=4, window_scoring="average").select(0, scored_view(base, 11))
+    plan = paper_windowkv(budget=8, window=2, window_size=4, window_scoring="average").selector.select(0, scored_view(base, 11))
     # 7 selectable tokens (window 2 // 2 = 1 observed): [8, 9], then [0-3], then the leading token of [4-7].
     assert kept(plan) == [[0, 1, 2, 3, 4, 8, 9, 10]] * 2
 
@@ -229,19 +231,19 @@ def test_windowkv_ranks_the_short_last_window_and_keeps_exactly_its_budget():
 def test_windowkv_scores_windows_over_all_heads_and_shares_them():
     # Head 0 strongly prefers the first window, head 1 mildly the second: the layer keeps the first for both.
     base = [[.9, .9, .0, .0, 0, 0], [.0, .0, .3, .3, 0, 0]]
-    plan = paper_windowkv(budget=4, window=2, window_size=2, window_scoring="max").select(0, scored_view(base, 6))
+    plan = paper_windowkv(budget=4, window=2, window_size=2, window_scoring="max").selector.select(0, scored_view(base, 6))
     assert kept(plan) == [[0, 1, 4, 5], [0, 1, 4, 5]]
 
 
 def test_windowkv_auto_scoring_follows_attention_concentration():
-    policy = paper_windowkv(budget=64, concentration_threshold=0.5)
+    windows = SharedWindows(KVPolicyConfig(policy="windowkv", budget=64, concentration_threshold=0.5))
     peaked = torch.full((2, 400), 1e-4)
     peaked[:, 100] = 1.0
-    assert policy.scoring(peaked) == "max" and policy.scoring(torch.ones(2, 400)) == "average"
-    assert paper_windowkv(budget=64, window_scoring="average").scoring(peaked) == "average"
+    assert windows.scoring(peaked) == "max" and windows.scoring(torch.ones(2, 400)) == "average"
+    assert SharedWindows(KVPolicyConfig(policy="windowkv", budget=64, window_scoring="average")).scoring(peaked) == "average"
     # auto on a spread pattern re-observes with window // 2 queries: the last 16 prompt tokens are the window,
     # and 48 tokens of equal windows go to the earliest ones.
-    plan = paper_windowkv(budget=64, window_size=8).select(0, scored_view(torch.ones(2, 200), 200))
+    plan = paper_windowkv(budget=64, window_size=8).selector.select(0, scored_view(torch.ones(2, 200), 200))
     assert kept(plan) == [list(range(48)) + list(range(184, 200))] * 2
 
 
@@ -249,7 +251,7 @@ def test_windowkv_matches_brute_force_on_real_scores():
     keys, queries = random_layer(4, 2, 100, 8, seed=3)
     for scoring in ("max", "average"):
         w = 8 if scoring == "max" else 4
-        plan = paper_windowkv(budget=37, window=8, window_size=5, window_scoring=scoring).select(0, view(keys, queries))
+        plan = paper_windowkv(budget=37, window=8, window_size=5, window_scoring=scoring).selector.select(0, view(keys, queries))
         scores = brute_scores(keys, queries[:, -w:], w)
         windows = []
         for start in range(0, 100 - w, 5):
@@ -270,17 +272,17 @@ def test_pod_layout_and_shared_keys():
     policy = make_policy(config, 4)
     keys, queries = random_layer(4, 2, 12, 4, seed=0)
     values = torch.randn_like(keys)
-    owner = policy.select(2, view(keys, queries))
+    owner = policy.selector.select(2, view(keys, queries))
     assert owner.keep is None and owner.key_owner is None
-    member = policy.select(3, view(keys, queries))
+    member = policy.selector.select(3, view(keys, queries))
     assert kept(member) == [[0, 1, 9, 10, 11]] * 2
     assert member.key_owner == 2 and member.shared.tolist() == [2, 3, 4, 5, 6, 7, 8]
-    assert policy.layer_budget(3, 12) == 5 and policy.layer_budget(2, 12) == 12
+    assert policy.layout.layer_budget(3, 12) == 5 and policy.layout.layer_budget(2, 12) == 12
     owner_keys = torch.randn_like(keys)
     k, v = apply_plan(member, keys, values, owner_keys=owner_keys)
     assert torch.equal(k[:, 2:9], owner_keys[:, 2:9]) and torch.equal(k[:, [0, 1, 9, 10, 11]], keys[:, [0, 1, 9, 10, 11]])
     assert torch.equal(v, values)
-    assert make_policy(config, 4).select(1, view(*random_layer(4, 2, 5, 4, seed=1))).keep is None
+    assert make_policy(config, 4).selector.select(1, view(*random_layer(4, 2, 5, 4, seed=1))).keep is None
 
 
 def test_apply_plan_gathers_per_head():
@@ -302,8 +304,8 @@ def test_policies_without_a_window_never_score(settings):
         raise AssertionError("scored")
 
     policy = make_policy(KVPolicyConfig(**settings), 2)
-    assert policy.observation_window == 0
-    plan = policy.select(1, PromptView(40, 2, torch.device("cpu"), no_scores))
+    assert policy.selector.observation_window == 0
+    plan = policy.selector.select(1, PromptView(40, 2, torch.device("cpu"), no_scores))
     assert plan.keep is not None and plan.keep.shape[0] == 2
 
 
@@ -326,8 +328,8 @@ def test_a_last_chunk_shorter_than_the_window_keeps_distinct_positions(settings,
     keys, queries = random_layer(4, 2, held, new_tokens, seed=new_tokens)
     assert queries.shape[1] == new_tokens
     for layer in range(4):
-        plan = policy.select(layer, PromptView.dense(keys, queries, SCALE, context_len=128 * 7 + new_tokens))
-        budget = policy.layer_budget(layer, 128 * 7 + new_tokens)
+        plan = policy.selector.select(layer, PromptView.dense(keys, queries, SCALE, context_len=128 * 7 + new_tokens))
+        budget = policy.layout.layer_budget(layer, 128 * 7 + new_tokens)
         if budget >= held:  # pyramid's lower layers keep the whole round
             assert plan.keep is None
             continue

@@ -30,18 +30,18 @@ CHUNKED = [
 
 def simulate(policy, layer: int, prompt_len: int, max_tokens: int) -> tuple[list[int], int]:
     """Compression points and peak cache positions, by walking the prompt token by token."""
-    slots = policy.layer_slots(layer, prompt_len)
+    slots = policy.layout.layer_slots(layer, prompt_len)
     held, peak, points, evicted = 0, 0, [], 0
     for position in range(prompt_len):
         held += 1
         peak = max(peak, held)
-        if policy.next_compression_point(prompt_len, position) == position + 1:
+        if policy.layout.next_compression_point(prompt_len, position) == position + 1:
             points.append(position + 1)
             held = min(held, slots)
             evicted = position + 1 - held
-            assert policy.evicted_after(layer, prompt_len, position + 1) == evicted
+            assert policy.layout.evicted_after(layer, prompt_len, position + 1) == evicted
         else:
-            assert policy.evicted_after(layer, prompt_len, position + 1) == evicted
+            assert policy.layout.evicted_after(layer, prompt_len, position + 1) == evicted
     return points, max(peak, held + max_tokens - 1)
 
 
@@ -53,7 +53,7 @@ def test_schedule_matches_a_token_by_token_walk(settings, prompt_len):
     for layer in range(4):
         points, peak = simulate(policy, layer, prompt_len, 5)
         assert points == ([*range(chunk, prompt_len, chunk), prompt_len] if chunk else [prompt_len])
-        assert policy.peak_slots(layer, prompt_len, 5) == peak
+        assert policy.layout.peak_slots(layer, prompt_len, 5) == peak
 
 
 def test_chunk_shorter_than_the_window_is_rejected():
@@ -108,7 +108,7 @@ def test_prompt_longer_than_the_kv_pool_is_served(tiny_llama_dir, hf_llama):
     for req_id, prompt in zip(run.tokens, prompts):
         assert run.tokens[req_id] == generate(hf_llama, prompt, policy.config, 4).tokens
         # At most 64 kept + 96 new tokens per layer: 5 blocks, against 94 for the raw 3000-token prompt.
-        assert run.peak_blocks[req_id] == -(-policy.peak_slots(0, len(prompt), 4) // BLOCK) == 5
+        assert run.peak_blocks[req_id] == -(-policy.layout.peak_slots(0, len(prompt), 4) // BLOCK) == 5
     assert run.free_blocks_after == run.free_blocks_before == POOL
     gc.collect()
 
@@ -149,8 +149,8 @@ def test_front_end_counts_kv_groups_as_the_engine_forms_them(tiny_llama_dir, set
     from kvcomp_vllm.testing.engine import scheduler_of
 
     policy = make_policy(KVPolicyConfig(**settings), 4)
-    tiers = sorted({policy.budget_tier(layer) for layer in range(4)})
-    per_tier = [sum(policy.budget_tier(layer) == tier for layer in range(4)) for tier in tiers]
+    tiers = sorted({policy.layout.budget_tier(layer) for layer in range(4)})
+    per_tier = [sum(policy.layout.budget_tier(layer) == tier for layer in range(4)) for tier in tiers]
     groups = scheduler_of(make_llm(tiny_llama_dir, settings)).kv_cache_config.kv_cache_groups
     assert kv_cache_group_sizes(per_tier) == [sum(g.kv_cache_spec.tier == tier for g in groups) for tier in tiers]
     gc.collect()

@@ -26,13 +26,13 @@ def test_protected_prefix_is_the_hit_or_whole_blocks_of_cache_prefix_never_the_l
 def test_the_wrapped_policy_counts_from_the_prefix():
     inner = make_policy(KVPolicyConfig(policy="snapkv", budget=0.1, prefill_chunk=64), 4)
     policy = protected_policy(inner, 320)
-    assert isinstance(policy, ProtectedPrefix) and protected_policy(inner, 0) is inner
-    assert policy.layer_slots(0, 1320) == 320 + 100  # 10% of the 1000 own tokens
-    assert [policy.next_compression_point(1320, p) for p in (0, 320, 383, 384, 1300)] == [384, 384, 384, 448, 1320]
-    assert policy.evicted_after(0, 1320, 320) == 0 and policy.evicted_after(0, 1320, 1320) == 900
-    assert policy.peak_slots(0, 1320, 10) == 320 + inner.peak_slots(0, 1000, 10)
+    assert isinstance(policy.layout, ProtectedPrefix) and protected_policy(inner, 0) is inner
+    assert policy.layout.layer_slots(0, 1320) == 320 + 100  # 10% of the 1000 own tokens
+    assert [policy.layout.next_compression_point(1320, p) for p in (0, 320, 383, 384, 1300)] == [384, 384, 384, 448, 1320]
+    assert policy.layout.evicted_after(0, 1320, 320) == 0 and policy.layout.evicted_after(0, 1320, 1320) == 900
+    assert policy.layout.peak_slots(0, 1320, 10) == 320 + inner.layout.peak_slots(0, 1000, 10)
     pod = protected_policy(make_policy(KVPolicyConfig(policy="pod", sink=4, recent=48), 4), 64)
-    assert pod.distant_span(564) == (68, 500 - 4 - 48)
+    assert pod.layout.distant_span(564) == (68, 500 - 4 - 48)
 
 
 def test_a_prefix_is_fixed_by_the_allocation_that_succeeds_and_kept_across_preemption():

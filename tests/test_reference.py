@@ -43,7 +43,7 @@ def test_compressed_run_keeps_budget_and_is_deterministic(model_and_prompt, para
     first = generate(model, prompt, config, 12)
     assert generate(model, prompt, config, 12) == first
     policy = make_policy(config, 4)
-    assert first.kept_per_layer == [policy.layer_budget(layer, len(prompt)) for layer in range(4)]
+    assert first.kept_per_layer == [policy.layout.layer_budget(layer, len(prompt)) for layer in range(4)]
     assert max(first.kept_per_layer) < len(prompt) or config.policy == "pod"
 
 

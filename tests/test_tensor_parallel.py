@@ -69,7 +69,7 @@ def split_plans(settings: dict, keys, queries, ranks: int, layers=(0, 1)) -> dic
     keeps = {}
     for layer in layers:
         views = [shard(keys, queries, r, ranks) for r in range(ranks)]
-        rows = [policy.head_statistics(layer, v) if compressors[0].gathers(layer) else None for v in views]
+        rows = [policy.selector.head_statistics(layer, v) if compressors[0].gathers(layer) else None for v in views]
         heads = None if rows[0] is None else torch.cat(rows)
         plans = [c.plan(layer, v, gather=lambda _, heads=heads: heads) for c, v in zip(compressors, views)]
         keeps[layer] = None if plans[0].keep is None else torch.cat([p.keep for p in plans])
@@ -93,14 +93,14 @@ def test_without_the_gather_ranks_would_decide_apart(settings):
     """The statistics matter: ranks deciding from their own heads only keep other positions."""
     keys, queries = dense(120, seed=3, peaked=True)
     policy = make_policy(KVPolicyConfig(**settings), 2)
-    alone = [policy.select(0, shard(keys, queries, r, 2)).keep for r in range(2)]
+    alone = [policy.selector.select(0, shard(keys, queries, r, 2)).keep for r in range(2)]
     together = split_plans(settings, keys, queries, 2, layers=(0,))[0]
     assert not torch.equal(torch.cat(alone), together)
 
 
 def test_policies_spanning_heads_are_named():
-    assert [make_policy(KVPolicyConfig(**s), 2).spans_heads for s in SPANNING] == [True] * len(SPANNING)
-    assert [make_policy(KVPolicyConfig(**s), 2).spans_heads for s in LOCAL] == [False] * len(LOCAL)
+    assert [make_policy(KVPolicyConfig(**s), 2).selector.spans_heads for s in SPANNING] == [True] * len(SPANNING)
+    assert [make_policy(KVPolicyConfig(**s), 2).selector.spans_heads for s in LOCAL] == [False] * len(LOCAL)
 
 
 GLOO_RANK = '''

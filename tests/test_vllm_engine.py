@@ -75,7 +75,7 @@ def served_as_oracle(llm, model, prompts: list[list[int]], settings: dict, max_t
 def policy_counts(settings: dict, prompts: list[list[int]], layers: int = 4) -> tuple[int, int]:
     """The (kept, evicted) prompt tokens the policy's slots per layer give `prompts`."""
     policy = make_policy(KVPolicyConfig(**settings), layers)
-    kept = sum(policy.layer_slots(layer, len(p)) for p in prompts for layer in range(layers))
+    kept = sum(policy.layout.layer_slots(layer, len(p)) for p in prompts for layer in range(layers))
     return kept, layers * sum(map(len, prompts)) - kept
 
 
@@ -105,8 +105,8 @@ def test_layers_of_one_budget_tier_get_one_spec(settings, distinct):
     specs = [CompressedAttentionSpec.from_spec(base, policy, layer) for layer in range(32)]
     assert len(set(specs)) == distinct
     for layer, spec in enumerate(specs):
-        assert spec.tier == policy.budget_tier(layer)
-        assert policy.layer_slots(spec.layer, 4096) == policy.layer_slots(layer, 4096)
+        assert spec.tier == policy.layout.budget_tier(layer)
+        assert policy.layout.layer_slots(spec.layer, 4096) == policy.layout.layer_slots(layer, 4096)
 
 
 def test_evicted_blocks_are_freed_in_the_schedule_after_the_compacting_step():
@@ -147,7 +147,7 @@ def test_blocks_held_after_prefill_equal_the_budgets(tiny_llama_dir, tiers, rele
     policy = make_policy(KVPolicyConfig(**settings), 4)
     for req_id, prompt in zip(run.tokens, prompts):
         layers = [int(g.layer_names[0].split(".layers.")[1].split(".")[0]) for g in groups]
-        want = [-(-(policy.layer_budget(layer, len(prompt)) + 1) // BLOCK) for layer in layers]
+        want = [-(-(policy.layout.layer_budget(layer, len(prompt)) + 1) // BLOCK) for layer in layers]
         assert run.first_decode_blocks[req_id] == want
         assert sum(want) < 4 * -(-(len(prompt) + 1) // BLOCK) / 5  # under a fifth of full KV
     assert run.free_blocks_after == run.free_blocks_before

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from .base import KVPolicy, LayerPlan, PromptView
+from .layout import FullLayout
+from .selector import KeepAll, PerLayerBudget
 
 
-class FullPolicy(KVPolicy):
-    """Keeps every prompt token in every layer."""
-
-    name = "full"
-
-    def layer_budget(self, layer: int, prompt_len: int) -> int:
-        return prompt_len
-
-    def select(self, layer: int, prompt: PromptView, heads=None) -> LayerPlan:
-        return LayerPlan(keep=None)
+def full(config, num_layers: int) -> tuple[FullLayout, PerLayerBudget]:
+    """Every prompt token kept in every layer."""
+    layout = FullLayout(config, num_layers)
+    return layout, PerLayerBudget(layout, KeepAll())

@@ -2,25 +2,29 @@
 
 With vLLM's prefix caching on, a request's first tokens may be shared cache blocks (hit at admission) or
 blocks it enters in the cache for later requests (`cache_prefix`); compaction must never rewrite them. The
-wrapped policy sees only the request's own tokens `[protected, prompt_len)` as its prompt: its budget is
-that of the own tokens (a ratio of them, or a count kept of them), its compression points and evictions
-are counted from `protected` on, and every layer holds `protected` more positions than the policy alone.
+policy sees only the request's own tokens `[protected, prompt_len)` as its prompt: its budget is that of
+the own tokens (a ratio of them, or a count kept of them), its compression points and evictions are
+counted from `protected` on, and every layer holds `protected` more positions than the policy alone.
+Only the layout changes (`ProtectedPrefix`); the selector plans views of the own tokens as it is.
 Scoring still attends over the protected tokens (the caller's `PromptView` scores with them as context).
 """
 
 from __future__ import annotations
 
-from .base import KVPolicy, LayerPlan, PromptView
+import dataclasses
+
+from .base import KVPolicy
+from .layout import BudgetLayout
 
 
 class ProtectedPrefix:
-    """`policy` for a prompt whose first `protected` tokens are kept raw (prompt coordinates in, out)."""
+    """The budget layout `inner` for a prompt whose first `protected` tokens are kept raw (prompt coordinates in, out)."""
 
-    def __init__(self, policy: KVPolicy, protected: int):
-        self.inner = policy
+    def __init__(self, inner: BudgetLayout, protected: int):
+        self.inner = inner
         self.protected = protected
 
-    def __getattr__(self, name: str):  # name, config, num_layers, tiers, source_layer, windows, ...
+    def __getattr__(self, name: str):  # config, num_layers, budget_tier, tier_layers, owner_layer, ...
         return getattr(self.inner, name)
 
     def own(self, prompt_len: int) -> int:
@@ -49,11 +53,9 @@ class ProtectedPrefix:
         start, count = self.inner.distant_span(self.own(prompt_len))
         return self.protected + start, count
 
-    def select(self, layer: int, prompt: PromptView, heads=None) -> LayerPlan:
-        """`prompt` is a view of the own tokens: the plan's positions count from `protected`."""
-        return self.inner.select(layer, prompt, heads)
 
-
-def protected_policy(policy: KVPolicy, protected: int) -> KVPolicy | ProtectedPrefix:
+def protected_policy(policy: KVPolicy, protected: int) -> KVPolicy:
     """`policy` with its first `protected` prompt tokens kept raw; the policy itself where none are."""
-    return policy if protected <= 0 else ProtectedPrefix(policy, protected)
+    if protected <= 0:
+        return policy
+    return dataclasses.replace(policy, layout=ProtectedPrefix(policy.layout, protected))

@@ -1,4 +1,4 @@
-"""`pyramid` (PyramidKV): SnapKV selection under per-layer budgets that shrink with depth."""
+"""`pyramid` (PyramidKV): SnapKV selection under per-layer budgets that shrink with depth (`PyramidLayout`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 from fractions import Fraction
 from functools import lru_cache
 
-from .snapkv import SnapKVPolicy
+from .layout import BudgetLayout
+from .selector import Selector, snapkv_selector
 
 
 def pyramid_budgets(budget: int, num_layers: int, window: int, beta: float, prompt_len: int) -> tuple[int, ...]:
@@ -67,14 +68,12 @@ def staircase(schedule: tuple[int, ...], tiers: int) -> tuple[int, ...]:
     return tuple(step for step, count in steps for _ in range(count))
 
 
-class PyramidPolicy(SnapKVPolicy):
+class PyramidLayout(BudgetLayout):
     """Lower layers keep more tokens, upper layers fewer; the mean over layers is the budget.
 
     Every distinct budget is a tier, one KV cache group in vLLM with its own block table and attention
     metadata per scheduler step; `tiers` flattens the pyramid to that many tiers to cut this per-step cost.
     """
-
-    name = "pyramid"
 
     def budget_tier(self, layer: int) -> int:
         return tier_of(layer, self.num_layers, self.config.tiers)
@@ -87,3 +86,9 @@ class PyramidPolicy(SnapKVPolicy):
         if self.config.tiers is not None:
             schedule = staircase(schedule, self.config.tiers)
         return schedule[layer]
+
+
+def pyramid(config, num_layers: int) -> tuple[PyramidLayout, Selector]:
+    """SnapKV's selection under the pyramid's per-layer budgets."""
+    layout = PyramidLayout(config, num_layers)
+    return layout, snapkv_selector(layout)

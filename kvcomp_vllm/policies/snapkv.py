@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from .base import ObservedSelection
-from .scoring import pool_scores, top_positions
+from .layout import BudgetLayout
+from .selector import Selector, snapkv_selector
 
 
-class SnapKVPolicy(ObservedSelection):
-    """Top-(budget - window) pooled observation scores per KV head, plus the window itself."""
-
-    name = "snapkv"
-
-    def choose(self, scores, count, heads=None):
-        return top_positions(pool_scores(scores, self.config.pool_size, self.config.pooling), count)
+def snapkv(config, num_layers: int) -> tuple[BudgetLayout, Selector]:
+    """One budget for all layers; top-(budget - window) pooled observation scores per KV head, plus the window."""
+    layout = BudgetLayout(config, num_layers)
+    return layout, snapkv_selector(layout)

@@ -19,6 +19,8 @@ whole number of windows (a few tokens more or fewer than the budget).
 Windows span heads: each head contributes its part of every window's score (and its concentration
 share) as `head_statistics`, and `select` combines the rows of all the layer's heads, so tensor-parallel
 ranks, each holding some heads, choose the windows one device would.
+
+Budgets are `GroupLayout`'s, the choice of windows `SharedWindows`'; `LayerGroups` shares it in a group.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import WINDOWKV_WINDOW
-from .base import KVPolicy, LayerPlan, PromptView
+from .layout import BudgetLayout
+from .plan import LayerPlan, PromptView
 from .pyramid import _linear_shares
 from .scoring import attention_concentration, concentration_shares, top_positions, with_window
+from .selector import LayerGroups, PerLayerBudget, ViewSelector
 
 BETA = 14  # the official default: the last group's share is group_size / BETA of the mean share
 
@@ -92,17 +96,12 @@ def take_windows(ranked: torch.Tensor, m: int, k: int, size: int) -> torch.Tenso
     return (torch.arange(take.shape[0], device=ranked.device)[:, None] * size + offsets)[mask]
 
 
-class WindowKVPolicy(KVPolicy):
-    """The paper's WindowKV: windows shared by all heads of a layer, per-group budgets, task-chosen scoring."""
-
-    name = "windowkv"
+class GroupLayout(BudgetLayout):
+    """The paper's budgets: one per group of `group_size` layers (a tier each), falling with depth."""
 
     @property
     def group_size(self) -> int:
         return self.config.layer_group(self.num_layers)
-
-    def source_layer(self, layer: int) -> int:
-        return layer - layer % self.group_size
 
     def budget_tier(self, layer: int) -> int:
         return layer // self.group_size
@@ -114,9 +113,15 @@ class WindowKVPolicy(KVPolicy):
         groups = self.num_layers // self.group_size
         return group_budgets(budget, self.config.window, groups, self.group_size, prompt_len)[layer // self.group_size]
 
-    @property
-    def spans_heads(self) -> bool:
-        return True
+
+class SharedWindows(ViewSelector):
+    """The paper's WindowKV choice: windows shared by all heads of a layer, task-chosen scoring."""
+
+    spans_heads = True
+
+    def __init__(self, config):
+        self.config = config
+        self.observation_window = config.window
 
     @property
     def window_tiles(self) -> int:
@@ -138,10 +143,10 @@ class WindowKVPolicy(KVPolicy):
         chosen = windows if self.config.window_scoring == "auto" else {self.config.window_scoring: None}
         return {k: min(windows[k], prompt.prompt_len) for k in chosen}
 
-    def head_statistics(self, layer: int, prompt: PromptView) -> torch.Tensor | None:
+    def head_statistics(self, prompt: PromptView, budget: int) -> torch.Tensor | None:
         """Per head: (auto) its concentration share, then its part of every window's score for each scoring
         it may use ("max" over the `window` queries, then "average" over the last half)."""
-        if self.view_budget(layer, prompt) >= prompt.prompt_len:
+        if budget >= prompt.prompt_len:
             return None
         columns = []
         for scoring, w in self._observed(prompt).items():
@@ -151,12 +156,11 @@ class WindowKVPolicy(KVPolicy):
             columns.append(head_window_scores(scores, self.window_tiles, scoring))
         return torch.cat(columns, dim=1).float()
 
-    def select(self, layer: int, prompt: PromptView, heads: torch.Tensor | None = None) -> LayerPlan:
+    def select(self, prompt: PromptView, budget: int, heads: torch.Tensor | None = None) -> LayerPlan:
         n = prompt.prompt_len
-        budget = self.view_budget(layer, prompt)
         if budget >= n:
             return LayerPlan(keep=None)
-        heads = self.head_statistics(layer, prompt) if heads is None else heads
+        heads = self.head_statistics(prompt, budget) if heads is None else heads
         size, observed = self.window_tiles, self._observed(prompt)
         auto = self.config.window_scoring == "auto"
         parts, at = {}, int(auto)  # the columns of head_statistics
@@ -167,3 +171,9 @@ class WindowKVPolicy(KVPolicy):
         w = observed[scoring]
         chosen = take_windows(combine_heads(parts[scoring], n - w, size, scoring), n - w, budget - w, size)
         return LayerPlan(keep=with_window(chosen.expand(prompt.num_kv_heads, -1), n - w, n))
+
+
+def windowkv(config, num_layers: int) -> tuple[GroupLayout, LayerGroups]:
+    """Per-group budgets; each group's first layer chooses the windows, the others reuse them."""
+    layout = GroupLayout(config, num_layers)
+    return layout, LayerGroups(PerLayerBudget(layout, SharedWindows(config)), layout.group_size)

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import ObservedSelection, PromptView
+from .layout import BudgetLayout
 from .scoring import concentration_shares, top_positions
+from .selector import Chooser, KeepWindow, LayerGroups, PerLayerBudget
 
 MIN_RUNS = 3  # an adaptive window size leaves room for at least this many runs
 
@@ -53,23 +54,16 @@ def select_windows(scores: torch.Tensor, k: int, size: int) -> torch.Tensor:
     return chosen
 
 
-class PerHeadWindowKVPolicy(ObservedSelection):
-    """Per-KV-head whole-window selection with a task-adaptive window size, shared within layer groups."""
+class PerHeadWindows(Chooser):
+    """Per-KV-head whole-window selection with a task-adaptive window size (`window_size`)."""
 
-    name = "windowkv-per-head"
+    def __init__(self, config):
+        self.config = config
+        self.spans_heads = config.window_size in (None, "auto")
 
-    def source_layer(self, layer: int) -> int:
-        return layer - layer % self.config.layer_group(self.num_layers)
-
-    @property
-    def spans_heads(self) -> bool:
-        return self.config.window_size in (None, "auto")
-
-    def head_statistics(self, layer: int, prompt: PromptView) -> torch.Tensor | None:
+    def head_statistics(self, scores: torch.Tensor) -> torch.Tensor | None:
         """Each head's concentration share `[kv_heads, 1]` where the window size adapts to it."""
-        if not self.spans_heads or self.view_budget(layer, prompt) >= prompt.prompt_len:
-            return None
-        return concentration_shares(prompt.observe(self.config.window)[0])[:, None].float()
+        return concentration_shares(scores)[:, None].float() if self.spans_heads else None
 
     def window_size(self, scores: torch.Tensor, selectable: int, heads: torch.Tensor | None = None) -> int:
         """Configured window size, or the adaptive choice from the attention pattern for `selectable` tokens
@@ -83,3 +77,10 @@ class PerHeadWindowKVPolicy(ObservedSelection):
 
     def choose(self, scores, count, heads=None):
         return select_windows(scores, count, self.window_size(scores, count, heads))
+
+
+def windowkv_per_head(config, num_layers: int) -> tuple[BudgetLayout, LayerGroups]:
+    """One budget for all layers; the window plus per-head windows, shared within layer groups."""
+    layout = BudgetLayout(config, num_layers)
+    windows = KeepWindow(PerHeadWindows(config), config.window)
+    return layout, LayerGroups(PerLayerBudget(layout, windows), config.layer_group(num_layers))

@@ -72,17 +72,17 @@ def peak_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len:
                 untouched: Untouched = (0, 0)) -> int:
     """Blocks a request holds at its peak: each KV cache group (of a tier of the server's policy, or of
     the `untouched` layers) has its own."""
-    return _blocks(server, block_size, lambda layer: policy.peak_slots(layer, prompt_len, max_tokens), untouched)
+    return _blocks(server, block_size, lambda layer: policy.layout.peak_slots(layer, prompt_len, max_tokens), untouched)
 
 
 def held_blocks(policy: KVPolicy, server: KVPolicy, block_size: int, prompt_len: int, max_tokens: int,
                 untouched: Untouched = (0, 0)) -> int:
     """Blocks a request holds through its decode, once its prompt is compressed and its tokens generated."""
-    return _blocks(server, block_size, lambda layer: policy.layer_slots(layer, prompt_len) + max_tokens, untouched)
+    return _blocks(server, block_size, lambda layer: policy.layout.layer_slots(layer, prompt_len) + max_tokens, untouched)
 
 
 def _blocks(server: KVPolicy, block_size: int, slots, untouched: Untouched) -> int:
-    tiers = server.tier_layers()
+    tiers = server.layout.tier_layers()
     layers, tokens = untouched
     groups = kv_cache_group_sizes([len(tier) for tier in tiers.values()] + ([layers] if layers else []))
     held = sum(count * cdiv(slots(tier[0]), block_size) for count, tier in zip(groups, tiers.values()))

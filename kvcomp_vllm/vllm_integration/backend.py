@@ -102,7 +102,7 @@ class CompressingAttention:
     def _window_part(state: WorkerCompression, span: RowSpan, query):
         """Queries of this chunk in the observation window of its compression point, `[tokens, heads, dim]`."""
         request = state.requests[span.req_id]
-        first = max(span.start, span.point - request.compressor.policy.observation_window)
+        first = max(span.start, span.point - request.compressor.policy.selector.observation_window)
         last = min(span.end, span.point)
         base = state.starts[span.row] - span.start  # the host copy of query_start_loc: no device sync
         return query[base + first : base + last]
@@ -114,7 +114,7 @@ class CompressingAttention:
         the scratch vLLM's profiling counted. The copy back is queued on the same stream.
         """
         request = state.requests[span.req_id]
-        if request.compressor.policy.source_layer(layer_idx) == layer_idx:
+        if request.compressor.policy.selector.source_layer(layer_idx) == layer_idx:
             part = self._window_part(state, span, query)
             part = part.to("cpu", non_blocking=True) if part.is_cuda else part.clone()
             request.window_queries.setdefault(layer_idx, []).append(part)
@@ -145,7 +145,7 @@ class CompressingAttention:
         """Plan every request reaching a compression point in this step and move their kept tokens in
         batched moves, each of at most `state.move_tokens` padded tokens (the scratch profiling counted)."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
-        tier = state.policy.budget_tier(layer_idx)
+        tier = state.policy.layout.budget_tier(layer_idx)
         rows, sources, skips = [], [], []  # skips: the blocks of each row's protected prefix, never moved
 
         def flush() -> None:
@@ -206,7 +206,7 @@ class CompressingAttention:
         if plan is None or plan.keep is None:
             return None
         if plan.shared is not None:
-            start, count = request.compressor.policy.distant_span(request.prompt_len)
+            start, count = request.compressor.policy.layout.distant_span(request.prompt_len)
             request.members[layer_idx] = MemberLayout(plan.key_owner, request.protected + plan.keep.shape[1], start, count)
         # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim. The
         # move addresses the cache after the protected prefix: positions count from it.

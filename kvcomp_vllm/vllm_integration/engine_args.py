@@ -204,7 +204,7 @@ def check_engine_config(vllm_config) -> None:
     if why:
         logger.warning("kvcomp: %s", why)
     n = model.max_model_len
-    budgets = [policy.layer_budget(layer, n) for layer in range(layers)]
+    budgets = [policy.layout.layer_budget(layer, n) for layer in range(layers)]
     logger.info("kvcomp: %s; tokens kept per layer for a %d-token prompt: %s", config.describe(), n, budgets)
     compressed = model_layers(vllm_config)
     if compressed.hybrid:

@@ -1,13 +1,13 @@
 """Scheduler-side block accounting: KV cache groups per tier, blocks freed as prompts compress.
 
-A tier is a set of layers sharing one per-layer budget (`KVPolicy.budget_tier`). Each decoder layer's
+A tier is a set of layers sharing one per-layer budget (`BudgetLayout.budget_tier`). Each decoder layer's
 spec becomes a `CompressedAttentionSpec` carrying its tier; specs of different tiers never merge, so
 vLLM's hybrid allocator gives every tier its own KV cache group (or several of equal size:
 `compat.kv_cache_group_sizes`), each with its own block table, all drawing on the one shared block pool. `CompressedAttentionManager` then holds, for a request whose
 prompt is compressed, only the blocks its kept tokens and later tokens need: once the prompt is
 scheduled up to a compression point (that step may still run) it drops the blocks past
 `cdiv(computed - evicted, block_size)` back to the pool, and from then on counts slots as `num_tokens - evicted`
-(`KVPolicy.evicted_after`). Admission reserves a request's peak (`KVPolicy.peak_slots`), not its
+(`BudgetLayout.evicted_after`). Admission reserves a request's peak (`BudgetLayout.peak_slots`), not its
 raw length, and start-up asks the pool to hold one compressed prompt of `max_model_len` tokens.
 With prefix caching, a request's protected prefix (`prefix_cache`) is counted before the policy's slots,
 and only its blocks are entered in the cache by a request that compresses.
@@ -26,7 +26,7 @@ from .settings import request_policy
 
 def kept_blocks(computed: int, evicted: int, block_size: int) -> int:
     """Blocks one KV cache group keeps of a request once `evicted` of its `computed` tokens are gone
-    (`KVPolicy.evicted_after`): the count the scheduler frees down to and the worker cuts its rows to."""
+    (`BudgetLayout.evicted_after`): the count the scheduler frees down to and the worker cuts its rows to."""
     return cdiv(computed - evicted, block_size)
 
 
@@ -44,11 +44,11 @@ class CompressedAttentionSpec(FullAttentionSpec):
         """`layer`'s spec. Every layer of a tier gets an equal spec: vLLM 0.26 makes one KV group per
         distinct spec (0.32 also merges), and each group costs the scheduler per request and step."""
         base = {f.name: getattr(spec, f.name) for f in fields(spec) if f.init}
-        tier = policy.budget_tier(layer)
+        tier = policy.layout.budget_tier(layer)
         return cls(
             **base,
             tier=tier,
-            layer=policy.tier_layers()[tier][0],
+            layer=policy.layout.tier_layers()[tier][0],
             num_layers=policy.num_layers,
             policy_json=policy.config.model_dump_json(exclude_unset=True),
         )
@@ -58,7 +58,7 @@ class CompressedAttentionSpec(FullAttentionSpec):
 
     def max_memory_usage_bytes(self, vllm_config) -> int:
         """Peak of one `max_model_len` prompt: with `prefill_chunk`, budget + chunk rather than the prompt."""
-        slots = self.policy().peak_slots(self.layer, vllm_config.model_config.max_model_len, 1)
+        slots = self.policy().layout.peak_slots(self.layer, vllm_config.model_config.max_model_len, 1)
         return cdiv(slots, self.block_size) * self.page_size_bytes
 
     @classmethod
@@ -108,7 +108,7 @@ class CompressedAttentionManager(FullAttentionManager):
         computed = processed_computed_tokens if request is None else request.num_computed_tokens
         if computed >= num_prompt_tokens:
             self.settled.add(request_id)  # decode steps skip the policy from here on
-        evicted = self._policy(request_id).evicted_after(self.layer, num_prompt_tokens, computed)
+        evicted = self._policy(request_id).layout.evicted_after(self.layer, num_prompt_tokens, computed)
         if evicted > self.evicted.get(request_id, 0):
             self.evicted[request_id] = evicted
             blocks = self.req_to_blocks[request_id]
@@ -123,7 +123,7 @@ class CompressedAttentionManager(FullAttentionManager):
             request = self.requests.get(request_id)
             if request is not None:
                 generated = max(num_tokens - request.num_prompt_tokens, 0) + 1
-                peak = self._policy(request_id).peak_slots(self.layer, request.num_prompt_tokens, generated)
+                peak = self._policy(request_id).layout.peak_slots(self.layer, request.num_prompt_tokens, generated)
                 return super().get_num_blocks_to_allocate(request_id, min(num_tokens, peak + evicted) - evicted, *args, **kwargs)
         return super().get_num_blocks_to_allocate(request_id, num_tokens - evicted, *args, **kwargs)
 

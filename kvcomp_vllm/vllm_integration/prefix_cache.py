@@ -28,7 +28,7 @@ def protected_prefix(policy: KVPolicy, prompt_len: int, hit: int, block_size: in
 
 def evicts(policy, prompt_len: int) -> bool:
     """Whether any layer of `policy` (protected or not) evicts prompt tokens once the prompt is read."""
-    return any(policy.evicted_after(layers[0], prompt_len, prompt_len) for layers in policy.tier_layers().values())
+    return any(policy.layout.evicted_after(layers[0], prompt_len, prompt_len) for layers in policy.layout.tier_layers().values())
 
 
 class PrefixProtection:

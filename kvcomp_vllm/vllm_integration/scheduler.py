@@ -1,7 +1,7 @@
 """Scheduler hooks: a prefill chunk never runs past a compression point; managers see the requests.
 
 Compression points are the prompt's end and, with `prefill_chunk`, every that many prompt tokens
-(`KVPolicy.next_compression_point`). Stopping chunks there makes every compression round see
+(`BudgetLayout.next_compression_point`). Stopping chunks there makes every compression round see
 exactly the tokens the reference generator sees, whatever token budget the scheduler had. A
 request recomputed after preemption compresses its prompt exactly as the first time; its
 generated tokens are then replayed over the compacted cache, as they were decoded originally.
@@ -24,7 +24,7 @@ def stop_at_compression_point(policy, request, num_new_tokens: int, start: int, 
     if start >= request.num_prompt_tokens:
         return num_new_tokens
     own = request_policy(policy, request.sampling_params) if protection is None else protection.chunk_policy(request, start)
-    point = own.next_compression_point(request.num_prompt_tokens, start)
+    point = own.layout.next_compression_point(request.num_prompt_tokens, start)
     return min(num_new_tokens, point - start)
 
 

@@ -4,7 +4,7 @@ vLLM's tensor-parallel ranks each hold a contiguous slice of a layer's KV heads 
 fewer KV heads than ranks, each head on `replicas` consecutive ranks) and run the same scheduler output,
 so they track the same requests, rows and compression points and compact their own heads. Two things
 could still set them apart: a selection rule spanning heads (`HeadExchange` gathers every head's
-`KVPolicy.head_statistics` before `select`), and a failure on one rank (`failed_anywhere`, at the end
+`Selector.head_statistics` before `select`), and a failure on one rank (`failed_anywhere`, at the end
 of each step, makes it every rank's, so the output rank reports it and the request finishes as an error).
 
 Collectives run in an order each rank derives from host facts of the step only (which rows compress,

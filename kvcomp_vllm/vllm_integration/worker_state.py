@@ -42,7 +42,7 @@ class CompressedRequest:
     def evicted_after(self, point: int) -> dict[int, int]:
         """Tokens each tier has evicted once the prompt is compressed at `point`."""
         policy = self.compressor.policy
-        return {t: policy.evicted_after(layer, self.prompt_len, point) for t, layer in self.tier_layers.items()}
+        return {t: policy.layout.evicted_after(layer, self.prompt_len, point) for t, layer in self.tier_layers.items()}
 
     def compresses_at(self, point: int) -> bool:
         """Whether some tier evicts tokens at this compression point."""
@@ -128,7 +128,7 @@ class WorkerCompression:
         ranks, or None where it runs none: one rank, a layer that keeps its cache, or a head-local rule.
         Decided from host facts alone, so every rank agrees, whatever this rank's work did before."""
         request = self.requests[req_id]
-        tier = self.policy.budget_tier(layer)
+        tier = self.policy.layout.budget_tier(layer)
         if self.tp is None or not request.compressor.gathers(layer):
             return None
         return HeadExchange(self.tp) if request.evicted_after(span.point)[tier] > request.evicted[tier] else None
@@ -203,7 +203,7 @@ class WorkerCompression:
                     self._count_as_held(req_id, state)
                 continue
             policy = state.compressor.policy
-            point = policy.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
+            point = policy.layout.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
             span = RowSpan(row, req_id, start, end, point)
             self.rows.append(span)
             if start >= state.prompt_len:
@@ -215,7 +215,7 @@ class WorkerCompression:
                 continue
             if point <= end:
                 self.compress_rows.append(span)
-            elif end > point - policy.observation_window:
+            elif end > point - policy.selector.observation_window:
                 self.window_rows.append(span)
         self.row_evicted = {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}
 
@@ -229,7 +229,7 @@ class WorkerCompression:
 
     def _count_as_held(self, req_id: str, state: CompressedRequest) -> None:
         layers = range(self.policy.num_layers)
-        self._count(req_id, state, [state.prompt_len - state.evicted[self.policy.budget_tier(layer)] for layer in layers])
+        self._count(req_id, state, [state.prompt_len - state.evicted[self.policy.layout.budget_tier(layer)] for layer in layers])
 
     def _count(self, req_id: str, state: CompressedRequest, slots: list[int]) -> None:
         if req_id not in self.counted:
