@@ -13,9 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
-from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of
+from kvcomp_vllm.testing.engine import compacted_counts, drive, scheduler_of, worker_state_of
 from kvcomp_vllm.testing.oracle import generate
-from kvcomp_vllm.vllm_integration.worker_state import worker_state
 
 from test_vllm_engine import greedy, make_llm, prompt_ids
 
@@ -52,9 +51,9 @@ def assert_nothing_left(scheduler, free_before: int) -> None:
         assert not manager.settled
 
 
-def tracked(req_id: str) -> list[str]:
+def tracked(llm, req_id: str) -> list[str]:
     """The worker's compression states of the request added as `req_id` (ended ones go at the next step)."""
-    return [r for r in worker_state().requests if r == req_id or r.startswith(req_id + "-")]
+    return [r for r in worker_state_of(llm).requests if r == req_id or r.startswith(req_id + "-")]
 
 
 def expected_counts(prompts: list[list[int]]) -> tuple[int, int]:
@@ -93,7 +92,7 @@ def test_aborted_prompts_leak_no_blocks_and_other_requests_match_the_oracle(llm,
     config = KVPolicyConfig(**SETTINGS)
     assert finished == {"bystander": generate(hf_llama, bystander, config, 10).tokens}
     assert_nothing_left(scheduler, free_before)
-    assert not tracked("victim")  # the bystander's later steps told the worker
+    assert not tracked(llm, "victim")  # the bystander's later steps told the worker
     # Only the bystander's prompt counts: the victim's, aborted before its last point, kept nothing.
     assert [a - b for a, b in zip(compacted_counts(llm, "snapkv"), counts_before)] == list(expected_counts([bystander]))
 
@@ -102,7 +101,7 @@ def test_aborted_prompts_leak_no_blocks_and_other_requests_match_the_oracle(llm,
     for req_id, prompt in zip(run.tokens, later):
         assert run.tokens[req_id] == generate(hf_llama, prompt, config, 8).tokens, req_id
     assert run.free_blocks_after == free_before
-    assert not tracked("victim") and not tracked("bystander")
+    assert not tracked(llm, "victim") and not tracked(llm, "bystander")
     assert [a - b for a, b in zip(compacted_counts(llm, "snapkv"), counts_before)] == list(expected_counts([bystander, *later]))
 
 

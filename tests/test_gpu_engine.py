@@ -153,9 +153,9 @@ def test_window_queries_split_across_chunks_wait_on_the_host(tiny_llama_dir, mon
     stashed = []
     original = CompressingAttention._stash_window
 
-    def recording(self, state, span, layer_idx, query):
-        original(self, state, span, layer_idx, query)
-        stashed.extend(part.device.type for part in state.requests[span.req_id].window_queries.get(layer_idx, ()))
+    def recording(self, step, span, layer_idx, query):
+        original(self, step, span, layer_idx, query)
+        stashed.extend(part.device.type for part in step.state.requests[span.req_id].window_queries.get(layer_idx, ()))
 
     monkeypatch.setattr(CompressingAttention, "_stash_window", recording)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)

@@ -17,8 +17,7 @@ from kvcomp_vllm import KVPolicyConfig
 from kvcomp_vllm.policies import make_policy
 from kvcomp_vllm.testing.oracle import generate
 from kvcomp_vllm.testing import synthetic_text
-from kvcomp_vllm.testing.engine import cached_blocks, compacted_counts, drive, scheduler_of
-from kvcomp_vllm.vllm_integration.worker_state import worker_state
+from kvcomp_vllm.testing.engine import cached_blocks, compacted_counts, drive, scheduler_of, worker_state_of
 
 pytestmark = pytest.mark.vllm
 
@@ -165,9 +164,9 @@ def test_pod_members_hold_proximal_tokens_and_packed_values_only(tiny_llama_dir,
     assert run.first_decode_blocks["req-0"] == want
     assert run.free_blocks_after == run.free_blocks_before
     # The last decode step: member layers 1 and 3 decode the request, from one set of decode inputs.
-    state = worker_state()
-    assert {layer: len(spans) for layer, spans in state.member_rows.items()} == {1: 1, 3: 1}
-    assert len(state.member_inputs) == 1
+    step = worker_state_of(llm).step
+    assert {layer: len(spans) for layer, spans in step.member_rows.items()} == {1: 1, 3: 1}
+    assert len(step.member_inputs) == 1
 
 
 def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, release):

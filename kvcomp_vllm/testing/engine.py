@@ -45,6 +45,13 @@ def scheduler_of(llm):
     return inproc_scheduler(llm)
 
 
+def worker_state_of(llm):
+    """The compression state of the engine's worker (in-process, as `scheduler_of`), or None without a policy."""
+    from ..vllm_integration.compat import inproc_runner
+
+    return inproc_runner(llm)._kvcomp_state
+
+
 def blocks_held(scheduler, req_id: str) -> list[int]:
     """Pool blocks `req_id` holds in each KV cache group, from the scheduler's managers (the null blocks a
     sliding-window group puts in place of those it freed are no pool blocks)."""

@@ -25,15 +25,19 @@ from ..policies import PromptView
 from .compat import extract_layer_index, layer_context
 from .kv_spec import CompressedAttentionSpec
 from .timing import timed
-from .worker_state import RowSpan, WorkerCompression, worker_state
+from .worker_state import STEP_FIELD, CompressionStep, RowSpan, WorkerCompression
 
 
 class ShiftedSeqLens:
-    """Metadata-builder mixin: compressed requests' `seq_lens` become their compacted cache length.
+    """Metadata-builder mixin: compressed requests' `seq_lens` become their compacted cache length, and
+    the metadata carries the step's `CompressionStep` (attribute `STEP_FIELD`) to the attention impl.
 
+    `kvcomp_state` is the runner's state, handed over at KV-cache init (`worker`); None without a policy.
     The shifted lengths live in a buffer of the builder's own, allocated once: a full CUDA graph
     captures the address the kernel reads, and each step rewrites it in place.
     """
+
+    kvcomp_state: WorkerCompression | None = None
 
     @property
     def supports_update_block_table(self) -> bool:
@@ -43,19 +47,22 @@ class ShiftedSeqLens:
         return not isinstance(self.kv_cache_spec, CompressedAttentionSpec) and super().supports_update_block_table
 
     def build(self, common_prefix_len, common_attn_metadata, *args, **kwargs):
+        step = None if self.kvcomp_state is None else self.kvcomp_state.step
         if isinstance(self.kv_cache_spec, CompressedAttentionSpec):
             cm = common_attn_metadata
-            common_attn_metadata = dataclasses.replace(cm, seq_lens=self._shifted_seq_lens(cm.seq_lens))
-        return super().build(common_prefix_len, common_attn_metadata, *args, **kwargs)
+            common_attn_metadata = dataclasses.replace(cm, seq_lens=self._shifted_seq_lens(cm.seq_lens, step))
+        metadata = super().build(common_prefix_len, common_attn_metadata, *args, **kwargs)
+        if step is not None:
+            setattr(metadata, STEP_FIELD, step)
+        return metadata
 
-    def _shifted_seq_lens(self, seq_lens: torch.Tensor) -> torch.Tensor:
+    def _shifted_seq_lens(self, seq_lens: torch.Tensor, step: CompressionStep | None) -> torch.Tensor:
         rows = seq_lens.shape[0]
         buffer = getattr(self, "_kvcomp_seq_lens", None)
         if buffer is None or buffer.shape[0] < rows:
             size = max(rows, self.vllm_config.scheduler_config.max_num_seqs)
             buffer = self._kvcomp_seq_lens = torch.empty(size, dtype=seq_lens.dtype, device=seq_lens.device)
-        state = worker_state()
-        evicted = None if state is None else state.row_evicted.get(self.kv_cache_spec.tier)
+        evicted = None if step is None else step.row_evicted.get(self.kv_cache_spec.tier)
         if evicted is None or not bool(evicted.any()):
             return buffer[:rows].copy_(seq_lens)
         shift = torch.zeros(rows, dtype=seq_lens.dtype)  # rows past the batch (graph padding) keep theirs
@@ -75,57 +82,58 @@ class CompressingAttention:
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
         output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-        state = worker_state()
-        if state is None or attn_metadata is None or not state.rows:
+        step = getattr(attn_metadata, STEP_FIELD, None)  # None during profiling and without a policy
+        if step is None or not step.rows:
             return output
+        state = step.state
         layer_idx = state.layers.policy_layer(extract_layer_index(layer.layer_name))
         if layer_idx is None:  # a hybrid model's sliding-window layer: vLLM's own
             return output
-        for span in state.window_rows:
+        for span in step.window_rows:
             if span.req_id not in state.failed:
                 try:
-                    self._stash_window(state, span, layer_idx, query)
+                    self._stash_window(step, span, layer_idx, query)
                 except Exception:
                     state.fail(span.req_id, "stashing window queries")
-        if state.compress_rows:
-            self._compact(state, layer, layer_idx, query, kv_cache, attn_metadata)
-        members = [s for s in state.member_rows.get(layer_idx, ()) if s.req_id not in state.failed]
+        if step.compress_rows:
+            self._compact(step, layer, layer_idx, query, kv_cache, attn_metadata)
+        members = [s for s in step.member_rows.get(layer_idx, ()) if s.req_id not in state.failed]
         if members:
             try:
-                self._attend_members(state, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
+                self._attend_members(step, members, layer, layer_idx, query, kv_cache, attn_metadata, output)
             except Exception:
                 for span in members:
                     state.fail(span.req_id, "member-layer decode")
         return output
 
     @staticmethod
-    def _window_part(state: WorkerCompression, span: RowSpan, query):
+    def _window_part(step: CompressionStep, span: RowSpan, query):
         """Queries of this chunk in the observation window of its compression point, `[tokens, heads, dim]`."""
-        request = state.requests[span.req_id]
+        request = step.state.requests[span.req_id]
         first = max(span.start, span.point - request.compressor.policy.selector.observation_window)
         last = min(span.end, span.point)
-        base = state.starts[span.row] - span.start  # the host copy of query_start_loc: no device sync
+        base = step.starts[span.row] - span.start  # the host copy of query_start_loc: no device sync
         return query[base + first : base + last]
 
-    def _stash_window(self, state: WorkerCompression, span: RowSpan, layer_idx: int, query) -> None:
+    def _stash_window(self, step: CompressionStep, span: RowSpan, layer_idx: int, query) -> None:
         """Keep this chunk's window queries for the layer's scoring in a later chunk (scoring layers only).
 
         They wait in host memory: any number of requests may wait, and the GPU holds only the pool and
         the scratch vLLM's profiling counted. The copy back is queued on the same stream.
         """
-        request = state.requests[span.req_id]
+        request = step.state.requests[span.req_id]
         if request.compressor.policy.selector.source_layer(layer_idx) == layer_idx:
-            part = self._window_part(state, span, query)
+            part = self._window_part(step, span, query)
             part = part.to("cpu", non_blocking=True) if part.is_cuda else part.clone()
             request.window_queries.setdefault(layer_idx, []).append(part)
 
-    def _prompt_view(self, state, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
+    def _prompt_view(self, step: CompressionStep, span: RowSpan, layer_idx, held: int, query, key_cache, blocks) -> PromptView:
         """The `held` prompt tokens this layer's cache holds at the point, less the request's protected
         prefix (`prefix_cache`); scores come from the paged cache, every held token attended to.
 
         The window queries are gathered once, so a policy may score with several windows (windowkv's auto).
         """
-        request = state.requests[span.req_id]
+        request = step.state.requests[span.req_id]
         protected = request.protected
         gathered: list[torch.Tensor] = []
 
@@ -133,7 +141,7 @@ class CompressingAttention:
             if not gathered:
                 parts = request.window_queries.pop(layer_idx, [])
                 parts = [p.to(query.device, non_blocking=True) for p in parts]
-                window = torch.cat([*parts, self._window_part(state, span, query)])
+                window = torch.cat([*parts, self._window_part(step, span, query)])
                 gathered.append(window.view(window.shape[0], self.num_heads, self.head_size).transpose(0, 1))
             full = for_tensor(window_scores, key_cache)(gathered[0][:, -w:], key_cache, blocks, held, self.scale)
             return full[:, protected:]
@@ -141,9 +149,10 @@ class CompressingAttention:
         return PromptView(held - protected, key_cache.shape[1], key_cache.device, scores,
                           context_len=request.prompt_len - protected)
 
-    def _compact(self, state: WorkerCompression, layer, layer_idx, query, kv_cache, metadata) -> None:
+    def _compact(self, step: CompressionStep, layer, layer_idx, query, kv_cache, metadata) -> None:
         """Plan every request reaching a compression point in this step and move their kept tokens in
         batched moves, each of at most `state.move_tokens` padded tokens (the scratch profiling counted)."""
+        state = step.state
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         tier = state.policy.layout.budget_tier(layer_idx)
         rows, sources, skips = [], [], []  # skips: the blocks of each row's protected prefix, never moved
@@ -152,14 +161,14 @@ class CompressingAttention:
             try:
                 self._move(state, rows, sources, skips, key_cache, value_cache, metadata)
             except Exception:
-                for span in state.compress_rows:
+                for span in step.compress_rows:
                     if span.row in rows:
                         state.fail(span.req_id, f"compaction of layer {layer_idx}")
             rows.clear()
             sources.clear()
             skips.clear()
 
-        for span in state.compress_rows:
+        for span in step.compress_rows:
             request = state.requests[span.req_id]
             # The block rows are cut as planned even for a failed request: the scheduler has freed its blocks.
             request.compacted_at = span.point
@@ -170,7 +179,7 @@ class CompressingAttention:
                 continue
             held = span.point - request.evicted[tier]  # prompt positions the layer holds; after a move, those it kept
             try:
-                source = self._plan(state, span, request, layer_idx, tier, query, key_cache, metadata,
+                source = self._plan(step, span, request, layer_idx, tier, query, key_cache, metadata,
                                     exchange)
             except Exception:
                 if exchange is not None:
@@ -190,7 +199,7 @@ class CompressingAttention:
         if rows:
             flush()
 
-    def _plan(self, state, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata,
+    def _plan(self, step: CompressionStep, span: RowSpan, request, layer_idx: int, tier: int, query, key_cache, metadata,
               exchange=None):
         """Score and plan one request at its compression point: the move sources of its kept tokens,
         or None where this layer keeps its cache as it is. `exchange` gathers head statistics across
@@ -199,7 +208,7 @@ class CompressingAttention:
         plan = None
         if request.evicted_after(span.point)[tier] > before:
             held = span.point - before
-            view = self._prompt_view(state, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
+            view = self._prompt_view(step, span, layer_idx, held, query, key_cache, metadata.block_table[span.row])
             with timed("scoring", request.compressor.policy.name, key_cache.device):
                 plan = request.compressor.plan(layer_idx, view, gather=exchange)
         request.window_queries.pop(layer_idx, None)  # unused when the layer reuses a plan or keeps all
@@ -230,12 +239,13 @@ class CompressingAttention:
                 tables = skipped_blocks(tables, skips)
             for_tensor(move_tokens_, key_cache)(key_cache, value_cache, tables, padded, lengths)
 
-    def _attend_members(self, state, spans: list[RowSpan], layer, layer_idx, query, kv_cache, metadata, output) -> None:
+    def _attend_members(self, step: CompressionStep, spans: list[RowSpan], layer, layer_idx, query, kv_cache, metadata,
+                        output) -> None:
         """Overwrite PoD member rows' outputs with attention that reads distant keys from the owner layer."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
-        owner = state.requests[spans[0].req_id].members[layer_idx].owner
-        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, state.layers.model_layer(owner))
-        tokens, batch, layout, longest = self._member_inputs(state, spans, layer_idx, query.device)
+        owner = step.state.requests[spans[0].req_id].members[layer_idx].owner
+        owner_metadata, owner_kv_cache = layer_context(layer.layer_name, step.state.layers.model_layer(owner))
+        tokens, batch, layout, longest = self._member_inputs(step, spans, layer_idx, query.device)
         result = for_tensor(paged_decode, query)(
             query.view(-1, self.num_heads, self.head_size)[tokens],
             key_cache,
@@ -250,24 +260,24 @@ class CompressingAttention:
         output.view(output.shape[0], self.num_heads, self.head_size)[tokens] = result.to(output.dtype)
 
     @staticmethod
-    def _member_inputs(state: WorkerCompression, spans: list[RowSpan], layer_idx: int, device) -> tuple:
+    def _member_inputs(step: CompressionStep, spans: list[RowSpan], layer_idx: int, device) -> tuple:
         """Token rows, batch rows, `paged_decode` layout and longest row of this step's member tokens.
 
         Built once per step and reused by every member layer whose requests have the same layout (all
         of PoD's do): PoD runs its attention eagerly, so this host work would otherwise repeat per layer.
         """
-        layouts = [state.requests[s.req_id].members[layer_idx] for s in spans]
+        layouts = [step.state.requests[s.req_id].members[layer_idx] for s in spans]
         key = tuple(zip(spans, (tuple(m.decode_row(0)) for m in layouts)))
-        inputs = state.member_inputs.get(key)
+        inputs = step.member_inputs.get(key)
         if inputs is None:
             token_rows, layout, batch_rows = [], [], []
             for span, member in zip(spans, layouts):
-                prompt_len = state.requests[span.req_id].prompt_len
+                prompt_len = step.state.requests[span.req_id].prompt_len
                 for position in range(span.start, span.end):
-                    token_rows.append(state.starts[span.row] + position - span.start)
+                    token_rows.append(step.starts[span.row] + position - span.start)
                     layout.append(member.decode_row(position + 1 - prompt_len))
                     batch_rows.append(span.row)
-            inputs = state.member_inputs[key] = (
+            inputs = step.member_inputs[key] = (
                 torch.tensor(token_rows, device=device),
                 torch.tensor(batch_rows, device=device),
                 torch.tensor(layout, dtype=torch.int32, device=device),

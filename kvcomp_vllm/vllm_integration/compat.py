@@ -61,7 +61,9 @@ __all__ = [
     "flash_attention_classes",
     "without_full_cudagraphs",
     "init_logger",
+    "inproc_runner",
     "inproc_scheduler",
+    "metadata_builders",
     "layer_context",
     "platform_name",
     "openai_request_classes",
@@ -202,6 +204,16 @@ PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 def inproc_scheduler(llm) -> Scheduler:
     """The scheduler of an `LLM` whose engine core runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
     return llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def inproc_runner(llm) -> GPUModelRunner:
+    """The model runner of an `LLM` whose engine core and one worker run in-process (as `inproc_scheduler`)."""
+    return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+
+
+def metadata_builders(runner: GPUModelRunner) -> list:
+    """Every attention metadata builder of the runner (made at KV-cache init, before its cache tensors)."""
+    return [b for groups in runner.attn_groups for group in groups for b in group.metadata_builders]
 
 
 def register_kv_spec(spec_cls: type, manager_cls: type) -> None:

@@ -1,5 +1,8 @@
 """Runner hooks on the worker: they keep the compressed requests' bookkeeping (`worker_state`) current.
 
+Each runner has its own state, made at KV-cache init and handed to its metadata builders and block table
+there (no process global: two engines in one process never share one).
+
 Timeline of one compressed request on the worker:
 1. prefill chunks run through vLLM's attention unchanged (the backend stashes window queries);
 2. in the forward that reaches a compression point (the prompt's end, or with `prefill_chunk` every
@@ -16,7 +19,7 @@ import copy
 
 import torch
 
-from .backend import prepare_caches
+from .backend import ShiftedSeqLens, prepare_caches
 from .compat import (
     FullAttentionSpec,
     GPUModelRunner,
@@ -25,17 +28,17 @@ from .compat import (
     SlidingWindowSpec,
     extract_layer_index,
     init_logger,
+    metadata_builders,
     patch,
 )
 from .kv_spec import CompressedAttentionSpec
 from .scratch import engine_scratch_shape, scratch_bytes
 from .settings import engine_policy, model_layers
-from .worker_state import forget_worker_state, runner_policy, state_for, worker_state
+from .worker_state import new_state, runner_policy
 
 
 def _get_kv_cache_spec(original):
     def get_kv_cache_spec(self: GPUModelRunner):
-        forget_worker_state()  # a new engine in this process: an earlier engine's state must not leak into its warm-up
         specs = original(self)
         config = engine_policy(self.vllm_config)
         if config is None:
@@ -59,7 +62,7 @@ def _get_kv_cache_spec(original):
 
 def _update_states(original):
     def update_states(self: GPUModelRunner, scheduler_output):
-        state = state_for(self)
+        state = getattr(self, "_kvcomp_state", None)  # made at KV-cache init (`hand_state`)
         if state is None:
             return original(self, scheduler_output)
         state.before_update(self, scheduler_output)
@@ -72,7 +75,7 @@ def _update_states(original):
 
 def _compute_slot_mapping(original):
     def compute_slot_mapping(self: MultiGroupBlockTable, num_reqs, query_start_loc, positions):
-        state = worker_state()
+        state = getattr(self, "_kvcomp_state", None)  # handed over at KV-cache init
         if state is None:
             return original(self, num_reqs, query_start_loc, positions)
         for group, table in enumerate(self.block_tables):
@@ -87,9 +90,20 @@ def _initialize_kv_cache_tensors(original):
         kv_caches = original(self, *args, **kwargs)
         if engine_policy(self.vllm_config) is not None:
             prepare_caches(self.compilation_config.static_forward_context, kv_caches)
+        hand_state(self)
         return kv_caches
 
     return initialize_kv_cache_tensors
+
+
+def hand_state(runner: GPUModelRunner) -> None:
+    """Give the runner a fresh compression state for the KV cache just made (a profiling cache's groups are
+    not the real one's) and hand it to the objects reading it each step: its metadata builders and block table."""
+    state = runner._kvcomp_state = new_state(runner)
+    runner.input_batch.block_table._kvcomp_state = state
+    for builder in metadata_builders(runner):
+        if isinstance(builder, ShiftedSeqLens):
+            builder.kvcomp_state = state
 
 
 FAILED_FIELD = "kvcomp_failed"  # ModelRunnerOutput attribute: request ids whose kvcomp work failed
@@ -118,7 +132,7 @@ def _profile_run(original):
 def _sample_tokens(original):
     def sample_tokens(self: GPUModelRunner, *args, **kwargs):
         output = original(self, *args, **kwargs)
-        state = worker_state()
+        state = getattr(self, "_kvcomp_state", None)  # made at KV-cache init (`hand_state`)
         failed = state.take_failed() if state is not None else []
         return output if not failed else with_failures(output, failed)
 

@@ -1,5 +1,6 @@
-"""This worker's bookkeeping of compressed requests (`WorkerCompression`): the runner hooks (`worker`)
-update it every step, the attention backend (`backend`) reads it."""
+"""This worker's bookkeeping of compressed requests (`WorkerCompression`) and each step's rows of them
+(`CompressionStep`): the runner hooks (`worker`) update both; the attention backend (`backend`) reads the
+step from the attention metadata its builder builds."""
 
 from __future__ import annotations
 
@@ -61,8 +62,28 @@ class RowSpan:
     point: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class CompressionStep:
+    """One step's batch rows of compressed requests, made once per step (`after_update`): the slot mapping
+    and the metadata builder read it, and the builder attaches it to the step's attention metadata
+    (`STEP_FIELD`) for the attention impl; `state` is the bookkeeping the impl updates (plans, failures)."""
+
+    state: WorkerCompression
+    row_evicted: dict[int, torch.Tensor] = field(default_factory=dict)  # tier -> evicted tokens per batch row
+    row_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))  # tokens per row
+    starts: list[int] = field(default_factory=lambda: [0])  # each row's first token in the flattened batch (host)
+    rows: list[RowSpan] = field(default_factory=list)  # the step's batch rows of compressed requests
+    compress_rows: list[RowSpan] = field(default_factory=list)  # rows whose chunk reaches a compression point
+    window_rows: list[RowSpan] = field(default_factory=list)  # rows ending inside the next point's observation window
+    member_rows: dict[int, list[RowSpan]] = field(default_factory=dict)  # PoD member layer -> rows past their prompt
+    member_inputs: dict[tuple, tuple] = field(default_factory=dict)  # member-decode inputs, filled by the impl
+
+
+STEP_FIELD = "kvcomp_step"  # attention metadata attribute: the `CompressionStep` it was built for
+
+
 class WorkerCompression:
-    """Per-process state shared by the runner hooks, the metadata builder and the attention impl.
+    """One runner's state shared by its hooks, its metadata builders and, through the step, the attention impl.
 
     `policy` is the server's: its tiers give the KV cache groups; each request plans with its own.
     `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
@@ -84,14 +105,7 @@ class WorkerCompression:
         self.protected: dict[str, int] = {}  # request -> its protected prefix, fixed at admission (kept across preemption)
         self.uncounted: list[tuple] = []  # this step's counts, recorded once the step's failures are known
         self.requests: dict[str, CompressedRequest] = {}
-        self.row_evicted: dict[int, torch.Tensor] = {}  # tier -> evicted tokens per batch row
-        self.row_tokens = torch.zeros(0, dtype=torch.int64)  # tokens each batch row processes this step
-        self.starts: list[int] = [0]  # each row's first token in the step's flattened batch (host copy)
-        self.rows: list[RowSpan] = []  # this step's batch rows of compressed requests
-        self.compress_rows: list[RowSpan] = []  # rows whose chunk reaches a compression point
-        self.window_rows: list[RowSpan] = []  # rows whose chunk ends inside the next point's observation window
-        self.member_rows: dict[int, list[RowSpan]] = {}  # PoD member layer -> rows past their prompt this step
-        self.member_inputs: dict[tuple, tuple] = {}  # this step's member-decode inputs, shared by equal layouts
+        self.step = CompressionStep(self)  # the latest step's rows
         self.failed: set[str] = set()  # requests whose kvcomp work raised here: finished as errors
         self.unreported: list[str] = []  # failures the scheduler has not yet been told of
 
@@ -110,8 +124,9 @@ class WorkerCompression:
         compressing the request and the output rank, the one the scheduler hears, reports them. Then the
         step's compacted prompts are counted, those of failed requests left out on every rank alike.
         """
-        if self.tp is not None and (self.compress_rows or self.window_rows or self.member_rows):
-            for req_id in failed_anywhere(self.tp, [s.req_id for s in self.rows], set(self.unreported)):
+        step = self.step
+        if self.tp is not None and (step.compress_rows or step.window_rows or step.member_rows):
+            for req_id in failed_anywhere(self.tp, [s.req_id for s in step.rows], set(self.unreported)):
                 if req_id not in self.failed:
                     logger.warning("kvcomp: request %s failed on another tensor-parallel rank", req_id)
                     self.failed.add(req_id)
@@ -185,10 +200,8 @@ class WorkerCompression:
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         row_evicted = {t: [0] * num_reqs for t in self.tier_layers}  # lists: per-element tensor writes are slow
-        self.row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
-        self.starts = [0, *torch.cumsum(self.row_tokens, 0).tolist()]
-        self.rows, self.compress_rows, self.window_rows = [], [], []
-        self.member_rows, self.member_inputs = {}, {}
+        row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
+        rows, compress_rows, window_rows, member_rows = [], [], [], {}
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
@@ -205,19 +218,22 @@ class WorkerCompression:
             policy = state.compressor.policy
             point = policy.layout.next_compression_point(state.prompt_len, start) if start < state.prompt_len else 0
             span = RowSpan(row, req_id, start, end, point)
-            self.rows.append(span)
+            rows.append(span)
             if start >= state.prompt_len:
                 for layer in state.members:
-                    self.member_rows.setdefault(layer, []).append(span)
+                    member_rows.setdefault(layer, []).append(span)
             if not point or not state.compresses_at(point):
                 if ends_prompt:  # the last point moves nothing: the layers keep what they hold
                     self._count_as_held(req_id, state)
                 continue
             if point <= end:
-                self.compress_rows.append(span)
+                compress_rows.append(span)
             elif end > point - policy.selector.observation_window:
-                self.window_rows.append(span)
-        self.row_evicted = {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}
+                window_rows.append(span)
+        self.step = CompressionStep(
+            self, {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}, row_tokens,
+            [0, *torch.cumsum(row_tokens, 0).tolist()], rows, compress_rows, window_rows, member_rows,
+        )
 
     def prompt_compacted(self, req_id: str, layer: int, slots: int) -> None:
         """Note the positions `layer` holds of a request's prompt after its last compaction; the request
@@ -239,43 +255,27 @@ class WorkerCompression:
 
     def token_offsets(self, group: int, device: torch.device, num_tokens: int) -> torch.Tensor | None:
         """Per-token cache offset of one KV group this step, or None where nothing is shifted."""
-        tier = self.group_tiers[group]
-        if tier is None or not bool(self.row_evicted[tier].any()):
+        tier, step = self.group_tiers[group], self.step
+        if tier is None or not bool(step.row_evicted[tier].any()):
             return None
         # numpy, not torch.repeat_interleave: on the H100 host that small CPU op cost 1-3 ms a call.
-        offsets = torch.from_numpy(np.repeat(self.row_evicted[tier].numpy(), self.row_tokens.numpy()))
+        offsets = torch.from_numpy(np.repeat(step.row_evicted[tier].numpy(), step.row_tokens.numpy()))
         if offsets.shape[0] != num_tokens:
             raise RuntimeError(f"kvcomp: {offsets.shape[0]} scheduled tokens, {num_tokens} positions")
         return offsets.to(device, non_blocking=True)
 
 
-_STATE: WorkerCompression | None = None
-
-
-def worker_state() -> WorkerCompression | None:
-    """This process's compression state, or None while no compressing policy is active."""
-    return _STATE
-
-
-def forget_worker_state() -> None:
-    """Drop this process's state: a new engine's warm-up must not see an earlier engine's."""
-    global _STATE
-    _STATE = None
-
-
-def state_for(runner: GPUModelRunner) -> WorkerCompression | None:
-    """The runner's compression state (made on first use), also published as this process's."""
-    global _STATE
-    if not hasattr(runner, "_kvcomp_state"):
-        config = engine_policy(runner.vllm_config)
-        groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
-        tp = None if config is None else TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
-        runner._kvcomp_state = None if config is None else WorkerCompression(
-            runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp,
-            model_layers(runner.vllm_config), prefix_caching(runner.vllm_config),
-        )
-    _STATE = runner._kvcomp_state
-    return _STATE
+def new_state(runner: GPUModelRunner) -> WorkerCompression | None:
+    """A fresh compression state for the runner's KV cache as now configured, or None without a compressing policy."""
+    config = engine_policy(runner.vllm_config)
+    if config is None:
+        return None
+    groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
+    tp = TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
+    return WorkerCompression(
+        runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp,
+        model_layers(runner.vllm_config), prefix_caching(runner.vllm_config),
+    )
 
 
 def runner_policy(runner: GPUModelRunner, config: KVPolicyConfig) -> KVPolicy:
