@@ -172,7 +172,7 @@ def test_window_queries_split_across_chunks_wait_on_the_host(tiny_llama_dir, mon
 
 
 # Gemma 3 runs in bfloat16 (its activations outgrow float16's range), which rounds coarser than float16;
-# uncalibrated until measured on the GPU.
+# 0.25 held for all eight cases on the H200 (dc0957e); the gaps of passing runs were not recorded.
 HYBRID_LOGPROB_TOLERANCE = 0.25
 
 
