@@ -254,8 +254,10 @@ def serve_args(config: ServeConfig, preset: ServePreset, args) -> list[str]:
 
 
 def run_config(config: ServeConfig, preset: ServePreset, model: Path, passes: list[Pass], args, logs: Path,
-               results: Path, progress) -> dict:
-    """Serve one configuration, run every pass against it, stop it; its commands and results."""
+               results: Path, progress, after_pass=lambda out: None) -> dict:
+    """Serve one configuration, run every pass against it, stop it; its commands and results.
+
+    `after_pass(partial)` sees the configuration's results after each pass (the caller rewrites its report)."""
     from kvcomp_vllm.testing.server import log_tail, server
 
     env = server_env(config, preset)
@@ -273,6 +275,7 @@ def run_config(config: ServeConfig, preset: ServePreset, model: Path, passes: li
                      f"{ {True: 'on', False: 'off'}.get(out['prefix_caching'], 'unknown') }")
             for p in passes:
                 out["passes"].append(run_pass(config, p, running, model, args, logs, results, progress))
+                after_pass(out)
                 if running.process.poll() is not None:
                     out["error"] = f"vllm serve exited with {running.process.returncode}{log_tail(log)}"
                     break
@@ -431,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             "slo": asdict(args.slo), "versions": versions()}
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kvcomp-bench-serve-") as tmp:
-        for c in args.config_list:  # the report is rewritten after each configuration: a cut-off run keeps what ran
-            runs.append(run_config(c, preset, model, passes, args, logs, Path(tmp), progress))
+        for c in args.config_list:  # the report is rewritten after each pass: a cut-off run keeps what ran
+            runs.append(run_config(c, preset, model, passes, args, logs, Path(tmp), progress,
+                                   after_pass=lambda partial: report(meta, [*runs, partial], args.out, args.stem)))
             text = report(meta, runs, args.out, args.stem)
     print(text)
     return 1 if any("error" in r or any("error" in p for p in r["passes"]) for r in runs) else 0
