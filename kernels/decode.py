@@ -117,7 +117,8 @@ def paged_decode(
     """Attention output `[rows, heads, dim]` of `query` `[rows, heads, dim]` (module docstring).
 
     block_tables `[rows, max_blocks]` int32; layout `[rows, 4]` int32; `max_len` bounds every row's
-    length (a host int: with the row count it sets the grid, and nothing else reads it). PoD rows read distant keys from `owner_key_cache`.
+    length (a host int: with the row count it sets the grid, and nothing else reads it). PoD rows read
+    distant keys from `owner_key_cache`.
     `tile` sets the launch shape (benchmarks/kernels.py --tiles sweeps it).
     """
     rows, heads, head_dim = query.shape

@@ -9,8 +9,9 @@ them in one batched move. PoD member layers' decode rows attend once, through `p
 reads distant keys from the owner layer (`cache_layout`): vLLM's attention sees them cut to one key, and
 in decode-only steps (full CUDA graphs included) runs for member layers only where a row needs it
 (`member_decode`). On CUDA scoring, moves and member decode are the Triton kernels of `kvcomp_kernels`,
-compiled when the KV cache is allocated (`prepare_caches`); elsewhere their torch references. Under tensor parallelism each rank scores
-and moves its own KV heads; rules spanning heads gather every rank's statistics first (`tensor_parallel`).
+compiled when the KV cache is allocated (`prepare_caches`); elsewhere their torch references. Under
+tensor parallelism each rank scores and moves its own KV heads; rules spanning heads gather every
+rank's statistics first (`tensor_parallel`).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ class CompressingAttention:
             if query.shape[0] < rows or rows > decode.capacity:
                 raise RuntimeError(f"kvcomp: {query.shape[0]} query tokens for {rows} decode rows")
             key_cache, value_cache = self.kv_views(layer, kv_cache)
-            owner_metadata, owner_kv_cache = layer_context(layer.layer_name, step.state.layers.model_layer(decode.owners[layer_idx]))
+            owner = step.state.layers.model_layer(decode.owners[layer_idx])
+            owner_metadata, owner_kv_cache = layer_context(layer.layer_name, owner)
             result = for_tensor(paged_decode, query)(
                 query.view(-1, self.num_heads, self.head_size)[:rows],
                 key_cache,
