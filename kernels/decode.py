@@ -10,7 +10,9 @@ keys it sees, in logical order `j < length`:
     j >= proximal + distant                own key/value at proximal + ceil(distant / 2) + (j - proximal - distant)
 
 A plain (compacted or uncompressed) row is `(length, length, 0, 0)`. The grid is fixed by the batch
-size and `max_len`, and nothing syncs with the host, so the launch can be captured in a CUDA graph.
+size and `max_len`, each row splits its own length evenly over the grid's key splits, and nothing syncs
+with the host, so one launch, captured in a CUDA graph with `max_len` the longest length any row may
+reach, replays for rows of any length up to it.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class Tile(NamedTuple):
 TILE = Tile()
 
 
-@jit(varying=["split_len", "stride_tr", "stride_otr"], unaligned=["table_ptr", "otable_ptr"])
+@jit(varying=["stride_tr", "stride_otr"], unaligned=["table_ptr", "otable_ptr"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, ok_ptr, table_ptr, otable_ptr, layout_ptr, m_ptr, l_ptr, acc_ptr,
-    split_len, scale,
+    scale,
     stride_qr, stride_qh, stride_kb, stride_kh, stride_kt, stride_ob, stride_oh, stride_ot, stride_tr, stride_otr,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
@@ -69,6 +71,7 @@ def _decode_kernel(
     m = tl.full([G_PAD], float("-inf"), tl.float32)
     total = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
+    split_len = tl.cdiv(tl.cdiv(length, tl.num_programs(2)), BLOCK_N) * BLOCK_N  # this row's share, whole tiles
     begin = split * split_len
     end = tl.minimum(begin + split_len, length)
     for start in range(begin, end, BLOCK_N):
@@ -114,7 +117,8 @@ def paged_decode(
     """Attention output `[rows, heads, dim]` of `query` `[rows, heads, dim]` (module docstring).
 
     block_tables `[rows, max_blocks]` int32; layout `[rows, 4]` int32; `max_len` bounds every row's
-    length (a host int, so the grid is static). PoD rows read distant keys from `owner_key_cache`.
+    length (a host int: with the row count it sets the grid, and nothing else reads it). PoD rows read
+    distant keys from `owner_key_cache`.
     `tile` sets the launch shape (benchmarks/kernels.py --tiles sweeps it).
     """
     rows, heads, head_dim = query.shape
@@ -125,7 +129,6 @@ def paged_decode(
     group = heads // kv_heads
     g_pad = max(16, triton.next_power_of_2(group))
     splits = splits or num_splits(rows, kv_heads, max_len, tile)
-    split_len = tile.block_n * triton.cdiv(triton.cdiv(max_len, splits), tile.block_n)
     f32 = dict(dtype=torch.float32, device=query.device)
     m = torch.empty(rows, kv_heads, splits, g_pad, **f32)
     total = torch.empty(rows, kv_heads, splits, g_pad, **f32)
@@ -133,7 +136,7 @@ def paged_decode(
     if rows:
         _decode_kernel[(rows, kv_heads, splits)](
             query, key_cache, value_cache, owner_key_cache, block_tables, owner_block_tables, layout, m, total, acc,
-            split_len, scale,
+            scale,
             query.stride(0), query.stride(1), key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
             owner_key_cache.stride(0), owner_key_cache.stride(1), owner_key_cache.stride(2),
             block_tables.stride(0), owner_block_tables.stride(0),

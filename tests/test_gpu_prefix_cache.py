@@ -31,12 +31,12 @@ POLICIES = [
 ]
 
 
-def make_llm(model_dir, settings):
+def make_llm(model_dir, settings, **kwargs):
     from vllm import LLM
 
     return LLM(model=str(model_dir), dtype="float16", enforce_eager=True, gpu_memory_utilization=0.05,
                max_model_len=4096, block_size=BLOCK, enable_prefix_caching=True, disable_log_stats=False,
-               additional_config={"kvcomp": settings})
+               additional_config={"kvcomp": settings}, **kwargs)
 
 
 def greedy():
@@ -77,3 +77,23 @@ def test_compacted_prompt_sent_again_hits_only_its_protected_blocks(tiny_llama_d
     outputs = [next(iter(run.tokens.values())) for run in runs]
     worst = largest_logprob_gaps(model, [prompt] * 2, outputs, KVPolicyConfig(**settings), NEW_TOKENS, protected=hit)
     assert max(worst) <= LOGPROB_TOLERANCE
+
+
+def test_pod_member_rows_cut_to_one_key_beside_cascade_attention(tiny_llama_dir):
+    """Eight requests hitting one cached 512-token system prompt: with a 160-token step budget each step
+    prefills one request's own tokens beside the others' decodes, and such mixed steps of 8 requests with a
+    common prefix of at least 256 tokens run FlashAttention's cascade attention (the prefix attended once,
+    suffix lengths `seq_lens` minus the prefix). PoD's member decode rows, whose `seq_lens` the builder
+    cuts to one key past that prefix (`member_decode`), must keep it valid; tokens stay the oracle's."""
+    settings = dict(policy="pod", recent=48, group_size=2)
+    system = ids(tiny_llama_dir, 120, 1, 512)
+    prompts = [system + ids(tiny_llama_dir, 20, 10 + i, 150) for i in range(8)]
+    llm = make_llm(tiny_llama_dir, {**settings, "cache_prefix": 512}, max_num_batched_tokens=160)
+    drive(llm, prompts[:1], greedy())  # makes the system prompt's blocks cached
+    run = drive(llm, prompts, greedy())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).cuda()
+    worst = largest_logprob_gaps(model, prompts, list(run.tokens.values()), KVPolicyConfig(**settings), NEW_TOKENS,
+                                 protected=512)
+    print("pod beside cascade attention, largest logprob gap to the oracle's best token, per prompt:", worst)
+    assert max(worst) <= LOGPROB_TOLERANCE
+    assert run.free_blocks_after == run.free_blocks_before

@@ -163,10 +163,49 @@ def test_pod_members_hold_proximal_tokens_and_packed_values_only(tiny_llama_dir,
     want = [-(-(1000 + 1) // BLOCK) if owner else -(-(64 + 468 + 1) // BLOCK) for owner in owners]
     assert run.first_decode_blocks["req-0"] == want
     assert run.free_blocks_after == run.free_blocks_before
-    # The last decode step: member layers 1 and 3 decode the request, from one set of decode inputs.
-    step = worker_state_of(llm).step
+    # The last decode step: member layers 1 and 3 decode the request from the runner's buffers, built once
+    # on the host before the forward (no per-layer inputs).
+    state = worker_state_of(llm)
+    step = state.step
     assert {layer: len(spans) for layer, spans in step.member_rows.items()} == {1: 1, 3: 1}
-    assert len(step.member_inputs) == 1
+    assert step.decode_only and step.member_decode_rows == 1 and not step.member_inputs
+    assert state.member_decode.selected[:2].tolist() == [True, False]
+    assert state.member_decode.layout[0].tolist() == [64 + 936 + 3, 64, 4, 936]  # the third token after the prompt
+
+
+def test_pod_member_layers_attend_once(tiny_llama_dir, monkeypatch, release):
+    """Member layers' decode rows attend only through `paged_decode`: in decode-only steps vLLM's attention
+    does not run for member layers at all; in a step mixing a prefill with decodes it runs with the decode
+    rows' `seq_lens` cut to one key, while owners attend over their whole cache. Tokens stay the oracle's."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+    settings = dict(policy="pod", recent=48, group_size=2)
+    calls = []  # (layer index, seq_lens) of every vLLM attention call
+    original = CPUAttentionBackendImpl.forward
+
+    def recording(self, layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs):
+        if attn_metadata is not None:
+            calls.append((int(layer.layer_name.split(".layers.")[1].split(".")[0]), attn_metadata.seq_lens.tolist()))
+        return original(self, layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs)
+
+    monkeypatch.setattr(CPUAttentionBackendImpl, "forward", recording)
+    prompts = [prompt_ids(tiny_llama_dir, 60, 7, length=600), prompt_ids(tiny_llama_dir, 60, 8, length=300)]
+    # The second prompt waits for the first one's prefill, then is prefilled beside its first decode.
+    llm = make_llm(tiny_llama_dir, settings, max_num_batched_tokens=600, max_num_seqs=2)
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    calls.clear()  # engine start-up's dummy runs
+    both = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    member_calls = [lens for layer, lens in calls if layer in (1, 3)]
+    owner_calls = [lens for layer, lens in calls if layer in (0, 2)]
+    # Owners attend in every step (two prefills, five decode steps); members only in the two prefill steps.
+    assert len(owner_calls) == 2 * 7 and len(member_calls) == 2 * 2
+    for lens in member_calls:
+        assert all(n <= 1 or n >= 300 for n in lens)  # prefill rows whole, decode rows one key
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    for prompt, out in zip(prompts, both):
+        assert list(out.outputs[0].token_ids) == generate(model, prompt, KVPolicyConfig(**settings), 6).tokens
 
 
 def test_five_times_more_compressed_requests_run_concurrently(tiny_llama_dir, release):

@@ -5,11 +5,13 @@ compressed request's `seq_lens` by the tokens its tier evicted, so the kernel re
 compacted cache. The impl mixin, after a layer's attention over a step in which requests reach a
 compression point (the prompt's end, or every `prefill_chunk` tokens), plans each such request
 (observation scores read from the paged cache, only for policies that score) and compacts all of
-them in one batched move. PoD member layers replace their decode output with
-attention that reads distant keys from the owner layer (`cache_layout`). On CUDA scoring, moves and
-member decode are the Triton kernels of `kvcomp_kernels`, compiled when the KV cache is allocated
-(`prepare_caches`); elsewhere their torch references. Under tensor parallelism each rank scores
-and moves its own KV heads; rules spanning heads gather every rank's statistics first (`tensor_parallel`).
+them in one batched move. PoD member layers' decode rows attend once, through `paged_decode`, which
+reads distant keys from the owner layer (`cache_layout`): vLLM's attention sees them cut to one key, and
+in decode-only steps (full CUDA graphs included) runs for member layers only where a row needs it
+(`member_decode`). On CUDA scoring, moves and member decode are the Triton kernels of `kvcomp_kernels`,
+compiled when the KV cache is allocated (`prepare_caches`); elsewhere their torch references. Under
+tensor parallelism each rank scores and moves its own KV heads; rules spanning heads gather every
+rank's statistics first (`tensor_parallel`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from kvcomp_kernels import for_tensor, move_tokens_, paged_decode, warm_up, wind
 
 from ..cache_layout import MemberLayout, move_sources
 from ..policies import PromptView
-from .compat import extract_layer_index, layer_context
+from .compat import extract_layer_index, full_cudagraph_capture, layer_context
 from .kv_spec import CompressedAttentionSpec
+from .member_decode import short_seq_lens
 from .timing import timed
 from .worker_state import STEP_FIELD, CompressionStep, RowSpan, WorkerCompression
 
@@ -31,6 +34,8 @@ from .worker_state import STEP_FIELD, CompressionStep, RowSpan, WorkerCompressio
 class ShiftedSeqLens:
     """Metadata-builder mixin: compressed requests' `seq_lens` become their compacted cache length, and
     the metadata carries the step's `CompressionStep` (attribute `STEP_FIELD`) to the attention impl.
+    In a PoD member group the rows that decode through `paged_decode` get one key past the common prefix
+    (`member_decode.short_seq_lens`): vLLM's attention over them is dropped anyway.
 
     `kvcomp_state` is the runner's state, handed over at KV-cache init (`worker`); None without a policy.
     The shifted lengths live in a buffer of the builder's own, allocated once: a full CUDA graph
@@ -50,7 +55,11 @@ class ShiftedSeqLens:
         step = None if self.kvcomp_state is None else self.kvcomp_state.step
         if isinstance(self.kv_cache_spec, CompressedAttentionSpec):
             cm = common_attn_metadata
-            common_attn_metadata = dataclasses.replace(cm, seq_lens=self._shifted_seq_lens(cm.seq_lens, step))
+            seq_lens = self._shifted_seq_lens(cm.seq_lens, step)
+            decode = None if step is None else step.state.member_decode
+            if decode is not None and step.member_decode_rows and self.kv_cache_spec.tier == decode.tier:
+                seq_lens = short_seq_lens(seq_lens, decode.selected, common_prefix_len)
+            common_attn_metadata = dataclasses.replace(cm, seq_lens=seq_lens)
         metadata = super().build(common_prefix_len, common_attn_metadata, *args, **kwargs)
         if step is not None:
             setattr(metadata, STEP_FIELD, step)
@@ -81,8 +90,12 @@ class CompressingAttention:
         raise NotImplementedError
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
-        output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
         step = getattr(attn_metadata, STEP_FIELD, None)  # None during profiling and without a policy
+        member = self._member_layer(step, layer)
+        if member is not None and (full_cudagraph_capture() or step.decode_only):
+            return self._decode_members(step, member, layer, query, key, value, kv_cache, attn_metadata, output,
+                                        *args, **kwargs)
+        output = super().forward(layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
         if step is None or not step.rows:
             return output
         state = step.state
@@ -104,6 +117,59 @@ class CompressingAttention:
             except Exception:
                 for span in members:
                     state.fail(span.req_id, "member-layer decode")
+        return output
+
+    @staticmethod
+    def _member_layer(step: CompressionStep | None, layer) -> int | None:
+        """The policy layer of `layer` where it is a member layer of a PoD server, else None."""
+        decode = None if step is None else step.state.member_decode
+        if decode is None:
+            return None
+        layer_idx = step.state.layers.policy_layer(extract_layer_index(layer.layer_name))
+        return layer_idx if layer_idx in decode.owners else None
+
+    def _decode_members(self, step: CompressionStep, layer_idx: int, layer, query, key, value, kv_cache, metadata,
+                        output, *args, **kwargs):
+        """A member layer's forward over a batch of one token per row (uniform decode), captured by a full
+        CUDA graph or eager: the selected rows (`MemberDecode`) attend once, through `paged_decode`, from the
+        runner's buffers; vLLM's attention runs for the other rows only, and not at all when every row is
+        selected in an eager step. Nothing here reads the step's host rows, so a captured graph replays it
+        for any later batch of its size."""
+        decode = step.state.member_decode
+        rows = metadata.block_table.shape[0]  # the batch's rows (with graph padding): one query token each
+        capture = full_cudagraph_capture()
+        if capture and metadata.max_query_len != 1:
+            raise RuntimeError("kvcomp: pod member layers decode inside full CUDA graphs of decode steps only; "
+                               "serve with cudagraph_mode FULL_AND_PIECEWISE or FULL_DECODE_ONLY, not FULL")
+        every_row = not capture and step.member_decode_rows == rows
+        if not every_row:
+            output = super().forward(layer, query, key, value, kv_cache, metadata, output, *args, **kwargs)
+        if not step.member_decode_rows and not capture:
+            return output
+        try:
+            if query.shape[0] < rows or rows > decode.capacity:
+                raise RuntimeError(f"kvcomp: {query.shape[0]} query tokens for {rows} decode rows")
+            key_cache, value_cache = self.kv_views(layer, kv_cache)
+            owner = step.state.layers.model_layer(decode.owners[layer_idx])
+            owner_metadata, owner_kv_cache = layer_context(layer.layer_name, owner)
+            result = for_tensor(paged_decode, query)(
+                query.view(-1, self.num_heads, self.head_size)[:rows],
+                key_cache,
+                value_cache,
+                metadata.block_table[:rows],
+                decode.layout[:rows],
+                decode.max_len,  # as when captured: eager steps and graph replays split keys alike
+                self.scale,
+                owner_key_cache=self.kv_views(layer, owner_kv_cache)[0],
+                owner_block_tables=owner_metadata.block_table[:rows],
+            ).to(output.dtype)
+            rows_out = output.view(output.shape[0], self.num_heads, self.head_size)[:rows]
+            rows_out.copy_(result if every_row else torch.where(decode.selected[:rows, None, None], result, rows_out))
+        except Exception:
+            if capture:
+                raise
+            for span in step.member_rows.get(layer_idx, ()):
+                step.state.fail(span.req_id, "member-layer decode")
         return output
 
     @staticmethod
@@ -216,7 +282,10 @@ class CompressingAttention:
             return None
         if plan.shared is not None:
             start, count = request.compressor.policy.layout.distant_span(request.prompt_len)
-            request.members[layer_idx] = MemberLayout(plan.key_owner, request.protected + plan.keep.shape[1], start, count)
+            member = MemberLayout(plan.key_owner, request.protected + plan.keep.shape[1], start, count)
+            if any(m.decode_row(0) != member.decode_row(0) for m in request.members.values()):
+                raise RuntimeError("kvcomp: a request's member layers differ in layout; member decode shares one")
+            request.members[layer_idx] = member
         # Tokens past the point in this chunk (recompute after preemption) follow the kept ones verbatim. The
         # move addresses the cache after the protected prefix: positions count from it.
         later = torch.arange(span.point, span.end, device=key_cache.device) - before - request.protected
@@ -241,7 +310,8 @@ class CompressingAttention:
 
     def _attend_members(self, step: CompressionStep, spans: list[RowSpan], layer, layer_idx, query, kv_cache, metadata,
                         output) -> None:
-        """Overwrite PoD member rows' outputs with attention that reads distant keys from the owner layer."""
+        """In a step mixing prompt chunks with decodes: PoD member rows' outputs from attention that reads
+        distant keys from the owner layer (vLLM's attention saw their one-token rows cut to one key)."""
         key_cache, value_cache = self.kv_views(layer, kv_cache)
         owner = step.state.requests[spans[0].req_id].members[layer_idx].owner
         owner_metadata, owner_kv_cache = layer_context(layer.layer_name, step.state.layers.model_layer(owner))

@@ -13,7 +13,9 @@ from functools import lru_cache
 import torch
 import vllm
 from vllm import _custom_ops as ops
+from vllm.config.compilation import CUDAGraphMode
 from vllm.engine.arg_utils import EngineArgs
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.exceptions import VLLMValidationError
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention.attention import get_attention_context
@@ -59,7 +61,8 @@ __all__ = [
     "cdiv",
     "extract_layer_index",
     "flash_attention_classes",
-    "without_full_cudagraphs",
+    "full_cudagraph_capture",
+    "mixed_full_cudagraphs",
     "init_logger",
     "inproc_runner",
     "inproc_scheduler",
@@ -112,15 +115,15 @@ def vllm_support() -> str:
     return "tested" if vllm_tested() else UNTESTED_VLLM
 
 
-def without_full_cudagraphs(vllm_config) -> bool:
-    """Capture CUDA graphs piecewise only (attention runs eagerly between them); True if that changed."""
-    from vllm.config.compilation import CUDAGraphMode
+def full_cudagraph_capture() -> bool:
+    """Whether the current forward runs under a full CUDA graph: captured now, later replayed without Python."""
+    return is_forward_context_available() and get_forward_context().cudagraph_runtime_mode == CUDAGraphMode.FULL
 
-    compilation = vllm_config.compilation_config
-    if compilation.cudagraph_mode is None or not compilation.cudagraph_mode.has_full_cudagraphs():
-        return False
-    compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
-    return True
+
+def mixed_full_cudagraphs(vllm_config) -> bool:
+    """Whether the engine captures full CUDA graphs of mixed (prefill and decode) batches (`cudagraph_mode` FULL)."""
+    mode = vllm_config.compilation_config.cudagraph_mode
+    return mode is not None and mode.mixed_mode() == CUDAGraphMode.FULL
 
 
 def flash_attention_classes():

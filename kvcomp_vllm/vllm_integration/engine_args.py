@@ -21,13 +21,13 @@ from .compat import (
     cpu_attention_isa,
     cpu_block_tilings,
     init_logger,
+    mixed_full_cudagraphs,
     patch,
     platform_name,
     serve_subcommand,
     vllm_support,
     vllm_tested,
     vllm_version,
-    without_full_cudagraphs,
 )
 from .refusals import check_features
 from .attention_layers import other_layer_kinds
@@ -216,8 +216,9 @@ def check_engine_config(vllm_config) -> None:
 def check_device(config: KVPolicyConfig, vllm_config) -> None:
     """Compression runs on vLLM's CPU attention and, on CUDA, FlashAttention with vLLM's V1 runner.
 
-    CUDA graphs stay on: decode-only steps of compacted caches need nothing from kvcomp inside the
-    graph. PoD's member layers replace their decode attention, so PoD keeps graphs piecewise.
+    CUDA graphs stay on, full ones included: decode-only steps of compacted caches need nothing from
+    kvcomp inside the graph but buffers it fills before each step (shifted `seq_lens`, and PoD's member
+    decode inputs, `member_decode`).
     """
     device = platform_name()
     if device == "cpu":
@@ -226,8 +227,9 @@ def check_device(config: KVPolicyConfig, vllm_config) -> None:
         raise ValueError(f"kv policy '{config.policy}' has no {device} backend (policy 'full' serves on any device)")
     if vllm_config.use_v2_model_runner:  # the hooks live in the V1 runner
         raise ValueError(f"kv policy '{config.policy}' needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0")
-    if config.policy == "pod" and without_full_cudagraphs(vllm_config):
-        logger.info("kvcomp: pod decodes member layers itself; CUDA graphs are captured piecewise only")
+    if config.policy == "pod" and mixed_full_cudagraphs(vllm_config):
+        raise ValueError("kv policy 'pod' decodes member layers in full CUDA graphs of decode steps only: serve with "
+                         "cudagraph_mode FULL_AND_PIECEWISE (the default) or FULL_DECODE_ONLY, not FULL")
 
 
 def check_cpu_packing(vllm_config) -> None:

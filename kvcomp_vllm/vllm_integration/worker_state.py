@@ -17,6 +17,7 @@ from . import compacted
 from .compat import GPUModelRunner, init_logger, prefix_caching, set_row_num_blocks, tp_coordinator
 from .kv_spec import CompressedAttentionSpec, kept_blocks
 from .attention_layers import CompressedLayers
+from .member_decode import MemberDecode
 from .prefix_cache import protected_prefix
 from .settings import engine_policy, model_layers, num_layers, request_policy
 from .tensor_parallel import HeadExchange, TPGroup, failed_anywhere
@@ -77,6 +78,8 @@ class CompressionStep:
     window_rows: list[RowSpan] = field(default_factory=list)  # rows ending inside the next point's observation window
     member_rows: dict[int, list[RowSpan]] = field(default_factory=dict)  # PoD member layer -> rows past their prompt
     member_inputs: dict[tuple, tuple] = field(default_factory=dict)  # member-decode inputs, filled by the impl
+    member_decode_rows: int = 0  # one-token rows past the prompt whose member layers decode from `state.member_decode`
+    decode_only: bool = False  # every batch row is one token past its prompt (uniform decode)
 
 
 STEP_FIELD = "kvcomp_step"  # attention metadata attribute: the `CompressionStep` it was built for
@@ -89,11 +92,14 @@ class WorkerCompression:
     `move_tokens` bounds one batched compaction move (`scratch`): requests past it move in groups.
     `tp` is the tensor-parallel group this worker's heads are part of (None on one rank). `layers` maps the
     model's layers to the policy's (a hybrid model's sliding-window layers to none); default: all layers.
+    `member_decode` holds a PoD server's member-decode buffers (`member_decode`), None for other policies.
     """
 
     def __init__(self, policy: KVPolicy, group_specs: list, move_tokens: int, tp: TPGroup | None = None,
-                 layers: CompressedLayers | None = None, prefix_caching: bool = False):
+                 layers: CompressedLayers | None = None, prefix_caching: bool = False,
+                 member_decode: MemberDecode | None = None):
         self.policy = policy
+        self.member_decode = member_decode
         self.layers = layers or CompressedLayers(tuple(range(policy.num_layers)), policy.num_layers)
         self.prefix_caching = prefix_caching
         self.move_tokens = move_tokens
@@ -202,14 +208,16 @@ class WorkerCompression:
         row_evicted = {t: [0] * num_reqs for t in self.tier_layers}  # lists: per-element tensor writes are slow
         row_tokens = torch.tensor([out.num_scheduled_tokens.get(r, 0) for r in batch.req_ids[:num_reqs]], dtype=torch.int64)
         rows, compress_rows, window_rows, member_rows = [], [], [], {}
+        decode, decode_rows, decode_only = self.member_decode, {}, num_reqs > 0
         for row, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = self.requests[req_id]
             for tier, evicted in state.evicted.items():
                 row_evicted[tier][row] = evicted
-            if req_id in self.failed:
-                continue
             start = int(batch.num_computed_tokens_cpu[row])
             end = start + out.num_scheduled_tokens.get(req_id, 0)
+            decode_only = decode_only and start >= state.prompt_len and end == start + 1
+            if req_id in self.failed:
+                continue
             ends_prompt = start < state.prompt_len <= end
             if not state.evicts:
                 if ends_prompt:
@@ -222,6 +230,11 @@ class WorkerCompression:
             if start >= state.prompt_len:
                 for layer in state.members:
                     member_rows.setdefault(layer, []).append(span)
+                if decode is not None and end == start + 1 and state.members.keys() == decode.owners.keys():
+                    # One layout for all member layers (`CompressingAttention._plan` checks).
+                    decode_rows[row] = next(iter(state.members.values())).decode_row(end - state.prompt_len)
+                elif state.members:
+                    decode_only = False  # its member layers overwrite their rows afterwards (`_attend_members`)
             if not point or not state.compresses_at(point):
                 if ends_prompt:  # the last point moves nothing: the layers keep what they hold
                     self._count_as_held(req_id, state)
@@ -230,9 +243,12 @@ class WorkerCompression:
                 compress_rows.append(span)
             elif end > point - policy.selector.observation_window:
                 window_rows.append(span)
+        if decode is not None:
+            decode.fill(decode_rows)
         self.step = CompressionStep(
             self, {t: torch.tensor(v, dtype=torch.int64) for t, v in row_evicted.items()}, row_tokens,
             [0, *torch.cumsum(row_tokens, 0).tolist()], rows, compress_rows, window_rows, member_rows,
+            member_decode_rows=len(decode_rows), decode_only=decode_only,
         )
 
     def prompt_compacted(self, req_id: str, layer: int, slots: int) -> None:
@@ -271,10 +287,15 @@ def new_state(runner: GPUModelRunner) -> WorkerCompression | None:
     if config is None:
         return None
     groups = [g.kv_cache_spec for g in runner.kv_cache_config.kv_cache_groups]
-    tp = TPGroup.of(tp_coordinator(), runner.vllm_config.model_config.get_total_num_kv_heads())
+    vllm_config = runner.vllm_config
+    tp = TPGroup.of(tp_coordinator(), vllm_config.model_config.get_total_num_kv_heads())
+    policy = runner_policy(runner, config)
+    max_len = vllm_config.model_config.max_model_len
+    scheduler, compilation = vllm_config.scheduler_config, vllm_config.compilation_config
+    rows = max(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, compilation.max_cudagraph_capture_size or 0)
     return WorkerCompression(
-        runner_policy(runner, config), groups, runner.vllm_config.model_config.max_model_len, tp,
-        model_layers(runner.vllm_config), prefix_caching(runner.vllm_config),
+        policy, groups, max_len, tp, model_layers(vllm_config), prefix_caching(vllm_config),
+        MemberDecode.for_policy(policy, rows, max_len, runner.device),
     )
 
 
