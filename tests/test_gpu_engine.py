@@ -155,6 +155,10 @@ def test_async_scheduling_gives_the_tokens_of_sync_scheduling_under_preemption(t
                   max_model_len=512, block_size=32, num_gpu_blocks_override=num_blocks, async_scheduling=mode,
                   additional_config={"kvcomp": settings})
         assert llm.llm_engine.vllm_config.scheduler_config.async_scheduling is mode
+        from kvcomp_vllm.testing.engine import scheduler_of
+        from kvcomp_vllm.vllm_integration.scheduler import KVCompAsyncScheduler, KVCompScheduler
+
+        assert type(scheduler_of(llm)) is (KVCompAsyncScheduler if mode else KVCompScheduler)
         runs[mode] = drive(llm, prompts, SamplingParams(max_tokens=96, temperature=0, ignore_eos=True))
         del llm
         gc.collect()

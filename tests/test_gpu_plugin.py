@@ -19,14 +19,13 @@ def test_plugin_registers_against_the_installed_vllm():
     import vllm
 
     from kvcomp_vllm.vllm_integration import plugin
-    from kvcomp_vllm.vllm_integration.compat import EngineArgs, KVCacheSpecRegistry, Scheduler
+    from kvcomp_vllm.vllm_integration.compat import EngineArgs, KVCacheSpecRegistry
     from kvcomp_vllm.vllm_integration.kv_spec import CompressedAttentionManager, CompressedAttentionSpec
 
     plugin.register()
     spec = CompressedAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
     assert KVCacheSpecRegistry.get_manager_class(spec) is CompressedAttentionManager
     assert getattr(EngineArgs.create_engine_config, "_kvcomp", False)
-    assert getattr(Scheduler.__init__, "_kvcomp", False)
     print("vLLM", vllm.__version__)
 
 
@@ -44,6 +43,9 @@ def test_cuda_graphs_stay_on_full_and_piecewise(tiny_llama_dir, policy):
     """PoD too: its member layers decode from buffers a full graph captures (`member_decode`)."""
     from vllm import LLM
 
+    from kvcomp_vllm.vllm_integration.scheduler import scheduler_class
+
     llm = LLM(model=str(tiny_llama_dir), dtype="bfloat16", gpu_memory_utilization=0.05, max_model_len=2048,
               additional_config={"kvcomp": {"policy": "pod", "group_size": 2} if policy == "pod" else {"policy": policy, "budget": 64}})
     assert llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name == "FULL_AND_PIECEWISE"
+    assert llm.llm_engine.vllm_config.scheduler_config.scheduler_cls == scheduler_class(True)  # async stays on

@@ -131,3 +131,11 @@ def test_speculative_decoding_is_refused(tiny_llama_dir):
         "kv policy 'snapkv' cannot be combined with speculative decoding: speculative_config='ngram' "
         "(--speculative-config); verifying draft tokens over a compacted cache is untested"
     )
+
+
+def test_a_scheduler_class_of_ones_own_is_refused(tiny_llama_dir):
+    assert refused(tiny_llama_dir, scheduler_cls="my_package.MyScheduler") == (
+        "kv policy 'snapkv' cannot be combined with a scheduler class of one's own: "
+        "scheduler_config.scheduler_cls='my_package.MyScheduler' (--scheduler-cls); a compressing engine runs "
+        "kvcomp's subclass of vLLM's scheduler, which stops prefill chunks at compression points"
+    )

@@ -66,7 +66,7 @@ def test_every_patch_call_has_a_line_in_the_table():
     request classes, `serve_subcommand()`, `beam_search_owner()`) by a line ending in `.name`."""
     targets = [target for target, _, _ in compat.PATCHED_INTERNALS]
     sites = list(patch_sites())
-    assert len(sites) >= 17  # the 17 calls of the hook modules at the time of writing were found
+    assert len(sites) >= 18  # the 18 calls of the hook modules at the time of writing were found (the scheduler is a subclass)
     for where, owner, name in sites:
         if isinstance(owner, ast.Name) and isinstance(getattr(compat, owner.id, None), type):
             assert f"{owner.id}.{name}" in targets, f"{where}: patch({owner.id}, {name!r}) has no line in PATCHED_INTERNALS"

@@ -29,6 +29,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 from vllm.v1.core.kv_cache_manager import KVCacheManager
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # 0.26 and 0.32 alike
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager
@@ -41,8 +42,10 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from .attention_layers import compressed_layers
 
 __all__ = [
+    "AsyncScheduler",
     "AttentionBackendEnum",
     "BlockTable",
+    "ChunkSplitting",
     "CPUAttentionBackend",
     "CPUAttentionBackendImpl",
     "CPUAttentionMetadataBuilder",
@@ -76,7 +79,9 @@ __all__ = [
     "register_backend",
     "register_kv_spec",
     "set_row_num_blocks",
-    "split_chunks_at",
+    "async_scheduling",
+    "scheduler_cls",
+    "set_scheduler_cls",
     "truncated_hit",
     "prefix_caching",
     "cpu_attention_isa",
@@ -175,6 +180,7 @@ CHECKED = ("0.26.0 (CUDA)", "0.32.0 (CPU)")  # the vLLM releases the project's t
 
 # (target, why, vLLM versions it was checked on) of every vLLM method kvcomp replaces or adds: each
 # `patch(Owner, "name", ...)` call's `Owner.name` (tests/test_vllm_compat.py checks), then the direct ones.
+# kvcomp's scheduler is no patch: a subclass vLLM builds from `--scheduler-cls` (`scheduler.py`, `ChunkSplitting`).
 PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("GPUModelRunner.get_kv_cache_spec", "compressing layers get kvcomp's KV spec", CHECKED),
     ("GPUModelRunner.initialize_kv_cache_tensors", "CPU packings probed, Triton kernels compiled", CHECKED),
@@ -182,8 +188,6 @@ PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("GPUModelRunner.profile_run", "compaction scratch held while vLLM profiles peak memory (CUDA)", CHECKED),
     ("GPUModelRunner.sample_tokens", "the output names requests whose kvcomp work failed", CHECKED),
     ("MultiGroupBlockTable.compute_slot_mapping", "slots shifted by the tokens evicted", CHECKED),
-    ("Scheduler.__init__", "prefill chunks stop at compression points", CHECKED),
-    ("Scheduler.update_from_output", "requests whose kvcomp work failed finish as errors", CHECKED),
     ("ServeSubcommand.cmd", "`vllm serve` prints a kvcomp settings error as one line", CHECKED),
     ("EngineArgs.add_cli_args", "the --kv-* flags", CHECKED),
     ("EngineArgs.from_cli_args", "flags into additional_config, kvcomp's HTTP middlewares", CHECKED),
@@ -197,7 +201,6 @@ PATCHED_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("LLM.beam_search", "beam search refused when compressing (on the MRO class defining it)", CHECKED),
     ("KVCacheManager.get_computed_blocks", "a resumed compressing request hits at most its protected prefix", ("0.32.0 (CPU)",)),
     ("KVCacheManager.allocate_slots", "a request's protected prefix fixed at its first allocation", ("0.32.0 (CPU)",)),
-    ("Scheduler._mamba_block_aligned_split", "set per scheduler: the chunk-split hook (split_chunks_at)", CHECKED),
     ("WorkerWrapperBase.kvcomp_report", "added: the workers' metrics RPC (add_worker_method)", CHECKED),
     # vLLM's CPU platform turns async scheduling off, so only CUDA runs this one:
     ("AsyncModelRunnerOutput.get_output", "set per output: failures carried once resolved", ("0.26.0 (CUDA)",)),
@@ -228,19 +231,48 @@ def register_kv_spec(spec_cls: type, manager_cls: type) -> None:
     KVCacheSpecRegistry.register(spec_cls, manager_cls, uniform_type_base_spec=spec_cls)
 
 
-def split_chunks_at(scheduler: Scheduler, split) -> None:
-    """Make `scheduler` pass every prefill chunk size through `split(request, num_new_tokens, start)`.
+class ChunkSplitting:
+    """Scheduler mixin (before vLLM's scheduler in the bases): once `split_chunks()` is called, every prefill
+    chunk size passes through `self.split_chunk(request, num_new_tokens, start)`, which the subclass defines.
 
-    vLLM's scheduler already routes chunk sizes through a splitting hook (Mamba uses it to stop
-    at cacheable positions); kvcomp refuses non-attention layers, so the hook is free to reuse.
+    vLLM's scheduler already routes chunk sizes through a splitting method where
+    `need_mamba_block_aligned_split` (Mamba stops chunks at cacheable positions; one signature in 0.26.0
+    and 0.32.0); kvcomp refuses non-attention layers, so the hook is free to reuse.
     """
 
-    def hook(request, num_new_tokens, num_new_local_computed_tokens=0, num_external_computed_tokens=0):
-        start = request.num_computed_tokens + num_new_local_computed_tokens + num_external_computed_tokens
-        return split(request, num_new_tokens, start)
+    _kvcomp_splits = False
 
-    scheduler.need_mamba_block_aligned_split = True
-    scheduler._mamba_block_aligned_split = hook
+    def split_chunks(self) -> None:
+        """Turn the hook on (after vLLM's `__init__`, which sets the flag for Mamba models)."""
+        if not callable(getattr(Scheduler, "_mamba_block_aligned_split", None)):
+            raise RuntimeError(f"kvcomp: vLLM {vllm_version()}'s scheduler has no chunk-split hook; {UNTESTED_VLLM}")
+        self._kvcomp_splits = True
+        self.need_mamba_block_aligned_split = True
+
+    def _mamba_block_aligned_split(self, request, num_new_tokens, num_new_local_computed_tokens=0,
+                                   num_external_computed_tokens=0):
+        if not self._kvcomp_splits:
+            return super()._mamba_block_aligned_split(
+                request, num_new_tokens, num_new_local_computed_tokens, num_external_computed_tokens)
+        start = request.num_computed_tokens + num_new_local_computed_tokens + num_external_computed_tokens
+        return self.split_chunk(request, num_new_tokens, start)
+
+
+def async_scheduling(vllm_config) -> bool:
+    """Whether the engine schedules a step while the previous one runs (vLLM settles it in its config)."""
+    return bool(vllm_config.scheduler_config.async_scheduling)
+
+
+def scheduler_cls(vllm_config) -> str | None:
+    """The scheduler class the engine config names (`--scheduler-cls`), as a qualified name, or None for vLLM's own."""
+    value = vllm_config.scheduler_config.scheduler_cls
+    return value if value is None or isinstance(value, str) else f"{value.__module__}.{value.__qualname__}"
+
+
+def set_scheduler_cls(vllm_config, qualname: str) -> None:
+    """Make the engine core build its scheduler from class `qualname` (0.26 and 0.32 both import a name
+    with `resolve_obj_by_qualname`; a name travels to engine-core processes as text)."""
+    vllm_config.scheduler_config.scheduler_cls = qualname
 
 
 def truncated_hit(manager: KVCacheManager, result: tuple, tokens: int) -> tuple:
@@ -434,6 +466,8 @@ def untested_features(vllm_config) -> dict[str, object]:
         found["hybrid_kv_cache_manager_off"] = True
     if vllm_config.speculative_config is not None:
         found["speculative"] = getattr(vllm_config.speculative_config, "method", None) or True
+    if scheduler_cls(vllm_config) is not None:
+        found["scheduler_cls"] = scheduler_cls(vllm_config)
     return found
 
 

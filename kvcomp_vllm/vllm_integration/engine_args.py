@@ -18,6 +18,7 @@ from ..pod.geometry import mismatch
 from ..policies import make_policy
 from .compat import (
     EngineArgs,
+    async_scheduling,
     cpu_attention_isa,
     cpu_block_tilings,
     init_logger,
@@ -25,11 +26,13 @@ from .compat import (
     patch,
     platform_name,
     serve_subcommand,
+    set_scheduler_cls,
     vllm_support,
     vllm_tested,
     vllm_version,
 )
 from .refusals import check_features
+from .scheduler import KVCOMP_SCHEDULERS, scheduler_class
 from .attention_layers import other_layer_kinds
 from .settings import CONFIG_KEY, OVERRIDES_KEY, engine_settings, model_layers, num_layers, remember_served
 
@@ -183,8 +186,11 @@ def check_engine_config(vllm_config) -> None:
     if config.policy == "full":
         logger.info("kvcomp: policy full (no compression; vLLM's own KV cache path)")
         return
-    check_features(config.policy, vllm_config)
+    check_features(config.policy, vllm_config, KVCOMP_SCHEDULERS)
     check_device(config, vllm_config)
+    # kvcomp's scheduler (chunks stop at compression points, failed requests finish as errors), the async
+    # one where vLLM settled on async scheduling above; vLLM's engine core builds it from this name.
+    set_scheduler_cls(vllm_config, scheduler_class(async_scheduling(vllm_config)))
     if platform_name() == "cpu":
         check_cpu_packing(vllm_config)
     if vllm_config.cache_config.enable_prefix_caching and other_layer_kinds(model.hf_text_config):

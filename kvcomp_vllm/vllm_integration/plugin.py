@@ -15,8 +15,8 @@ def register() -> None:
     from .engine_args import install_engine_args_hooks
     from .kv_spec import CompressedAttentionManager, CompressedAttentionSpec
     from .metrics import install_metrics_hooks
+    from .prefix_cache import install_prefix_cache_hooks
     from .refusals import install_beam_search_hooks
-    from .scheduler import install_scheduler_hooks
     from .server_http import install_http_hooks
     from .worker import install_runner_hooks
 
@@ -26,7 +26,7 @@ def register() -> None:
     else:
         register_backend(AttentionBackendEnum.CPU_ATTN, f"{__package__}.cpu_backend.CompressedCPUBackend")
     install_runner_hooks()
-    install_scheduler_hooks()
+    install_prefix_cache_hooks()  # kvcomp's scheduler is set per engine at start-up (engine_args)
     install_engine_args_hooks()
     install_admission_hooks()
     install_beam_search_hooks()

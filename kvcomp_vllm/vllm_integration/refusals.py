@@ -53,6 +53,10 @@ REFUSED: dict[str, Refusal] = {
         "speculative decoding", "speculative_config", "--speculative-config",
         "verifying draft tokens over a compacted cache is untested",
     ),
+    "scheduler_cls": Refusal(
+        "a scheduler class of one's own", "scheduler_config.scheduler_cls", "--scheduler-cls",
+        "a compressing engine runs kvcomp's subclass of vLLM's scheduler, which stops prefill chunks at compression points",
+    ),
 }
 
 # What a compressing policy does with each kind of decoder layer (`attention_layers`, the worker's KV spec hook).
@@ -75,9 +79,12 @@ def refusal_message(policy: str, refusal: Refusal, value: object) -> str:
     return f"kv policy '{policy}' cannot be combined with {refusal.feature}: {refusal.setting}{shown} ({refusal.flag}); {refusal.reason}"
 
 
-def check_features(policy: str, vllm_config) -> None:
-    """Raise ValueError naming every refused feature the engine config turns on (policy `full` skips this)."""
+def check_features(policy: str, vllm_config, own_schedulers: tuple[str, ...] = ()) -> None:
+    """Raise ValueError naming every refused feature the engine config turns on (policy `full` skips this);
+    a scheduler class among `own_schedulers` (kvcomp's) is no user's."""
     found = untested_features(vllm_config)
+    if found.get("scheduler_cls") in own_schedulers:
+        del found["scheduler_cls"]
     if found:
         raise ValueError("; ".join(refusal_message(policy, REFUSED[key], value) for key, value in found.items()))
 

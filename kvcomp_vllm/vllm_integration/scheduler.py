@@ -1,4 +1,7 @@
-"""Scheduler hooks: a prefill chunk never runs past a compression point; managers see the requests.
+"""kvcomp's scheduler: a prefill chunk never runs past a compression point; managers see the requests.
+
+A subclass of vLLM's scheduler (or of its async one), installed as `scheduler_config.scheduler_cls`
+(`--scheduler-cls`) at start-up by `engine_args` on compressing engines (`scheduler_class`).
 
 Compression points are the prompt's end and, with `prefill_chunk`, every that many prompt tokens
 (`BudgetLayout.next_compression_point`). Stopping chunks there makes every compression round see
@@ -9,9 +12,9 @@ generated tokens are then replayed over the compacted cache, as they were decode
 
 from __future__ import annotations
 
-from .compat import Scheduler, finish_with_errors, init_logger, patch, prefix_caching, split_chunks_at
+from .compat import AsyncScheduler, ChunkSplitting, Scheduler, finish_with_errors, init_logger, prefix_caching
 from .kv_spec import CompressedAttentionManager
-from .prefix_cache import PrefixProtection, install_prefix_cache_hooks
+from .prefix_cache import PrefixProtection
 from .settings import request_policy, server_policy
 from .worker import FAILED_FIELD
 
@@ -28,39 +31,56 @@ def stop_at_compression_point(policy, request, num_new_tokens: int, start: int, 
     return min(num_new_tokens, point - start)
 
 
-def _init(original):
+class CompressingScheduler(ChunkSplitting):
+    """Scheduler mixin: chunks stop at compression points, the block managers see the requests (and with
+    prefix caching their protected prefixes), and requests whose kvcomp work failed on a worker finish as
+    errors, so one request's failure never stops the engine."""
+
     def __init__(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        policy = server_policy(self.vllm_config)
-        if policy.name != "full":
-            protection = None
-            if prefix_caching(self.vllm_config):
-                protection = PrefixProtection(policy, self.cache_config.block_size, self.requests)
-                self.kv_cache_manager.kvcomp_protection = protection
-            split_chunks_at(self, lambda request, n, start: stop_at_compression_point(policy, request, n, start, protection))
-            for manager in self.kv_cache_manager.coordinator.single_type_managers:
-                if isinstance(manager, CompressedAttentionManager):
-                    manager.requests = self.requests
-                    manager.protection = protection
+        super().__init__(*args, **kwargs)
+        self.kvcomp_policy = server_policy(self.vllm_config)
+        self.kvcomp_protection = None
+        if self.kvcomp_policy.name == "full":  # kvcomp's class named by hand on a `full` engine: vLLM's behaviour
+            return
+        if prefix_caching(self.vllm_config):
+            self.kvcomp_protection = PrefixProtection(self.kvcomp_policy, self.cache_config.block_size, self.requests)
+            self.kv_cache_manager.kvcomp_protection = self.kvcomp_protection
+        self.split_chunks()
+        for manager in self.kv_cache_manager.coordinator.single_type_managers:
+            if isinstance(manager, CompressedAttentionManager):
+                manager.requests = self.requests
+                manager.protection = self.kvcomp_protection
 
-    return __init__
+    def split_chunk(self, request, num_new_tokens: int, start: int) -> int:
+        """A prefill chunk's size, from token `start` on, stopped at the next compression point (`ChunkSplitting`)."""
+        return stop_at_compression_point(self.kvcomp_policy, request, num_new_tokens, start, self.kvcomp_protection)
 
-
-def _update_from_output(original):
     def update_from_output(self, scheduler_output, model_runner_output):
-        outputs = original(self, scheduler_output, model_runner_output)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
         failed = getattr(model_runner_output, FAILED_FIELD, None)  # set by the worker's sample_tokens hook
         if failed:
             logger.warning("kvcomp: finishing request(s) %s with an error: their KV compression failed on a worker", failed)
             finish_with_errors(self, outputs, failed)
         return outputs
 
-    return update_from_output
+
+class KVCompScheduler(CompressingScheduler, Scheduler):
+    """vLLM's scheduler with kvcomp's (`CompressingScheduler`)."""
 
 
-def install_scheduler_hooks() -> None:
-    """Wrap the scheduler's constructor, and finish the requests whose kvcomp work failed on the worker
-    as errors, so one request's failure never stops the engine (idempotent)."""
-    install_prefix_cache_hooks()
-    patch(Scheduler, "__init__", _init)
-    patch(Scheduler, "update_from_output", _update_from_output)
+class KVCompAsyncScheduler(CompressingScheduler, AsyncScheduler):
+    """vLLM's async scheduler (async scheduling on) with kvcomp's (`CompressingScheduler`)."""
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+KVCOMP_SCHEDULERS = (_qualname(KVCompScheduler), _qualname(KVCompAsyncScheduler))
+
+
+def scheduler_class(async_scheduling: bool) -> str:
+    """The qualified name of kvcomp's scheduler for `scheduler_config.scheduler_cls` (a name: it travels to
+    the engine-core process as text); the async one where vLLM schedules asynchronously."""
+    return KVCOMP_SCHEDULERS[1] if async_scheduling else KVCOMP_SCHEDULERS[0]
+
