@@ -38,6 +38,8 @@ POLICIES = {
     "pyramid": {"policy": "pyramid", "budget": 0.1},
     "windowkv": {"policy": "windowkv", "budget": 0.1},
     "pod": {"policy": "pod", "recent": 1024, "group_size": 4},
+    # PoD with token selection: SnapKV's 10% (proximal tokens counted), the distant ones with shared keys.
+    "pod-snapkv": {"policy": "pod", "recent": 1024, "group_size": 4, "select": "snapkv", "budget": 0.1},
 }
 LLAMA_8B = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,

@@ -5,7 +5,13 @@
     python benchmarks/serve.py --preset h200-8b     # Llama-3.1-8B shape, dummy weights, one GPU
     python benchmarks/serve.py --preset h200-8b --workloads A --rates 0.1,0.5,inf \\
         --configs vanilla snapkv-10%=snapkv:budget=0.1 configs/pyramid-10pct.yaml
+    python benchmarks/serve.py --preset h200-8b --workloads S --configs vanilla \
+        snapkv-nopc=snapkv:budget=0.1,prefix_caching=off snapkv-protected=snapkv:budget=0.1,cache_prefix=4096
     kvcomp-vllm bench serve ...                     # the same script
+
+Workloads S and D open every prompt of a pass with one shared prefix (vLLM's --random-prefix-len; its own
+per pass): a 4096-token system prompt before 28000 own tokens, a 32000-token document before a 64-token
+question. `prefix_caching=on|off` in a configuration sets vLLM's prefix caching.
 
 Per configuration: `vllm serve` starts on a free port in its own process group (vanilla: kvcomp's plugin
 not loaded, VLLM_PLUGINS="", vLLM's defaults, prefix caching on; kvcomp: the plugin's flags), /health is
@@ -37,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also when imported by tests or the CLI
 
 from policies import LLAMA_8B, RESULTS  # noqa: E402
-from serve_report import SLO, merge, report  # noqa: E402
+from serve_report import SLO, lengths, merge, report  # noqa: E402
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 PERCENTILES = "50,90,99"
@@ -46,12 +52,18 @@ METRICS = "ttft,tpot,itl,e2el"
 
 @dataclass(frozen=True)
 class Workload:
-    """Prompt and output lengths of a random dataset, and the request rates it runs at."""
+    """Prompt and output lengths of a random dataset, and the request rates it runs at. `prefix_len` tokens
+    (vLLM's --random-prefix-len) open every prompt of a pass: a shared system prompt or document."""
 
     name: str
     input_len: int
     output_len: int
     rates: tuple[float, ...]
+    prefix_len: int = 0
+
+    @property
+    def lengths(self) -> str:
+        return lengths(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,11 @@ PRESETS = {
     # Rates are starting points for one H200 (about 0.8 prefills of 32k per second on an H100): adjust with --rates.
     "h200-8b": ServePreset(
         "llama-3.1-8b-shape",
-        (Workload("A", 32000, 1024, (0.1, 0.25, 0.5, INF)), Workload("B", 16000, 256, (0.25, 0.5, 1.0, 1.5, INF))),
+        (Workload("A", 32000, 1024, (0.1, 0.25, 0.5, INF)), Workload("B", 16000, 256, (0.25, 0.5, 1.0, 1.5, INF)),
+         # issue 18's workloads: one shared 4096-token system prompt + 28000 own tokens; one shared
+         # 32000-token document + a 64-token question (where vanilla's prefix cache is at its best)
+         Workload("S", 28000, 1024, (0.25, 0.5, 0.75, 1.0), prefix_len=4096),
+         Workload("D", 64, 128, (1.0, 4.0, INF), prefix_len=32000)),
         ("vanilla", "snapkv-10%=snapkv:budget=0.1", "configs/pyramid-10pct.yaml", "configs/windowkv-12pct.yaml"),
         64, ("--load-format", "dummy", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.9", "--seed", "0"),
         health_timeout=1800.0,
@@ -112,8 +128,12 @@ def _value(text: str) -> int | float | str:
     return text
 
 
+PREFIX_CACHING = {"on": "--enable-prefix-caching", "off": "--no-enable-prefix-caching"}
+
+
 def parse_config(text: str) -> ServeConfig:
-    """`vanilla`, `[NAME=]configs/x.yaml` (`--kv-config`) or `[NAME=]POLICY[:key=value,...]` (`--kv-*` flags)."""
+    """`vanilla`, `[NAME=]configs/x.yaml` (`--kv-config`) or `[NAME=]POLICY[:key=value,...]` (`--kv-*` flags);
+    `prefix_caching=on|off` among the keys sets vLLM's prefix caching (default: vLLM's, on), also `vanilla:...`."""
     from pydantic import ValidationError
 
     from kvcomp_vllm.config import KVPolicyConfig, load_preset
@@ -122,17 +142,29 @@ def parse_config(text: str) -> ServeConfig:
     name, sep, spec = text.partition("=")
     if not sep or ":" in name or "/" in name or name.endswith((".yaml", ".yml")):
         name, spec = "", text
-    if spec == "vanilla":
-        return ServeConfig(name or "vanilla", (), False)
+    policy, _, params = spec.partition(":")
+    caching: list[str] = []
+    items = []
+    for item in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, value = item.partition("=")
+        if key.strip().replace("-", "_") != "prefix_caching":
+            items.append(item)
+        elif value.strip() not in PREFIX_CACHING or caching:
+            raise ValueError(f"config {text!r}: prefix_caching is on or off, once")
+        else:
+            caching = [PREFIX_CACHING[value.strip()]]
+    if policy == "vanilla":
+        if items:
+            raise ValueError(f"config {text!r}: vanilla takes prefix_caching only, not {items[0]!r}")
+        return ServeConfig(name or spec, tuple(caching), False)
     if spec.endswith((".yaml", ".yml")):
         path = Path(spec) if Path(spec).exists() else SOURCE_ROOT / spec
         if not path.exists():
             raise ValueError(f"config {text!r}: no file {spec}")
         load_preset(path)  # a bad preset fails here, before any server starts
         return ServeConfig(name or path.stem, ("--kv-config", str(path.resolve())), True)
-    policy, _, params = spec.partition(":")
     fields: dict = {}
-    for item in filter(None, (p.strip() for p in params.split(","))):
+    for item in items:
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or f"--kv-{key.replace('_', '-')}" not in FLAGS:
@@ -147,7 +179,7 @@ def parse_config(text: str) -> ServeConfig:
     args = ["--kv-policy", policy]
     for key, value in fields.items():
         args += [f"--kv-{key.replace('_', '-')}", str(value)]
-    return ServeConfig(name or spec, tuple(args), True)
+    return ServeConfig(name or spec, (*args, *caching), True)
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
@@ -198,7 +230,7 @@ def plan(workloads: list[Workload], num_prompts: int, seed: int, warmup_prompts:
     """Every pass in order, with seeds `seed` (the warm-up: the first workload's prompts, 8 output tokens),
     `seed + 1`, ...: each pass's prompts are its own, and the same in every configuration."""
     first = workloads[0]
-    warmup = Workload("warmup", first.input_len, min(first.output_len, 8), (INF,))
+    warmup = Workload("warmup", first.input_len, min(first.output_len, 8), (INF,), first.prefix_len)
     timed = [(w, rate) for w in workloads for rate in w.rates]
     passes = [Pass(w, rate, seed + 1 + k, num_prompts) for k, (w, rate) in enumerate(timed)]
     return [Pass(warmup, INF, seed, warmup_prompts, warmup=True), *passes] if warmup_prompts else passes
@@ -213,6 +245,7 @@ def bench_command(url: str, model: Path, p: Pass, slo: SLO, result_dir: Path, la
         "--model", str(model), "--tokenizer", str(model), "--label", label,
         "--dataset-name", "random", "--random-input-len", str(p.workload.input_len),
         "--random-output-len", str(p.workload.output_len), "--random-range-ratio", "0",
+        *(("--random-prefix-len", str(p.workload.prefix_len)) if p.workload.prefix_len else ()),
         "--num-prompts", str(p.num_prompts), "--request-rate", rate_label(p.rate), "--burstiness", "1",
         "--seed", str(p.seed), "--ignore-eos", "--temperature", "0",
         "--percentile-metrics", METRICS, "--metric-percentiles", PERCENTILES,
@@ -299,6 +332,7 @@ def run_pass(config: ServeConfig, p: Pass, running, model: Path, args, logs: Pat
         rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=client_env)
     after = prefix_cache(running.url)
     row = {"workload": p.workload.name, "input_len": p.workload.input_len, "output_len": p.workload.output_len,
+           "prefix_len": p.workload.prefix_len,
            "rate": rate_label(p.rate), "seed": p.seed, "num_prompts": p.num_prompts, "warmup": p.warmup,
            "bench_command": shlex.join(cmd), "bench_log": str(log),
            "prefix_cache": {k: after[k] - before[k] for k in ("hits", "queries")} if before and after else None}
@@ -351,6 +385,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workloads", help="comma list of the preset's workloads (default: all)")
     parser.add_argument("--input-len", type=int, help="one workload of this prompt length instead of the preset's")
     parser.add_argument("--output-len", type=int, help="with --input-len: its output length")
+    parser.add_argument("--prefix-len", type=int, default=0, help="with --input-len: a shared prefix of this many "
+                        "tokens opens every prompt of a pass (vLLM's --random-prefix-len)")
     parser.add_argument("--rates", type=parse_rates, help="request rates per second, comma list, inf = burst "
                         "(default: each workload's)")
     parser.add_argument("--num-prompts", type=int, help="requests per rate (default: the preset's)")
@@ -373,8 +409,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset = PRESETS[args.preset]
     if (args.input_len is None) != (args.output_len is None):
         parser.error("--input-len and --output-len go together")
+    if args.prefix_len and not args.input_len:
+        parser.error("--prefix-len goes with --input-len (the preset's workloads carry their own)")
+    if args.prefix_len < 0:
+        parser.error("--prefix-len must be >= 0")
     if args.input_len:
-        workloads = [Workload("custom", args.input_len, args.output_len, preset.workloads[0].rates)]
+        workloads = [Workload("custom", args.input_len, args.output_len, preset.workloads[0].rates, args.prefix_len)]
     else:
         names = args.workloads.split(",") if args.workloads else [w.name for w in preset.workloads]
         known = {w.name: w for w in preset.workloads}
@@ -382,7 +422,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"unknown workloads {unknown}; {args.preset} has {', '.join(known)}")
         workloads = [known[n] for n in names]
     if args.rates:
-        workloads = [Workload(w.name, w.input_len, w.output_len, args.rates) for w in workloads]
+        workloads = [Workload(w.name, w.input_len, w.output_len, args.rates, w.prefix_len) for w in workloads]
     try:
         args.config_list = [parse_config(c) for c in args.configs or preset.configs]
     except ValueError as err:
@@ -393,7 +433,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.num_prompts = args.num_prompts or preset.num_prompts
     args.warmup_prompts = preset.warmup_prompts if args.warmup_prompts is None else args.warmup_prompts
     args.health_timeout = args.health_timeout or preset.health_timeout
-    args.max_model_len = max(w.input_len + w.output_len for w in workloads) + 64  # room for re-tokenized prompts
+    # room for re-tokenized prompts
+    args.max_model_len = max(w.prefix_len + w.input_len + w.output_len for w in workloads) + 64
     args.slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
     args.stem = args.stem or f"serve-{args.preset}"
     return args
@@ -413,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             env = json.dumps(server_env(c, preset))
             print(f"{c.name}: vllm serve MODEL {shlex.join(serve_args(c, preset, args))}  env {env}")
         for p in passes:
-            print(f"  {p.label}: {p.num_prompts} x ({p.workload.input_len} in, {p.workload.output_len} out), seed {p.seed}")
+            print(f"  {p.label}: {p.num_prompts} x ({p.workload.lengths}), seed {p.seed}")
         return 0
     model = args.model or model_dir(preset.model, args.model_root)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,12 @@ def rate_value(label: str) -> float:
     return math.inf if label == "inf" else float(label)
 
 
+def lengths(workload: dict) -> str:
+    """A workload's lengths as written in a report: '4096 shared + 28000 in, 1024 out'."""
+    shared = f"{workload['prefix_len']} shared + " if workload.get("prefix_len") else ""
+    return f"{shared}{workload['input_len']} in, {workload['output_len']} out"
+
+
 def rows(runs: list[dict]) -> list[dict]:
     """The timed passes (warm-ups left out) of every configuration, each with its config's name and setting."""
     return [{**p, "config": r["config"], "prefix_caching": r.get("prefix_caching")}
@@ -99,10 +105,10 @@ def markdown(meta: dict, runs: list[dict]) -> str:
              "per second that met both objectives themselves. *Within SLO*: the rate's p99 TTFT and p99 TPOT meet it "
              "and no request failed. Prefix-cache hits: share of the pass's prompt tokens the server's prefix cache served.", ""]
     for w in meta["workloads"]:
-        title = f"## Workload {w['name']}: {w['input_len']} in, {w['output_len']} out"
+        title = f"## Workload {w['name']}: {lengths(w)}"
         parts += [title, "", *table(runs, w["name"], slo), ""]
-    if any((p.get("prefix_cache") or {}).get("hits") for p in rows(runs)):
-        parts += ["Prefix-cache hits above zero: vLLM's random dataset builds each prompt from consecutive token ids "
+    if any((p.get("prefix_cache") or {}).get("hits") for p in rows(runs) if not p.get("prefix_len")):
+        parts += ["Prefix-cache hits above zero in a workload without a shared prefix: vLLM's random dataset builds each prompt from consecutive token ids "
                   "at a random start, and prompts whose starts meet share a prefix (the more often, the smaller the "
                   "vocabulary). Seeds differ per pass; starts can still meet.", ""]
     names = [w["name"] for w in meta["workloads"]]
@@ -174,7 +180,7 @@ def plot(runs: list[dict], workload: dict, slo: SLO, path: Path) -> None:
         ax.set_xlabel("request rate (req/s; inf: all at once)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"workload {workload['name']}: {workload['input_len']} in, {workload['output_len']} out")
+    fig.suptitle(f"workload {workload['name']}: {lengths(workload)}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,6 +30,10 @@ def test_config_specs_become_serve_flags():
     assert preset.name == "pyramid-10pct"
     assert preset.args == ("--kv-config", str(bench.SOURCE_ROOT / "configs/pyramid-10pct.yaml"))
     assert bench.parse_config("p=configs/pod-35pct.yaml").name == "p"
+    off = bench.parse_config("snapkv-nopc=snapkv:budget=0.1,prefix_caching=off")
+    assert off.args == ("--kv-policy", "snapkv", "--kv-budget", "0.1", "--no-enable-prefix-caching")
+    assert bench.parse_config("vanilla:prefix_caching=off") == bench.ServeConfig(
+        "vanilla:prefix_caching=off", ("--no-enable-prefix-caching",), False)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -39,6 +43,9 @@ def test_config_specs_become_serve_flags():
     ("snapkv:window_sizes=8", "is not key=value of a --kv-* flag"),
     ("pod:groups=2", "'groups=2' is not key=value of a --kv-* flag"),  # set through --kv-config only
     ("configs/none.yaml", "no file configs/none.yaml"),
+    ("snapkv:prefix_caching=maybe", "prefix_caching is on or off, once"),
+    ("snapkv:prefix_caching=on,prefix_caching=off", "prefix_caching is on or off, once"),
+    ("vanilla:budget=0.1", "vanilla takes prefix_caching only, not 'budget=0.1'"),
 ])  # fmt: skip
 def test_bad_config_specs_are_refused_before_any_server_starts(spec, message):
     with pytest.raises(ValueError, match="config") as err:
@@ -73,9 +80,13 @@ def test_h200_preset_plan(capsys):
     out = capsys.readouterr().out
     for name in ("vanilla:", "snapkv-10%:", "pyramid-10pct:", "windowkv-12pct:"):
         assert sum(line.startswith(name) for line in out.splitlines()) == 1
-    assert "--load-format dummy" in out and "--max-model-len 33088" in out
+    assert "--load-format dummy" in out and "--max-model-len 33184" in out  # S: 4096 + 28000 + 1024, + 64
     assert '"VLLM_PLUGINS": ""' in out.splitlines()[0]  # vanilla: the plugin stays out
     assert "A-rate0.1: 64 x (32000 in, 1024 out)" in out and "B-rate0.5: 64 x (16000 in, 256 out)" in out
+    assert "S-rate0.75: 64 x (4096 shared + 28000 in, 1024 out)" in out
+    assert "D-rateinf: 64 x (32000 shared + 64 in, 128 out)" in out
+    assert bench.main(["--preset", "h200-8b", "--workloads", "A", "--dry-run"]) == 0
+    assert "--max-model-len 33088" in capsys.readouterr().out
 
 
 def test_rates_and_lengths_from_flags(capsys):
@@ -84,6 +95,17 @@ def test_rates_and_lengths_from_flags(capsys):
     assert "custom-rate0.5: 8 x (300 in, 20 out)" in out and "custom-rateinf: 8 x (300 in, 20 out)" in out
     with pytest.raises(SystemExit):
         bench.main(["--rates", "0,1", "--dry-run"])
+    with pytest.raises(SystemExit):
+        bench.main(["--prefix-len", "64", "--dry-run"])  # a preset's workloads carry their own prefix
+    assert bench.main(["--input-len", "300", "--output-len", "20", "--prefix-len", "64", "--dry-run"]) == 0
+    assert "custom-rate1: 8 x (64 shared + 300 in, 20 out)" in capsys.readouterr().out
+    shared = bench.plan([bench.Workload("S", 300, 20, (1.0,), prefix_len=64)], 4, 0, 1)
+    assert [p.workload.prefix_len for p in shared] == [64, 64]  # the warm-up has a prefix of its own (its seed)
+    cmd = " ".join(bench.bench_command("http://h:1", Path("/m"), shared[1], SLO(10000, 60), Path("/r"), "v"))
+    assert "--random-prefix-len 64 " in cmd and "--random-input-len 300 " in cmd
+    assert "--random-prefix-len" not in " ".join(
+        bench.bench_command("http://h:1", Path("/m"), bench.plan([bench.Workload("A", 9, 2, (1.0,))], 1, 0, 0)[0],
+                            SLO(10000, 60), Path("/r"), "v"))
 
 
 def _result(ttft99: float, tpot99: float, failed: int = 0) -> dict:
@@ -176,7 +198,8 @@ def _smoke(tmp_path: Path, monkeypatch, *argv: str) -> dict:
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # servers as `vllm serve` runs them
     assert bench.main([*argv, "--out", str(tmp_path), "--stem", "s", "--num-prompts", "3"]) == 0
     data = json.loads((tmp_path / "s.json").read_text())
-    assert (tmp_path / "s.md").exists() and (tmp_path / "s-A.png").stat().st_size > 10_000
+    for w in data["workloads"]:
+        assert (tmp_path / "s.md").exists() and (tmp_path / f"s-{w['name']}.png").stat().st_size > 10_000
     for run in data["runs"]:
         assert "error" not in run
         with pytest.raises(ProcessLookupError):
@@ -204,6 +227,22 @@ def test_cpu_tiny_serving_benchmark(tmp_path, monkeypatch, tiny_llama_dir):
     assert len(set(seeds)) == 2 and seeds == [p["seed"] for p in snapkv["passes"]]  # own per pass, same per config
     md = (tmp_path / "s.md").read_text()
     assert "| vanilla | on | 2 | 3/3 |" in md and "| snapkv-10% | on | 4 | 3/3 |" in md
+
+
+@pytest.mark.vllm
+def test_shared_prefix_workload_hits_the_prefix_cache_with_and_without_compression(tmp_path, monkeypatch, tiny_llama_dir):
+    """Issue 18's workload through `vllm serve`: a 256-token shared prefix, 320 own tokens; vanilla and snapkv
+    with the prefix protected (`cache_prefix`) both serve the later requests' prefixes from the cache."""
+    data = _smoke(tmp_path, monkeypatch, "--preset", "cpu-tiny", "--model", str(tiny_llama_dir), "--input-len", "320",
+                  "--output-len", "8", "--prefix-len", "256", "--rates", "1", "--warmup-prompts", "0", "--configs",
+                  "vanilla", "snapkv-protected=snapkv:budget=0.1,cache_prefix=256",
+                  "snapkv-nopc=snapkv:budget=0.1,prefix_caching=off")
+    hits = {run["config"]: run["passes"][0]["prefix_cache"]["hits"] for run in data["runs"]}
+    caching = {run["config"]: run["prefix_caching"] for run in data["runs"]}
+    assert caching == {"vanilla": True, "snapkv-protected": True, "snapkv-nopc": False}
+    # requests 2 and 3 find the prefix's 256 tokens (8 blocks of 32) that request 1 left
+    assert hits["vanilla"] >= 2 * 224 and hits["snapkv-protected"] >= 2 * 224 and hits["snapkv-nopc"] == 0, hits
+    assert "64 shared + " not in (tmp_path / "s.md").read_text() and "256 shared + 320 in" in (tmp_path / "s.md").read_text()
 
 
 @pytest.mark.vllm
