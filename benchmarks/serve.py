@@ -5,7 +5,7 @@
     python benchmarks/serve.py --preset h200-8b     # Llama-3.1-8B shape, dummy weights, one GPU
     python benchmarks/serve.py --preset h200-8b --workloads A --rates 0.1,0.5,inf \\
         --configs vanilla snapkv-10%=snapkv:budget=0.1 configs/pyramid-10pct.yaml
-    python benchmarks/serve.py --preset h200-8b --workloads S --configs vanilla \
+    python benchmarks/serve.py --preset h200-8b --workloads S --configs vanilla \\
         snapkv-nopc=snapkv:budget=0.1,prefix_caching=off snapkv-protected=snapkv:budget=0.1,cache_prefix=4096
     kvcomp-vllm bench serve ...                     # the same script
 
