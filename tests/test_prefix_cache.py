@@ -19,6 +19,7 @@ pytestmark = pytest.mark.vllm
 
 BLOCK = 32
 SHARED = 320  # tokens of the shared system prompt: ten whole blocks
+
 POLICIES = [
     dict(policy="snapkv", budget=64),
     dict(policy="pyramid", budget=0.2, tiers=2),
@@ -149,7 +150,13 @@ def record_protected(llm) -> dict[str, int]:
     return seen
 
 
-def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_llama_dir, model, ids, release):
+@pytest.mark.parametrize("arch, blocks, max_model_len, out", [("llama", 64, 768, 80), ("gemma3", 64, 896, 200)])
+def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(arch, blocks, max_model_len, out, request,
+                                                                          release):
+    """Also on the tiny Gemma 3, where a resumed request's hit is searched again in both kinds of layer."""
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    model = request.getfixturevalue("model" if arch == "llama" else "gemma3")
+    ids = request.getfixturevalue("ids" if arch == "llama" else "gemma3_ids")
     server = {"policy": "pyramid", "budget": 0.25, "tiers": 2, "cache_prefix": SHARED}
     system = ids(40, 1, SHARED)
     own = [ids(30, 10 + i, 120 + 40 * i) for i in range(6)]
@@ -162,11 +169,11 @@ def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_l
         ({"policy": "snapkv", "budget": 48, "cache_prefix": "auto"}, 1),
     ]
     prompts = [system + o for o in own]
-    llm = make_llm(tiny_llama_dir, server, num_gpu_blocks_override=64, max_num_batched_tokens=128, max_num_seqs=8,
-                   max_model_len=768)
+    llm = make_llm(model_dir, server, num_gpu_blocks_override=blocks, max_num_batched_tokens=128, max_num_seqs=8,
+                   max_model_len=max_model_len)
     cache = count_prefix_cache(llm)
     seen = record_protected(llm)
-    run = drive(llm, prompts, [greedy(80, kvcomp, n) for kvcomp, n in requests])
+    run = drive(llm, prompts, [greedy(out, kvcomp, n) for kvcomp, n in requests])
     assert run.preemptions > 0
     assert cache["hits"] > 0
     base = KVPolicyConfig(**server)
@@ -175,7 +182,7 @@ def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_l
         protected = {p for r, p in seen.items() if external_id(r, list(run.samples)) == req_id}
         if config.cache_prefix == SHARED:
             assert protected == {SHARED}, req_id
-        want = generate(model, prompt, config, 80, protected=max(protected)).tokens
+        want = generate(model, prompt, config, out, protected=max(protected)).tokens
         assert samples == [want] * n, (req_id, config.describe(), protected)
     scheduler = scheduler_of(llm)
     assert run.free_blocks_after == run.free_blocks_before
@@ -184,20 +191,73 @@ def test_mixed_batch_with_chunked_prefill_preemption_and_n2_leaks_nothing(tiny_l
 
 
 
-def test_a_hybrid_model_turns_prefix_caching_off(tiny_gemma3_dir, monkeypatch, release):
-    """Tiny Gemma 3 (sliding-window layers): prefix caching with compression is not yet tested there, so it
-    is turned off at start-up, logged, and a repeated prompt is recomputed and answers as the oracle."""
-    from kvcomp_vllm.vllm_integration import engine_args
+HYBRID_POLICIES = [dict(policy="snapkv", budget=64), dict(policy="pyramid", budget=0.2, tiers=2),
+                   dict(policy="pod", recent=48, group_size=2)]
 
-    logged: list[str] = []
-    monkeypatch.setattr(engine_args.logger, "warning", lambda msg, *args: logged.append(msg % args))
+
+@pytest.fixture(scope="module")
+def gemma3(tiny_gemma3_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def gemma3_ids(tiny_gemma3_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma3_dir)
-    prompt = tokenizer(" ".join(synthetic_text(40, 1))).input_ids[:400]
-    settings = dict(policy="snapkv", budget=64)
+    return lambda sentences, seed, length: tokenizer(" ".join(synthetic_text(sentences, seed))).input_ids[:length]
+
+
+@pytest.mark.parametrize("settings", HYBRID_POLICIES, ids=lambda s: s["policy"])
+def test_hybrid_model_second_request_hits_the_shared_system_prompt(tiny_gemma3_dir, gemma3, gemma3_ids, settings,
+                                                                   release):
+    """Tiny Gemma 3 (sliding-window layers beside the compressed full-attention ones): the shared prompt is
+    a hit in both kinds of layer, and both requests answer as the oracle with it protected."""
+    system = gemma3_ids(40, 1, SHARED)
+    first, second = system + gemma3_ids(20, 2, 150), system + gemma3_ids(20, 3, 170)
+    llm = make_llm(tiny_gemma3_dir, {**settings, "cache_prefix": SHARED})
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is True
+    cache = count_prefix_cache(llm)
+    config = KVPolicyConfig(**settings)
+    a = drive(llm, [first], greedy(10))
+    assert (cache["queries"], cache["hits"]) == (len(first), 0)
+    b = drive(llm, [second], greedy(10))
+    assert (cache["queries"], cache["hits"]) == (len(first) + len(second), SHARED)
+    assert one(a) == generate(gemma3, first, config, 10, protected=SHARED).tokens
+    assert one(b) == generate(gemma3, second, config, 10, protected=SHARED).tokens
+    assert a.free_blocks_after == a.free_blocks_before and b.free_blocks_after == b.free_blocks_before
+
+
+def test_hybrid_model_cache_prefix_makes_the_protected_part_a_hit(tiny_gemma3_dir, gemma3, gemma3_ids, release):
+    prompt = gemma3_ids(60, 4, 480)
+    settings = {"policy": "snapkv", "budget": 64, "cache_prefix": 200}  # rounded down to 192: six blocks
     llm = make_llm(tiny_gemma3_dir, settings)
-    assert "kvcomp: prefix caching turned off: with compression it is tested on models whose layers are all full " \
-           "attention, and this one also has sliding_attention layers" in logged
-    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
-    want = generate(AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.float32), prompt,
-                    KVPolicyConfig(**settings), 10).tokens
-    assert one(drive(llm, [prompt], greedy(10))) == want and one(drive(llm, [prompt], greedy(10))) == want
+    cache = count_prefix_cache(llm)
+    first, second = drive(llm, [prompt], greedy(10)), drive(llm, [prompt], greedy(10))
+    assert (cache["queries"], cache["hits"]) == (2 * len(prompt), 192)
+    want = generate(gemma3, prompt, KVPolicyConfig(**settings), 10, protected=192).tokens
+    assert one(first) == want and one(second) == want
+
+
+def test_hybrid_model_resumed_request_hit_is_searched_again_up_to_its_protected_prefix(tiny_gemma3_dir, gemma3_ids,
+                                                                                      release):
+    """A resumed request whose prompt a later request cached whole hits only its protected prefix, and in
+    the sliding-window layers that hit holds the window's blocks before the protected prefix's end (cutting
+    the longer hit's list would leave null blocks there: those layers keep blocks only near each junction)."""
+    from vllm import SamplingParams
+    from vllm.v1.request import Request
+
+    prompt = gemma3_ids(60, 4, 480)
+    llm = make_llm(tiny_gemma3_dir, {"policy": "snapkv", "budget": 64, "cache_prefix": 200})  # 192 protected
+    drive(llm, [prompt], greedy(4))  # caches its protected prefix, the sliding-window blocks before 192 too
+    drive(llm, [prompt], greedy(4, {"policy": "full"}))  # evicts nothing: its prompt enters the cache whole
+    core = llm.llm_engine.engine_core.engine_core
+    manager = core.scheduler.kv_cache_manager
+    resumed = Request("resumed", prompt, SamplingParams(max_tokens=4), None, block_hasher=core.request_block_hasher)
+    assert manager.get_computed_blocks(resumed)[1] == 15 * BLOCK - BLOCK  # a new request hits all but the last block
+    manager.kvcomp_protection.fixed["resumed"] = 192
+    blocks, hit, _ = manager.get_computed_blocks(resumed)
+    assert hit == 192
+    for group, single in zip(blocks.blocks, manager.coordinator.single_type_managers):
+        assert len(group) == 192 // BLOCK
+        window = getattr(single.kv_cache_spec, "sliding_window", None)
+        needed = group if window is None else group[-cdiv(window, BLOCK):]
+        assert not any(block.is_null for block in needed), type(single).__name__

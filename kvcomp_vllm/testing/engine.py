@@ -31,6 +31,7 @@ class EngineRun:
     decode_steps: int = 0  # steps that scheduled one token for each request and no prompt tokens
     decode_tokens: int = 0
     decode_seconds: float = 0.0
+    first_token_seconds: dict[str, float] = field(default_factory=dict)  # request -> its first token's time (TTFT)
 
     @property
     def decode_tok_s(self) -> float:
@@ -109,7 +110,10 @@ def drive(llm, prompts: list[list[int]], params, progress: bool = False, record_
                 run.decode_steps += 1
                 run.decode_tokens += last["tokens"]
                 run.decode_seconds += time.perf_counter() - step_start
+            now = time.perf_counter() - start
             for out in outputs:
+                if out.request_id not in run.first_token_seconds and any(c.token_ids for c in out.outputs):
+                    run.first_token_seconds[out.request_id] = now
                 if out.finished:
                     completion = out.outputs[0]
                     run.tokens[out.request_id] = list(completion.token_ids)

@@ -82,7 +82,7 @@ __all__ = [
     "async_scheduling",
     "scheduler_cls",
     "set_scheduler_cls",
-    "truncated_hit",
+    "pinned_hit",
     "prefix_caching",
     "cpu_attention_isa",
     "cpu_block_tilings",
@@ -275,14 +275,18 @@ def set_scheduler_cls(vllm_config, qualname: str) -> None:
     vllm_config.scheduler_config.scheduler_cls = qualname
 
 
-def truncated_hit(manager: KVCacheManager, result: tuple, tokens: int) -> tuple:
-    """`get_computed_blocks`'s result cut to at most `tokens` (whole blocks) of hit; the rest unchanged."""
-    blocks, hit, *rest = result
-    if hit <= tokens:
-        return result
-    managers = manager.coordinator.single_type_managers
-    kept = tuple(list(group[: tokens // m.block_size]) for group, m in zip(blocks.blocks, managers))
-    return (manager.create_kv_cache_blocks(kept), tokens, *rest)
+def pinned_hit(manager: KVCacheManager, request, result: tuple, protected: int) -> tuple:
+    """`get_computed_blocks`'s result for a request that keeps `protected` prompt tokens raw: its hit cut to at
+    most that, and the protected prefix's end pinned as the shared-prefix junction, so that sliding-window
+    groups (which cache sparsely) keep the blocks a later request needs to hit it.
+
+    A cut hit is searched again up to `protected` tokens rather than sliced: a sliding-window group's hit
+    holds real blocks only in the window before the hit's end (0.26 and 0.32 alike)."""
+    blocks, hit, boundary = result
+    if hit > protected:
+        found, hit, _ = manager.coordinator.find_longest_cache_hit(request.block_hashes, protected)
+        blocks = manager.create_kv_cache_blocks(found)
+    return blocks, hit, protected if protected > hit else boundary
 
 
 def prefix_caching(vllm_config) -> bool:

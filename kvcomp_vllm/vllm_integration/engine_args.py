@@ -193,13 +193,6 @@ def check_engine_config(vllm_config) -> None:
     set_scheduler_cls(vllm_config, scheduler_class(async_scheduling(vllm_config)))
     if platform_name() == "cpu":
         check_cpu_packing(vllm_config)
-    if vllm_config.cache_config.enable_prefix_caching and other_layer_kinds(model.hf_text_config):
-        # Hybrid models: the sliding-window layers' cache hits and the protected prefix do not yet meet
-        # (a shared prompt was never hit in tests/test_prefix_cache.py), so no hybrid request relies on them.
-        logger.warning("kvcomp: prefix caching turned off: with compression it is tested on models whose "
-                       "layers are all full attention, and this one also has %s layers",
-                       ", ".join(other_layer_kinds(model.hf_text_config)))
-        vllm_config.cache_config.enable_prefix_caching = False
     if vllm_config.cache_config.enable_prefix_caching:  # stays on: protected prefixes stay raw (prefix_cache)
         logger.info("kvcomp: prefix caching on: each request keeps its cache hits (cache_prefix: %s) raw and "
                     "compresses its own tokens", config.cache_prefix)

@@ -7,15 +7,17 @@ or more with `cache_prefix: N` (the first N tokens, whole blocks), never the las
 blocks stay raw in every layer; the policy compresses the rest (`policies.protected`). A request that
 compresses enters only its protected blocks in the cache; one that evicts nothing (policy `full`, a prompt
 within its budget) enters all, as vLLM does. A request resumed after preemption hits at most its protected
-prefix, so it replays exactly what it did before. The worker derives the same prefix from the hit it is
-told of (`protected_prefix`), and keeps it across preemption.
+prefix, so it replays exactly what it did before. The protected prefix's end is pinned as vLLM's
+shared-prefix junction, so that on hybrid models the sliding-window layers keep the blocks a later hit
+there needs. The worker derives the same prefix from the hit it is told of (`protected_prefix`), and keeps
+it across preemption.
 """
 
 from __future__ import annotations
 
 from ..policies import KVPolicy
 from ..policies.protected import protected_policy
-from .compat import KVCacheManager, patch, truncated_hit
+from .compat import KVCacheManager, patch, pinned_hit
 from .settings import request_policy
 
 
@@ -57,15 +59,21 @@ class PrefixProtection:
         one not yet allocated for, the one its admission with `start` tokens hit will fix."""
         if request.request_id in self.fixed or request.request_id in self.pending:
             return self.policy_of(request.request_id)
+        return protected_policy(request_policy(self.policy, request.sampling_params), self.expected(request, start))
+
+    def expected(self, request, hit: int) -> int:
+        """The protected prefix of a request whose lookup found `hit` tokens: its fixed one, or the one its
+        admission with that hit will fix."""
+        if request.request_id in self.fixed:
+            return self.fixed[request.request_id]
         base = request_policy(self.policy, request.sampling_params)
-        return protected_policy(base, protected_prefix(base, request.num_prompt_tokens, start, self.block_size))
+        return protected_prefix(base, request.num_prompt_tokens, hit, self.block_size)
 
     def admit(self, request, hit: int) -> bool:
         """Try the request's protected prefix for an allocation; False where it was fixed earlier."""
         if request.request_id in self.fixed:
             return False
-        base = request_policy(self.policy, request.sampling_params)
-        self.pending[request.request_id] = protected_prefix(base, request.num_prompt_tokens, hit, self.block_size)
+        self.pending[request.request_id] = self.expected(request, hit)
         return True
 
     def settle(self, request_id: str, allocated: bool) -> None:
@@ -99,9 +107,9 @@ def _get_computed_blocks(original):
     def get_computed_blocks(self, request):
         result = original(self, request)
         protection = getattr(self, "kvcomp_protection", None)
-        if protection is None or request.request_id not in protection.fixed:
+        if protection is None:
             return result
-        return truncated_hit(self, result, protection.fixed[request.request_id])
+        return pinned_hit(self, request, result, protection.expected(request, result[1]))
 
     return get_computed_blocks
 
