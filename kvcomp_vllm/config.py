@@ -191,9 +191,10 @@ class KVPolicyConfig(BaseModel):
     )
     cache_prefix: int | Literal["auto"] = Field(
         "auto",
-        description="prompt tokens kept raw and entered in vLLM's prefix cache: 'auto' keeps exactly the "
-        "tokens that hit the cache at admission; an integer N also keeps the first N (rounded down to whole "
-        "blocks), so the first request sending a shared prefix makes it a hit for the next",
+        description="prompt tokens kept raw and entered in vLLM's prefix cache: 'auto' keeps the tokens that "
+        "hit the cache at admission and the leading blocks an earlier, different prompt also began with (the "
+        "second sender of a shared prefix makes it a hit for the rest); an integer N keeps the hit and the "
+        "first N (rounded down to whole blocks), so the first sender makes it a hit for the next",
     )
     concentration_threshold: float = Field(
         0.5,

@@ -99,6 +99,7 @@ def test_snapkv_blocks_after_compaction_count_the_protected_prefix(tiny_llama_di
 
 
 def test_compacted_blocks_are_never_hit_as_raw(tiny_llama_dir, model, ids, release):
+    """`auto`, one prompt sent twice: an identical prompt is no other sender, so both compress it all."""
     prompt = ids(60, 4, 480)
     settings = {"policy": "snapkv", "budget": 64}
     llm = make_llm(tiny_llama_dir, settings)  # cache_prefix auto: nothing to protect without a hit
@@ -107,6 +108,26 @@ def test_compacted_blocks_are_never_hit_as_raw(tiny_llama_dir, model, ids, relea
     assert (cache["queries"], cache["hits"]) == (2 * len(prompt), 0) and cached_blocks(llm) == 0
     want = generate(model, prompt, KVPolicyConfig(**settings), 10).tokens
     assert one(first) == want and one(second) == want
+
+
+def test_auto_keeps_raw_the_prefix_an_earlier_prompt_began_with(tiny_llama_dir, model, ids, release):
+    """`auto`: the first sender of a system prompt compresses it all and caches nothing; the second sees that
+    an earlier, different prompt began the same way, keeps that prefix raw and caches it; the third hits it."""
+    system = ids(40, 1, SHARED)
+    prompts = [system + ids(20, 10 + i, 150 + 10 * i) for i in range(3)]
+    settings = {"policy": "snapkv", "budget": 64}
+    llm = make_llm(tiny_llama_dir, settings)  # cache_prefix auto
+    cache = count_prefix_cache(llm)
+    seen = record_protected(llm)
+    runs = []
+    for i, prompt in enumerate(prompts):
+        runs.append(drive(llm, [prompt], greedy(10)))
+        assert cached_blocks(llm) == [0, SHARED // BLOCK, SHARED // BLOCK][i]
+    assert (cache["queries"], cache["hits"]) == (sum(map(len, prompts)), SHARED)
+    assert list(seen.values()) == [0, SHARED, SHARED]
+    config = KVPolicyConfig(**settings)
+    for run, prompt, protected in zip(runs, prompts, [0, SHARED, SHARED]):
+        assert one(run) == generate(model, prompt, config, 10, protected=protected).tokens
 
 
 def test_cache_prefix_makes_the_protected_part_a_hit(tiny_llama_dir, model, ids, release):
@@ -261,3 +282,29 @@ def test_hybrid_model_resumed_request_hit_is_searched_again_up_to_its_protected_
         window = getattr(single.kv_cache_spec, "sliding_window", None)
         needed = group if window is None else group[-cdiv(window, BLOCK):]
         assert not any(block.is_null for block in needed), type(single).__name__
+
+
+def test_seen_prefixes_count_only_other_prompts_and_keep_the_newest_hashes():
+    from kvcomp_vllm.vllm_integration.prefix_cache import SeenPrefixes
+
+    seen = SeenPrefixes(limit=4)
+    seen.add(["a", "b", "c"], "first")
+    assert seen.prefix_blocks(["a", "b", "x"], "second") == 2
+    assert seen.prefix_blocks(["a", "b", "c"], "first") == 0  # the same prompt again is no other sender
+    seen.add(["a", "b", "c"], "first")
+    assert seen.prefix_blocks(["a", "b", "c"], "first") == 0
+    seen.add(["a", "d", "e"], "third")  # "b" is now the oldest and goes
+    assert list(seen.owners) == ["c", "a", "d", "e"]
+    assert seen.prefix_blocks(["a", "b"], "second") == 1 and seen.prefix_blocks(["a", "b"], "first") == 1
+
+
+def test_a_clients_protected_prefix_is_dropped_at_admission():
+    from vllm import SamplingParams
+
+    from kvcomp_vllm.vllm_integration.settings import PROTECTED_KEY, fixed_protected, resolve, set_protected
+
+    params = SamplingParams(extra_args={PROTECTED_KEY: 4000, "other": 1})
+    resolve(params, None)
+    assert params.extra_args == {"other": 1} and fixed_protected(params) is None
+    set_protected(params, 320)
+    assert fixed_protected(params) == 320 and params.extra_args["other"] == 1

@@ -36,8 +36,9 @@ def test_the_wrapped_policy_counts_from_the_prefix():
 
 
 def test_a_prefix_is_fixed_by_the_allocation_that_succeeds_and_kept_across_preemption():
-    request = SimpleNamespace(request_id="r", num_prompt_tokens=1000, sampling_params=None,
-                              is_finished=lambda: False)
+    request = SimpleNamespace(request_id="r", num_prompt_tokens=1000, sampling_params=SimpleNamespace(extra_args=None),
+                              is_finished=lambda: False, block_hashes=[f"h{i}" for i in range(1000 // 32)],
+                              prompt_token_ids=list(range(1000)))
     protection = PrefixProtection(snapkv(cache_prefix=128), 32, {"r": request})
     assert protection.admit(request, 0) and protection.protected("r") == 128
     protection.settle("r", False)  # no room this step: nothing fixed
@@ -45,6 +46,7 @@ def test_a_prefix_is_fixed_by_the_allocation_that_succeeds_and_kept_across_preem
     assert protection.admit(request, 256)
     protection.settle("r", True)
     assert protection.fixed == {"r": 256} and "r" in protection.compressing
+    assert request.sampling_params.extra_args == {"kvcomp_protected": 256}  # what its workers keep raw
     assert not protection.admit(request, 512)  # resumed after preemption: the first prefix holds
     assert protection.cacheable_tokens(request, 900) == 256  # a compressing request caches its prefix only
     protection.forget("r")

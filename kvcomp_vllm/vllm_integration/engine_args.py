@@ -81,7 +81,8 @@ FLAGS: dict[str, tuple[str, object, str]] = {
     "--kv-concentration-threshold": ("concentration_threshold", float, "windowkv auto: top-5% attention share that counts as concentrated"),
     "--kv-prefill-chunk": ("prefill_chunk", int, "compress every N prompt tokens during prefill, so prompts longer than the KV pool fit"),
     "--kv-cache-prefix": ("cache_prefix", _cache_prefix, "with prefix caching: prompt tokens kept raw and cached, "
-                          "auto (those that hit the cache) or the first N (whole blocks), so the next request sharing them hits"),
+                          "auto (those that hit the cache, and a prefix an earlier, different prompt began with) or the first N "
+                          "(whole blocks), so the next request sharing them hits"),
 }
 # Deprecated flags, accepted for one release: flag -> (old KVPolicyConfig field, argparse type), the field
 # mapping to its new name in KVPolicyConfig (config.RENAMED), which also logs the deprecation once.

@@ -15,17 +15,54 @@ it across preemption.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from ..policies import KVPolicy
 from ..policies.protected import protected_policy
 from .compat import KVCacheManager, patch, pinned_hit
-from .settings import request_policy
+from .settings import fixed_protected, request_policy, set_protected
+
+SEEN_BLOCKS = 1 << 17  # prompt block hashes remembered for `auto` (about 17 MB; 2M tokens at block size 16)
 
 
-def protected_prefix(policy: KVPolicy, prompt_len: int, hit: int, block_size: int) -> int:
-    """Prompt tokens kept raw for a request whose first `hit` tokens hit the prefix cache at admission."""
+def protected_prefix(policy: KVPolicy, prompt_len: int, hit: int, block_size: int, seen: int = 0) -> int:
+    """Prompt tokens kept raw for a request whose first `hit` tokens hit the prefix cache at admission and
+    whose first `seen` tokens an earlier prompt began with: `cache_prefix` N keeps the first N (whole
+    blocks), `auto` what was seen; the hit always, the last block's worth never."""
     n = policy.config.cache_prefix
-    wanted = 0 if n == "auto" else n // block_size * block_size
+    wanted = seen if n == "auto" else n // block_size * block_size
     return min(max(hit, wanted), (prompt_len - 1) // block_size * block_size)
+
+
+class SeenPrefixes:
+    """Block hashes of recent prompts (the newest `SEEN_BLOCKS`) with the prompts that held them, so `auto`
+    can tell a prefix that an earlier, different prompt also began with: its second sender keeps it raw and
+    cacheable, and the senders after it hit it. An identical prompt (a sibling of an n > 1 request, a
+    retry) is not another sender: every copy is served alike."""
+
+    def __init__(self, limit: int = SEEN_BLOCKS):
+        self.limit = limit
+        self.owners: OrderedDict = OrderedDict()  # block hash -> the last two prompts holding it
+
+    def prefix_blocks(self, block_hashes, prompt) -> int:
+        """Leading blocks that another prompt than `prompt` held (a block's hash covers every token before it)."""
+        n = 0
+        while n < len(block_hashes) and any(p != prompt for p in self.owners.get(block_hashes[n], ())):
+            n += 1
+        return n
+
+    def add(self, block_hashes, prompt) -> None:
+        for h in block_hashes:
+            owners = self.owners.pop(h, ())
+            self.owners[h] = owners if prompt in owners else (*owners, prompt)[-2:]
+        while len(self.owners) > self.limit:
+            self.owners.popitem(last=False)
+
+
+def _prompt_identity(request, hash_block_size: int) -> tuple:
+    """What tells two prompts apart: the hash of the last whole block (it covers those before) and the tokens after."""
+    full = request.num_prompt_tokens // hash_block_size
+    return (request.block_hashes[full - 1] if full else None, tuple(request.prompt_token_ids[full * hash_block_size:]))
 
 
 def evicts(policy, prompt_len: int) -> bool:
@@ -36,13 +73,15 @@ def evicts(policy, prompt_len: int) -> bool:
 class PrefixProtection:
     """The scheduler's protected prefixes, shared by the KV cache manager and every group's manager."""
 
-    def __init__(self, policy: KVPolicy, block_size: int, requests: dict):
+    def __init__(self, policy: KVPolicy, block_size: int, requests: dict, hash_block_size: int | None = None):
         self.policy = policy  # the server's
         self.block_size = block_size
+        self.hash_block_size = hash_block_size or block_size  # tokens per entry of `request.block_hashes`
         self.requests = requests  # the scheduler's, for each request's settings
         self.fixed: dict[str, int] = {}  # request id -> protected tokens, from its first allocation to its end
         self.pending: dict[str, int] = {}  # the allocation being tried (it may find no room)
         self.compressing: set[str] = set()  # fixed requests that evict prompt tokens: they cache only the prefix
+        self.seen = SeenPrefixes()
 
     def protected(self, request_id: str) -> int:
         return self.fixed.get(request_id, self.pending.get(request_id, 0))
@@ -67,7 +106,12 @@ class PrefixProtection:
         if request.request_id in self.fixed:
             return self.fixed[request.request_id]
         base = request_policy(self.policy, request.sampling_params)
-        return protected_prefix(base, request.num_prompt_tokens, hit, self.block_size)
+        seen = self.seen.prefix_blocks(self._prompt_hashes(request), _prompt_identity(request, self.hash_block_size))
+        seen = seen * self.hash_block_size // self.block_size * self.block_size
+        return protected_prefix(base, request.num_prompt_tokens, hit, self.block_size, seen)
+
+    def _prompt_hashes(self, request) -> list:
+        return request.block_hashes[: request.num_prompt_tokens // self.hash_block_size]
 
     def admit(self, request, hit: int) -> bool:
         """Try the request's protected prefix for an allocation; False where it was fixed earlier."""
@@ -82,8 +126,11 @@ class PrefixProtection:
             return
         if allocated:
             request = self.requests.get(request_id)
-            if request is not None and evicts(self.policy_of(request_id), request.num_prompt_tokens):
-                self.compressing.add(request_id)
+            if request is not None:
+                if evicts(self.policy_of(request_id), request.num_prompt_tokens):
+                    self.compressing.add(request_id)
+                set_protected(request.sampling_params, self.pending[request_id])  # what its workers keep raw
+                self.seen.add(self._prompt_hashes(request), _prompt_identity(request, self.hash_block_size))
             self.fixed[request_id] = self.pending[request_id]
         del self.pending[request_id]
 

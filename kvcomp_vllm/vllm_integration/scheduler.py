@@ -43,7 +43,8 @@ class CompressingScheduler(ChunkSplitting):
         if self.kvcomp_policy.name == "full":  # kvcomp's class named by hand on a `full` engine: vLLM's behaviour
             return
         if prefix_caching(self.vllm_config):
-            self.kvcomp_protection = PrefixProtection(self.kvcomp_policy, self.cache_config.block_size, self.requests)
+            self.kvcomp_protection = PrefixProtection(self.kvcomp_policy, self.cache_config.block_size, self.requests,
+                                                      self.hash_block_size)
             self.kv_cache_manager.kvcomp_protection = self.kvcomp_protection
         self.split_chunks()
         for manager in self.kv_cache_manager.coordinator.single_type_managers:

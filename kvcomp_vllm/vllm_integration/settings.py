@@ -103,14 +103,31 @@ def client_prefix(sampling_params: Any) -> str:
 RESOLVED_KEY = "kvcomp_resolved"  # extra_args: the settings admission resolved for the request (JSON)
 
 
+PROTECTED_KEY = "kvcomp_protected"  # extra_args: the protected prefix the scheduler fixed (prefix caching on)
+
+
 def resolve(sampling_params: Any, config: KVPolicyConfig | None) -> None:
     """Record the settings admission resolved for a request, where they differ from the server's
-    (`config`; None: the server's). It replaces whatever a client sent under that key."""
+    (`config`; None: the server's). It replaces whatever a client sent under that key, and drops a
+    client's protected prefix (only the scheduler sets one)."""
     extra = getattr(sampling_params, "extra_args", None)
+    if extra and PROTECTED_KEY in extra:
+        extra = sampling_params.extra_args = {k: v for k, v in extra.items() if k != PROTECTED_KEY}
     if config is not None:
         sampling_params.extra_args = {**(extra or {}), RESOLVED_KEY: config.model_dump_json(exclude_unset=True)}
     elif extra and RESOLVED_KEY in extra:
         sampling_params.extra_args = {k: v for k, v in extra.items() if k != RESOLVED_KEY}
+
+
+def set_protected(sampling_params: Any, tokens: int) -> None:
+    """Record the protected prefix the scheduler fixed for a request, which its workers keep raw."""
+    sampling_params.extra_args = {**(getattr(sampling_params, "extra_args", None) or {}), PROTECTED_KEY: tokens}
+
+
+def fixed_protected(sampling_params: Any) -> int | None:
+    """The protected prefix the scheduler fixed for a request (`set_protected`), or None."""
+    value = (getattr(sampling_params, "extra_args", None) or {}).get(PROTECTED_KEY)
+    return value if type(value) is int else None
 
 
 def request_policy(server: KVPolicy, sampling_params: Any) -> KVPolicy:

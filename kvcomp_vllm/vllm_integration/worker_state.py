@@ -19,7 +19,7 @@ from .kv_spec import CompressedAttentionSpec, kept_blocks
 from .attention_layers import CompressedLayers
 from .member_decode import MemberDecode
 from .prefix_cache import protected_prefix
-from .settings import engine_policy, model_layers, num_layers, request_policy
+from .settings import engine_policy, fixed_protected, model_layers, num_layers, request_policy
 from .tensor_parallel import HeadExchange, TPGroup, failed_anywhere
 
 logger = init_logger("vllm.kvcomp")
@@ -159,7 +159,8 @@ class WorkerCompression:
         the protected prefix its first admission's prefix-cache `hit` gave it."""
         policy = request_policy(self.policy, sampling_params)
         if self.prefix_caching and req_id not in self.protected:
-            self.protected[req_id] = protected_prefix(policy, prompt_len, hit, self.block_size)
+            fixed = fixed_protected(sampling_params)  # the scheduler's; else derived from the hit as it does
+            self.protected[req_id] = protected_prefix(policy, prompt_len, hit, self.block_size) if fixed is None else fixed
         protected = self.protected.get(req_id, 0)
         state = CompressedRequest(prompt_len, RequestCompressor(protected_policy(policy, protected)), self.tier_layers,
                                   protected=protected)
