@@ -280,13 +280,13 @@ def test_preempted_requests_are_compressed_again_the_same_way(tiny_llama_dir, se
 
 
 def test_prefix_caching_stays_on_and_compacted_blocks_are_not_cached(tiny_llama_dir, release):
-    # cache_prefix auto and no request that evicts nothing: the shared 512 tokens are compacted by each
-    # request, so none enters the cache and each request compresses its whole prompt (tests/test_prefix_cache.py
-    # has the hits).
+    # cache_prefix 0 (nothing kept raw for the cache) and no request that evicts nothing: the shared 512
+    # tokens are compacted by each request, so none enters the cache and each request compresses its whole
+    # prompt (tests/test_prefix_cache.py has the hits, and auto keeping a prefix that repeats).
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     shared = prompt_ids(tiny_llama_dir, 40, 40, length=512)
     prompts = [shared + prompt_ids(tiny_llama_dir, 5, 41 + i, length=40) for i in range(3)]
-    settings = dict(policy="pyramid", budget=0.2)
+    settings = dict(policy="pyramid", budget=0.2, cache_prefix=0)
     llm = make_llm(tiny_llama_dir, settings, enable_prefix_caching=True)
     assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     run = drive(llm, prompts, greedy(8))
